@@ -1,0 +1,54 @@
+# Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.10):
+#   make demo  -- set up, build the extension in release mode, run the main job
+#   make test  -- set up, build, then cargo test (workspace) and pytest
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.deps-stamp
+
+export JAX_PLATFORMS ?= cpu
+export PYO3_PYTHON := $(abspath $(PY))
+
+.PHONY: demo test build venv rust-test py-test lint bench bench-quick clean
+
+demo: build
+	$(PY) -m nlsq.demo
+
+test: build rust-test py-test
+
+venv: $(STAMP)
+
+# The virtualenv and maturin; the package's own dependencies (pyproject.toml,
+# with the test/bench/dev extras) are installed by `maturin develop` below.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.5,<2"
+	touch $@
+
+# cargo's incremental build makes this cheap when nothing changed.
+build: $(STAMP)
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/maturin develop --release --extras test,bench,dev
+
+rust-test:
+	cargo test --workspace --release
+
+py-test:
+	$(PY) -m pytest -q
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+
+bench: build
+	$(PY) benches/run.py
+
+bench-quick: build
+	$(PY) benches/run.py --quick
+
+clean:
+	cargo clean
+	rm -rf $(VENV)
