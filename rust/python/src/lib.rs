@@ -1,6 +1,11 @@
+//! The `nlsq._ringlog` extension module. Each submodule owns one concept and
+//! adds its names to the module in `register`.
 use pyo3::prelude::*;
 
+mod render;
+
 #[pymodule]
-fn _ringlog(_m: &Bound<'_, PyModule>) -> PyResult<()> {
+fn _ringlog(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    render::register(m)?;
     Ok(())
 }
