@@ -1,0 +1,102 @@
+"""Run every benchmark, print markdown tables, write JSON, PNG plots and a summary.
+
+    python benches/run.py [--quick] [--out DIR] [--only NAME ...]
+
+Each bench runs in a fresh interpreter (so one bench's logger configuration or JIT cache
+cannot colour another's), writes ``<platform>-<name>.json`` (with machine information) and,
+when it knows how, ``<platform>-<name>.png`` into DIR. ``<platform>-summary.md`` collects the
+tables; the README quotes it. ``--quick`` is a smoke run (small sizes, few repeats) that a
+test executes so the harness cannot rot; its figures are not for quoting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _harness import machine_info, platform_tag, write_json  # noqa: E402
+
+# In the order the README presents them.
+BENCHES = (
+    "bench_callback",  # cost per logged iteration inside a jitted while_loop
+    "bench_fit_overhead",  # curve_fit at verbose 0/1/2: ring vs blocking print, and scipy
+    "bench_fit_vs_scipy",  # time per fit after compilation against scipy
+    "ring_micro",  # push latency and drain throughput
+    "bench_slow_sink",  # a sink that sleeps per write
+)
+
+
+def run_one(name: str, quick: bool, out: Path) -> dict:
+    """Import ``name`` and run it in this process; write its JSON and plot."""
+    module = importlib.import_module(name)
+    t0 = time.perf_counter()
+    result = module.main(quick=quick, out=out)
+    result.setdefault("name", name)
+    result["quick"] = quick
+    result["wall_s"] = time.perf_counter() - t0
+    result["machine"] = machine_info()
+    stem = f"{platform_tag()}-{name}"
+    write_json(result, out / f"{stem}.json")
+    if hasattr(module, "plot"):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        module.plot(result, out / f"{stem}.png")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--only", nargs="*", choices=BENCHES, help="run only these benches")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(BENCHES)
+
+    if args.in_process:
+        for name in names:
+            run_one(name, args.quick, out)
+        return 0
+
+    failed = []
+    tables = []
+    for name in names:
+        print(f"\n## {name}\n", flush=True)
+        cmd = [sys.executable, __file__, "--in-process", "--out", str(out), "--only", name]
+        if args.quick:
+            cmd.append("--quick")
+        if subprocess.run(cmd).returncode != 0:
+            failed.append(name)
+            continue
+        result = json.loads((out / f"{platform_tag()}-{name}.json").read_text())
+        print(result["table"], flush=True)
+        tables.append(f"### {result.get('title', name)}\n\n{result['table']}\n")
+
+    info = machine_info()
+    header = (
+        f"Measured on {info['cpu']} ({info['cores']} cores), backend {info['backend']} "
+        f"({info['device']}), Python {info['python']}, JAX {info['jax']}, commit "
+        f"{info['commit']}, {info['date']}."
+        + (" Quick run: smoke test only, not for quoting." if args.quick else "")
+    )
+    summary = f"# Benchmark summary ({platform_tag()})\n\n{header}\n\n" + "\n".join(tables)
+    (out / f"{platform_tag()}-summary.md").write_text(summary)
+    if failed:
+        print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
