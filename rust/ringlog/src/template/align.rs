@@ -53,31 +53,37 @@ pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut String)
         out.push(s);
     }
     push_fill(out, spec.fill, spad);
-    // The grouped part is `virtual_digits` digits (leading zeros, then the
-    // real ones) with a separator before every group of three from the right.
-    let zeros = virtual_digits - n_digits;
-    for k in 0..virtual_digits {
-        if k > 0 && (virtual_digits - k) % 3 == 0 {
-            if let Some(sep) = spec.grouping {
-                out.push(sep as char);
+    if virtual_digits == n_digits && spec.grouping.is_none() {
+        out.push_str(ascii(body));
+    } else {
+        // `virtual_digits` digits (leading zeros, then the real ones) with
+        // a separator before every group of three from the right.
+        let zeros = virtual_digits - n_digits;
+        for k in 0..virtual_digits {
+            if k > 0 && (virtual_digits - k) % 3 == 0 {
+                if let Some(sep) = spec.grouping {
+                    out.push(sep as char);
+                }
             }
+            out.push(if k < zeros {
+                '0'
+            } else {
+                digits[k - zeros] as char
+            });
         }
-        out.push(if k < zeros {
-            '0'
-        } else {
-            digits[k - zeros] as char
-        });
-    }
-    for &b in rest {
-        out.push(b as char);
+        out.push_str(ascii(rest));
     }
     push_fill(out, spec.fill, rpad);
 }
 
+/// The body is ASCII by construction (see `scratch`); an empty string
+/// stands in should that ever not hold, rather than a panic.
+fn ascii(b: &[u8]) -> &str {
+    std::str::from_utf8(b).unwrap_or("")
+}
+
 fn push_fill(out: &mut String, fill: char, n: usize) {
-    for _ in 0..n {
-        out.push(fill);
-    }
+    out.extend(std::iter::repeat_n(fill, n));
 }
 
 /// CPython's `_PyUnicode_InsertThousandsGrouping` in counting mode, for the

@@ -57,10 +57,17 @@ pub(super) fn body(v: f64, spec: &Spec, out: &mut Scratch) -> bool {
             }
         }
         (Kind::E { .. }, p) => {
+            // Rust's `D.DDDe-X` already has the digits and point where
+            // CPython puts them; only the exponent is spelled differently.
             let p = p.unwrap_or(6);
-            let mut d = Digits::new();
-            let decpt = digits_exact(a, p + 1, &mut d);
-            layout(d.as_bytes(), decpt, Layout::Exp(p + 1), alt, upper, out);
+            let _ = write!(out, "{a:.p$e}");
+            let at = out.as_bytes().iter().rposition(|&b| b == b'e').unwrap_or(0);
+            let exp = parse_exp(&out.as_bytes()[at + 1..]);
+            out.truncate(at);
+            if p == 0 && alt {
+                out.push(b'.');
+            }
+            push_exp(out, exp, upper);
         }
         (Kind::G { .. }, p) => {
             // precision 0 makes no sense for 'g'; CPython reads it as 1
@@ -127,31 +134,99 @@ fn digits_exact(a: f64, n: usize, d: &mut Digits) -> isize {
     split_exp(tmp.as_bytes(), d)
 }
 
-/// Shortest round-tripping digits of `a >= 0` (finite), as repr uses.
+/// Shortest round-tripping digits of `a >= 0` (finite), as repr uses:
+/// dtoa mode 0 picks, among the shortest strings that round-trip, the one
+/// nearest `a`, and on an exact tie the even last digit. Rust's shortest
+/// mode resolves that tie upward (2134917602002159.25 gives `...159.3`,
+/// Python `...159.2`), so a possible tie is re-decided with the correctly
+/// rounded (ties-to-even) digits of the same length.
 fn digits_shortest(a: f64, d: &mut Digits) -> isize {
     let mut tmp = Digits::new();
     let _ = write!(tmp, "{a:e}");
-    split_exp(tmp.as_bytes(), d)
+    let decpt = split_exp(tmp.as_bytes(), d);
+    let odd_last = d.last().is_some_and(|b| b % 2 == 1);
+    if !(odd_last && may_tie(a)) {
+        return decpt;
+    }
+    let mut even = Digits::new();
+    let even_decpt = digits_exact(a, d.as_bytes().len(), &mut even);
+    if even.as_bytes() != d.as_bytes() && round_trips(even.as_bytes(), even_decpt, a) {
+        *d = even;
+        strip_trailing_zeros(d);
+        return even_decpt;
+    }
+    decpt
+}
+
+/// False when `a`'s exact decimal expansion is too long for a tie at the
+/// last digit of a shortest (at most 17-digit) string; see `digits_shortest`.
+fn may_tie(a: f64) -> bool {
+    let bits = a.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    let frac = bits & ((1u64 << 52) - 1);
+    let (m, q) = if biased == 0 {
+        (frac, -1074)
+    } else {
+        (frac | (1u64 << 52), biased - 1075)
+    };
+    if m == 0 {
+        return false;
+    }
+    let q = q + m.trailing_zeros() as i32;
+    // k = -q fractional bits give at least min(k + 1, 0.69 k) significant
+    // decimal digits: over 18 once k > 25. Integers below 2^53 are printed
+    // exactly, never rounded.
+    q >= -25 && !(q >= 0 && a < 9007199254740992.0)
+}
+
+/// Whether `0.DIGITS * 10^decpt` parses back to `a`.
+fn round_trips(digits: &[u8], decpt: isize, a: f64) -> bool {
+    let mut s = Digits::new();
+    s.extend(b"0.");
+    s.extend(digits);
+    let _ = write!(s, "e{decpt}");
+    std::str::from_utf8(s.as_bytes())
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        == Some(a)
 }
 
 /// Splits Rust's `D.DDDe[-]X` into digits (into `d`) and `X + 1`.
 fn split_exp(s: &[u8], d: &mut Digits) -> isize {
-    let mut exp: isize = 0;
-    let mut neg = false;
-    let mut in_exp = false;
-    for &b in s {
-        match b {
-            b'e' => in_exp = true,
-            b'-' if in_exp => neg = true,
-            b'0'..=b'9' if in_exp => exp = exp * 10 + (b - b'0') as isize,
-            b'0'..=b'9' => d.push(b),
-            _ => {}
+    let at = s.iter().position(|&b| b == b'e').unwrap_or(s.len());
+    for &b in &s[..at] {
+        if b != b'.' {
+            d.push(b);
         }
     }
+    parse_exp(s.get(at + 1..).unwrap_or(&[])) + 1
+}
+
+/// Reads Rust's exponent, `[-]X`.
+fn parse_exp(s: &[u8]) -> isize {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    let e = digits
+        .iter()
+        .fold(0isize, |e, &b| e * 10 + (b.wrapping_sub(b'0') as isize));
     if neg {
-        exp = -exp;
+        -e
+    } else {
+        e
     }
-    exp + 1
+}
+
+/// CPython's exponent: `e`, a sign, at least two digits.
+fn push_exp(out: &mut Scratch, exp: isize, upper: bool) {
+    out.push(if upper { b'E' } else { b'e' });
+    out.push(if exp < 0 { b'-' } else { b'+' });
+    let e = exp.unsigned_abs() as u64;
+    if e < 10 {
+        out.push(b'0');
+    }
+    out.push_u64(e);
 }
 
 /// dtoa modes 0 and 2 never return trailing zeros (but keep a lone `0`).
@@ -163,8 +238,6 @@ fn strip_trailing_zeros(d: &mut Digits) {
 
 #[derive(Clone, Copy)]
 enum Layout {
-    /// `e`: always an exponent, exactly this many digits.
-    Exp(usize),
     /// `g` (and no type with a precision, which adds `.0` to integers).
     General { precision: usize, dot0: bool },
     /// No type, no precision: repr.
@@ -177,7 +250,6 @@ enum Layout {
 fn layout(digits: &[u8], decpt: isize, how: Layout, alt: bool, upper: bool, out: &mut Scratch) {
     let n = digits.len() as isize;
     let (use_exp, mut vend, dot0) = match how {
-        Layout::Exp(total) => (true, total as isize, false),
         Layout::General { precision, dot0 } => {
             let p = precision as isize;
             let limit = if dot0 { p - 1 } else { p };
@@ -217,13 +289,7 @@ fn layout(digits: &[u8], decpt: isize, how: Layout, alt: bool, upper: bool, out:
         out.pop();
     }
     if use_exp {
-        out.push(if upper { b'E' } else { b'e' });
-        out.push(if exp < 0 { b'-' } else { b'+' });
-        let e = exp.unsigned_abs() as u64;
-        if e < 10 {
-            out.push(b'0');
-        }
-        out.push_u64(e);
+        push_exp(out, exp, upper);
     }
 }
 
@@ -249,6 +315,20 @@ mod tests {
         assert_eq!(body_of(-0.0, ""), (true, "0.0".into()));
         assert_eq!(body_of(f64::NAN, "").1, "nan");
         assert_eq!(body_of(-f64::NAN, ""), (false, "nan".into()));
+    }
+
+    #[test]
+    // the literals are the exact binary values: each ends in 25 or 75, the
+    // halfway point the test is about
+    #[allow(clippy::excessive_precision)]
+    fn repr_ties_go_to_the_even_digit() {
+        // repr() of values exactly halfway at the 17th digit (CPython 3.11)
+        assert_eq!(body_of(2134917602002159.25, "").1, "2134917602002159.2");
+        assert_eq!(body_of(1975086330747965.25, "").1, "1975086330747965.2");
+        assert_eq!(body_of(2134917602002159.75, "").1, "2134917602002159.8");
+        assert_eq!(body_of(1.5, "").1, "1.5");
+        assert!(!may_tie(0.1) && !may_tie(12345.0) && !may_tie(0.0));
+        assert!(may_tie(2134917602002159.25) && may_tie(1e22));
     }
 
     #[test]

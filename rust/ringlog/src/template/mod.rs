@@ -128,9 +128,14 @@ fn render_value(spec: &Spec, v: Value, out: &mut String) {
             i < 0
         }
         (Kind::D, Value::Float(f)) if f.is_finite() => {
-            // int(f): truncate; the digits of an integral f64 are exact.
+            // int(f): truncate toward zero. Below 2^64 the cast is exact;
+            // above, `{:.0}` prints an integral f64's exact digits.
             let t = f.trunc();
-            let _ = write!(body, "{:.0}", t.abs());
+            if t.abs() < 18446744073709551616.0 {
+                body.push_u64(t.abs() as u64);
+            } else {
+                let _ = write!(body, "{:.0}", t.abs());
+            }
             t < 0.0
         }
         (_, Value::Int(i)) => float::body(i as f64, spec, &mut body),

@@ -34,15 +34,17 @@ impl<const N: usize> Scratch<N> {
     }
 
     pub(super) fn push_n(&mut self, b: u8, n: usize) {
-        for _ in 0..n {
-            self.push(b);
-        }
+        debug_assert!(b.is_ascii());
+        let end = (self.len + n).min(N);
+        self.buf[self.len..end].fill(b);
+        self.len = end;
     }
 
     pub(super) fn extend(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.push(b);
-        }
+        debug_assert!(bytes.is_ascii());
+        let n = bytes.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&bytes[..n]);
+        self.len += n;
     }
 
     pub(super) fn pop(&mut self) -> Option<u8> {
@@ -51,6 +53,10 @@ impl<const N: usize> Scratch<N> {
         }
         self.len -= 1;
         Some(self.buf[self.len])
+    }
+
+    pub(super) fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     pub(super) fn last(&self) -> Option<u8> {
@@ -89,7 +95,8 @@ impl<const N: usize> fmt::Write for Scratch<N> {
         if self.len + s.len() > N {
             return Err(fmt::Error);
         }
-        self.extend(s.as_bytes());
+        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
+        self.len += s.len();
         Ok(())
     }
 }
