@@ -83,7 +83,32 @@ fn ascii(b: &[u8]) -> &str {
 }
 
 fn push_fill(out: &mut String, fill: char, n: usize) {
-    out.extend(std::iter::repeat_n(fill, n));
+    if n == 0 {
+        return;
+    }
+    // The common fills go in as one slice (widths are at most MAX_WIDTH).
+    const SPACES: &str = concat!(
+        "                                                                ",
+        "                                                                "
+    );
+    const ZEROS: &str = concat!(
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000000"
+    );
+    let run = match fill {
+        ' ' => SPACES,
+        '0' => ZEROS,
+        _ => {
+            out.extend(std::iter::repeat_n(fill, n));
+            return;
+        }
+    };
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(run.len());
+        out.push_str(&run[..k]);
+        left -= k;
+    }
 }
 
 /// CPython's `_PyUnicode_InsertThousandsGrouping` in counting mode, for the

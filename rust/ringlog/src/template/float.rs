@@ -9,8 +9,10 @@
 //! `g` and repr switch to exponent notation, padding zeros, `#`, the
 //! two-digit signed exponent, upper case, `nan`/`inf`.
 //!
-//! Invariant: every body fits [`Scratch`] for specs accepted by
-//! `spec::parse` (precision at most `MAX_PRECISION`).
+//! Invariant: for specs accepted by `spec::parse` (precision at most
+//! `MAX_PRECISION`), a body fits `Scratch<SMALL>` unless it is fixed
+//! notation (`f`, `F`, `%`), which needs up to 309 integer digits and so
+//! the full `Scratch<CAPACITY>`.
 
 use std::fmt::Write;
 
@@ -22,7 +24,7 @@ type Digits = Scratch<128>;
 
 /// Writes the body of `v` for `spec` into `out` (which must be empty) and
 /// returns whether the number takes a minus sign.
-pub(super) fn body(v: f64, spec: &Spec, out: &mut Scratch) -> bool {
+pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) -> bool {
     let (upper, percent) = match spec.kind {
         Kind::E { upper } | Kind::F { upper } | Kind::G { upper } => (upper, false),
         Kind::Percent => (false, true),
@@ -219,14 +221,16 @@ fn parse_exp(s: &[u8]) -> isize {
 }
 
 /// CPython's exponent: `e`, a sign, at least two digits.
-fn push_exp(out: &mut Scratch, exp: isize, upper: bool) {
+fn push_exp<const N: usize>(out: &mut Scratch<N>, exp: isize, upper: bool) {
     out.push(if upper { b'E' } else { b'e' });
     out.push(if exp < 0 { b'-' } else { b'+' });
-    let e = exp.unsigned_abs() as u64;
-    if e < 10 {
-        out.push(b'0');
+    let e = exp.unsigned_abs();
+    if e < 100 {
+        out.push(b'0' + (e / 10) as u8);
+        out.push(b'0' + (e % 10) as u8);
+    } else {
+        out.push_u64(e as u64);
     }
-    out.push_u64(e);
 }
 
 /// dtoa modes 0 and 2 never return trailing zeros (but keep a lone `0`).
@@ -247,7 +251,14 @@ enum Layout {
 /// CPython's `format_float_short` from the digit string on: view `digits`
 /// as a slice of an infinite zero-padded string, choose the slice and the
 /// position of the point, append an exponent if one is used.
-fn layout(digits: &[u8], decpt: isize, how: Layout, alt: bool, upper: bool, out: &mut Scratch) {
+fn layout<const N: usize>(
+    digits: &[u8],
+    decpt: isize,
+    how: Layout,
+    alt: bool,
+    upper: bool,
+    out: &mut Scratch<N>,
+) {
     let n = digits.len() as isize;
     let (use_exp, mut vend, dot0) = match how {
         Layout::General { precision, dot0 } => {
@@ -263,7 +274,7 @@ fn layout(digits: &[u8], decpt: isize, how: Layout, alt: bool, upper: bool, out:
     let min_end = if !use_exp && dot0 { decpt + 1 } else { decpt };
     vend = vend.max(min_end);
 
-    let zeros = |out: &mut Scratch, k: isize| out.push_n(b'0', k.max(0) as usize);
+    let zeros = |out: &mut Scratch<N>, k: isize| out.push_n(b'0', k.max(0) as usize);
     if decpt <= 0 {
         zeros(out, decpt - vstart);
         out.push(b'.');
@@ -299,7 +310,7 @@ mod tests {
 
     fn body_of(v: f64, spec: &str) -> (bool, String) {
         let s = super::super::spec::parse(spec, 0).unwrap();
-        let mut out = Scratch::new();
+        let mut out: Scratch = Scratch::new();
         let neg = body(v, &s, &mut out);
         (neg, out.as_str().to_owned())
     }

@@ -121,7 +121,18 @@ impl Template {
 
 /// Formats one value with `spec` onto `out`.
 fn render_value(spec: &Spec, v: Value, out: &mut String) {
-    let mut body = Scratch::new();
+    // Only fixed notation (and `d` of a float) can be 309 digits long; the
+    // rest use a smaller buffer, which is cheaper to set up.
+    match (spec.kind, v) {
+        (Kind::F { .. } | Kind::Percent, _) | (Kind::D, Value::Float(_)) => {
+            render_in::<{ scratch::CAPACITY }>(spec, v, out)
+        }
+        _ => render_in::<{ scratch::SMALL }>(spec, v, out),
+    }
+}
+
+fn render_in<const N: usize>(spec: &Spec, v: Value, out: &mut String) {
+    let mut body = Scratch::<N>::new();
     let negative = match (spec.kind, v) {
         (Kind::D, Value::Int(i)) | (Kind::None, Value::Int(i)) if spec.precision.is_none() => {
             body.push_u64(i.unsigned_abs());

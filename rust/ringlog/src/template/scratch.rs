@@ -11,6 +11,9 @@ use std::fmt;
 /// Longest body: `f` of 1.8e308 (309 integer digits) plus `.`, the maximal
 /// precision and a `%`, with room to spare.
 pub(super) const CAPACITY: usize = 512;
+/// Every non-fixed body: `e` or `g` with the maximal precision is 107
+/// bytes, repr at most 24. Smaller means less to zero per field.
+pub(super) const SMALL: usize = 128;
 
 pub(super) struct Scratch<const N: usize = CAPACITY> {
     buf: [u8; N],
@@ -76,6 +79,10 @@ impl<const N: usize> Scratch<N> {
 
     /// Appends the decimal digits of `n`.
     pub(super) fn push_u64(&mut self, mut n: u64) {
+        if n < 10 {
+            self.push(b'0' + n as u8);
+            return;
+        }
         let mut tmp = [0u8; 20];
         let mut i = tmp.len();
         loop {
