@@ -5,7 +5,7 @@ values across the whole int64 / float64 range (including nan, inf, -0.0,
 subnormals and the largest finite floats) and compare byte for byte. Where a
 field receives a value whose Python type the spec does not suit (a float in a
 ``d`` field, an int in a field with a precision but no type), the documented
-conversion is applied on the Python side first; see ``expected``.
+conversion is applied on the Python side first; see ``python_side``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def build_spec(
 
 fills = st.one_of(
     st.sampled_from(["", " ", "*", "0", "x", "<", "=", "9", "-", "é", "€", "\u3000", "😀"]),
-    st.characters(blacklist_characters="{}", blacklist_categories=("Cs",)),
+    st.characters(exclude_characters="{}", exclude_categories=("Cs",)),
 )
 
 
@@ -210,7 +210,7 @@ def test_int_values_match_python(spec: tuple[str, str, int | None, bool], value:
 
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True)
-literal_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=8).map(
+literal_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=8).map(
     lambda t: t.replace("{", "{{").replace("}", "}}")
 )
 
@@ -323,6 +323,9 @@ def test_accepted_edges_render() -> None:
     assert render("{:.100f}", [0.1]) == format(0.1, ".100f")
     assert render("plain text {{}} only", []) == "plain text {} only"
     assert render("", []) == ""
+    # `!` and `:` after the first `:` are fill characters, not a conversion
+    assert render("{x:!>5}|{::^7.1f}", [1.5, 2.25]) == f"{1.5:!>5}|{2.25::^7.1f}"
+    assert render("{é:.2e} {_1:,}", [3, 1234567]) == "3.00e+00 1,234,567"
 
 
 def test_values_are_checked() -> None:
