@@ -2,12 +2,13 @@
 //! without sign or padding, exactly as CPython's `format_float_short` lays
 //! them out.
 //!
-//! Digit generation is Rust's: `{:e}` gives the shortest round-tripping
-//! digits (CPython's dtoa mode 0, used by `repr`), `{:.*e}` and `{:.*}` give
-//! correctly rounded digits (ties to even on the exact binary value, as
-//! dtoa modes 2 and 3 do). What is written here is the layout on top: when
-//! `g` and repr switch to exponent notation, padding zeros, `#`, the
-//! two-digit signed exponent, upper case, `nan`/`inf`.
+//! Digits: Ryu's shortest round-tripping digits (CPython's dtoa mode 0, used
+//! by `repr`), rounded where `decimal` proves that equals rounding the exact
+//! value; otherwise `core::fmt`'s `{:.*e}` / `{:.*}`, which are correctly
+//! rounded (ties to even on the exact binary value, as dtoa modes 2 and 3).
+//! What is written here is the layout on top: when `g` and repr switch to
+//! exponent notation, padding zeros, `#`, the two-digit signed exponent,
+//! upper case, `nan`/`inf`.
 //!
 //! Invariant: for specs accepted by `spec::parse` (precision at most
 //! `MAX_PRECISION`), a body fits `Scratch<SMALL>` unless it is fixed
@@ -16,6 +17,7 @@
 
 use std::fmt::Write;
 
+use super::decimal::Decimal;
 use super::scratch::Scratch;
 use super::spec::{Kind, Spec};
 
@@ -50,67 +52,62 @@ pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) ->
     }
     let a = x.abs();
     let alt = spec.alternate;
+    let mut ryu = ryu::Buffer::new();
+    let short = Decimal::shortest(a, &mut ryu);
+    let subnormal = a != 0.0 && a < f64::MIN_POSITIVE;
     match (spec.kind, spec.precision) {
         (Kind::F { .. } | Kind::Percent, p) => {
             let p = p.unwrap_or(6);
-            let _ = write!(out, "{a:.p$}");
-            if p == 0 && alt {
-                out.push(b'.');
+            match short.round(short.decpt + p as isize, subnormal) {
+                Some(r) => layout(r.digits(), r.decpt, Layout::Fixed(p), alt, upper, out),
+                None => {
+                    let _ = write!(out, "{a:.p$}");
+                    if p == 0 && alt {
+                        out.push(b'.');
+                    }
+                }
             }
         }
         (Kind::E { .. }, p) => {
-            // Rust's `D.DDDe-X` already has the digits and point where
-            // CPython puts them; only the exponent is spelled differently.
             let p = p.unwrap_or(6);
-            let _ = write!(out, "{a:.p$e}");
-            let at = out.as_bytes().iter().rposition(|&b| b == b'e').unwrap_or(0);
-            let exp = parse_exp(&out.as_bytes()[at + 1..]);
-            out.truncate(at);
-            if p == 0 && alt {
-                out.push(b'.');
+            match short.round(p as isize + 1, subnormal) {
+                Some(r) => layout(r.digits(), r.decpt, Layout::Exp(p + 1), alt, upper, out),
+                None => {
+                    // Rust's `D.DDDe-X` already has the digits and point
+                    // where CPython puts them; only the exponent differs.
+                    let _ = write!(out, "{a:.p$e}");
+                    let at = out.as_bytes().iter().rposition(|&b| b == b'e').unwrap_or(0);
+                    let exp = parse_exp(&out.as_bytes()[at + 1..]);
+                    out.truncate(at);
+                    if p == 0 && alt {
+                        out.push(b'.');
+                    }
+                    push_exp(out, exp, upper);
+                }
             }
-            push_exp(out, exp, upper);
         }
-        (Kind::G { .. }, p) => {
-            // precision 0 makes no sense for 'g'; CPython reads it as 1
-            let p = p.unwrap_or(6).max(1);
-            let mut d = Digits::new();
-            let decpt = digits_exact(a, p, &mut d);
-            strip_trailing_zeros(&mut d);
-            layout(
-                d.as_bytes(),
-                decpt,
-                Layout::General {
-                    precision: p,
-                    dot0: false,
-                },
-                alt,
-                upper,
-                out,
-            );
-        }
-        (Kind::None | Kind::D, Some(p)) => {
-            // no type with a precision: like 'g', but at least one digit
-            // after the point
-            let p = p.max(1);
-            let mut d = Digits::new();
-            let decpt = digits_exact(a, p, &mut d);
-            strip_trailing_zeros(&mut d);
-            layout(
-                d.as_bytes(),
-                decpt,
-                Layout::General {
-                    precision: p,
-                    dot0: true,
-                },
-                alt,
-                false,
-                out,
-            );
+        (Kind::G { .. } | Kind::None | Kind::D, Some(_)) | (Kind::G { .. }, None) => {
+            // precision 0 makes no sense for 'g'; CPython reads it as 1.
+            // No type with a precision is 'g' that keeps a digit after
+            // the point.
+            let p = spec.precision.unwrap_or(6).max(1);
+            let dot0 = !matches!(spec.kind, Kind::G { .. });
+            let how = Layout::General { precision: p, dot0 };
+            let upper = upper && !dot0;
+            match short.round(p as isize, subnormal) {
+                Some(r) => layout(r.digits(), r.decpt, how, alt, upper, out),
+                None => {
+                    let mut d = Digits::new();
+                    let decpt = digits_exact(a, p, &mut d);
+                    strip_trailing_zeros(&mut d);
+                    layout(d.as_bytes(), decpt, how, alt, upper, out);
+                }
+            }
         }
         (Kind::None | Kind::D, None) => {
-            let mut d = Digits::new();
-            let decpt = digits_shortest(a, &mut d);
+            let (mut d, mut decpt) = (Digits::new(), short.decpt);
+            d.extend(short.digits());
+            repr_tie_to_even(a, &mut d, &mut decpt);
             layout(d.as_bytes(), decpt, Layout::Repr, alt, false, out);
         }
     }
@@ -136,32 +133,29 @@ fn digits_exact(a: f64, n: usize, d: &mut Digits) -> isize {
     split_exp(tmp.as_bytes(), d)
 }
 
-/// Shortest round-tripping digits of `a >= 0` (finite), as repr uses:
-/// dtoa mode 0 picks, among the shortest strings that round-trip, the one
-/// nearest `a`, and on an exact tie the even last digit. Rust's shortest
-/// mode resolves that tie upward (2134917602002159.25 gives `...159.3`,
-/// Python `...159.2`), so a possible tie is re-decided with the correctly
-/// rounded (ties-to-even) digits of the same length.
-fn digits_shortest(a: f64, d: &mut Digits) -> isize {
-    let mut tmp = Digits::new();
-    let _ = write!(tmp, "{a:e}");
-    let decpt = split_exp(tmp.as_bytes(), d);
+/// repr's digits are the shortest that round-trip, the nearest among them,
+/// and on an exact tie at the last digit the even one (dtoa mode 0).
+/// Ryu breaks ties the same way; this re-decides a possible tie with the
+/// correctly rounded (ties-to-even) digits of the same length all the same,
+/// because a tie is where shortest-digit algorithms differ (Rust's own
+/// `{:e}` gives `2134917602002159.3` for 2134917602002159.25, Python
+/// `...159.2`) and checking costs nothing unless a tie is possible.
+fn repr_tie_to_even(a: f64, d: &mut Digits, decpt: &mut isize) {
     let odd_last = d.last().is_some_and(|b| b % 2 == 1);
     if !(odd_last && may_tie(a)) {
-        return decpt;
+        return;
     }
     let mut even = Digits::new();
     let even_decpt = digits_exact(a, d.as_bytes().len(), &mut even);
     if even.as_bytes() != d.as_bytes() && round_trips(even.as_bytes(), even_decpt, a) {
         *d = even;
         strip_trailing_zeros(d);
-        return even_decpt;
+        *decpt = even_decpt;
     }
-    decpt
 }
 
 /// False when `a`'s exact decimal expansion is too long for a tie at the
-/// last digit of a shortest (at most 17-digit) string; see `digits_shortest`.
+/// last digit of a shortest (at most 17-digit) string; see `repr_tie_to_even`.
 fn may_tie(a: f64) -> bool {
     let bits = a.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
@@ -242,6 +236,10 @@ fn strip_trailing_zeros(d: &mut Digits) {
 
 #[derive(Clone, Copy)]
 enum Layout {
+    /// `f`: this many digits after the point.
+    Fixed(usize),
+    /// `e`: always an exponent, exactly this many digits.
+    Exp(usize),
     /// `g` (and no type with a precision, which adds `.0` to integers).
     General { precision: usize, dot0: bool },
     /// No type, no precision: repr.
@@ -261,6 +259,8 @@ fn layout<const N: usize>(
 ) {
     let n = digits.len() as isize;
     let (use_exp, mut vend, dot0) = match how {
+        Layout::Fixed(p) => (false, decpt + p as isize, false),
+        Layout::Exp(total) => (true, total as isize, false),
         Layout::General { precision, dot0 } => {
             let p = precision as isize;
             let limit = if dot0 { p - 1 } else { p };

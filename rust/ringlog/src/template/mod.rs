@@ -31,6 +31,7 @@
 //!   nothing else: numbers are built in fixed stack buffers.
 
 mod align;
+mod decimal;
 mod float;
 mod parse;
 mod scratch;
