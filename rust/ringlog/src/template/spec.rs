@@ -130,13 +130,16 @@ pub(crate) fn parse(spec: &str, base: usize) -> Result<Spec, TemplateError> {
         i = 1;
     }
 
-    match c.get(i) {
-        Some('+') => s.sign = Sign::Plus,
-        Some(' ') => s.sign = Sign::Space,
-        Some('-') => s.sign = Sign::Negative,
-        _ => i -= 1,
+    let sign = match c.get(i) {
+        Some('+') => Some(Sign::Plus),
+        Some(' ') => Some(Sign::Space),
+        Some('-') => Some(Sign::Negative),
+        _ => None,
+    };
+    if let Some(sign) = sign {
+        s.sign = sign;
+        i += 1;
     }
-    i += 1;
 
     let z_at = i;
     if c.get(i) == Some(&'z') {
