@@ -75,7 +75,11 @@ pub struct Ring {
 impl Ring {
     /// `capacity` must be at least 1.
     pub fn new(capacity: usize, policy: Policy) -> Ring {
-        Ring { queue: ArrayQueue::new(capacity), policy, dropped: CachePadded::new(AtomicU64::new(0)) }
+        Ring {
+            queue: ArrayQueue::new(capacity),
+            policy,
+            dropped: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -188,14 +192,20 @@ mod tests {
             assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
         }
         let err = "drop_old".parse::<Policy>().unwrap_err();
-        assert!(err.contains("drop_old") && err.contains("overwrite_oldest"), "{err}");
+        assert!(
+            err.contains("drop_old") && err.contains("overwrite_oldest"),
+            "{err}"
+        );
     }
 
     #[test]
     fn drop_new_keeps_the_first_and_counts_the_rest() {
         let ring = Ring::new(4, Policy::DropNew);
         let outcomes: Vec<_> = (0..6).map(|i| ring.push(rec(i), || true)).collect();
-        assert_eq!(outcomes.iter().filter(|o| **o == Pushed::Dropped).count(), 2);
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Pushed::Dropped).count(),
+            2
+        );
         assert_eq!(ring.dropped(), 2);
         assert_eq!(drain(&ring), vec![0, 1, 2, 3]);
     }
@@ -218,7 +228,10 @@ mod tests {
             ring.push(rec(i), || true);
         }
         let left: Vec<_> = std::iter::from_fn(|| ring.pop()).collect();
-        assert!(left.iter().any(|r| r.is_marker() && r.seq == 99), "{left:?}");
+        assert!(
+            left.iter().any(|r| r.is_marker() && r.seq == 99),
+            "{left:?}"
+        );
         assert_eq!(ring.dropped(), 3, "5 records + 1 marker into 3 slots");
     }
 

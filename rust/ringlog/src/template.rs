@@ -11,7 +11,10 @@ pub struct Template;
 
 impl Template {
     pub fn parse(_source: &str) -> Result<Template, TemplateError> {
-        Err(TemplateError { position: 0, message: "not implemented".into() })
+        Err(TemplateError {
+            position: 0,
+            message: "not implemented".into(),
+        })
     }
     pub fn arity(&self) -> usize {
         0
