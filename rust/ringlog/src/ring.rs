@@ -131,17 +131,13 @@ impl Ring {
         }
     }
 
-    /// Queues a flush marker: like `block` under `drop_new`/`block` (a marker
-    /// is never dropped), like `overwrite_oldest` under that policy.
+    /// Queues a flush marker, waiting for room under every policy: a marker
+    /// is never dropped, and it never evicts a record (under
+    /// `overwrite_oldest` producers keep forcing records in, but the drain
+    /// frees a batch of slots at a time, so the marker gets in).
     pub fn push_marker(&self, marker: Record, keep_waiting: impl FnMut() -> bool) -> Pushed {
         debug_assert!(marker.is_marker());
-        match self.policy {
-            Policy::OverwriteOldest => {
-                self.force_push(marker);
-                Pushed::Queued
-            }
-            _ => self.push_waiting(marker, keep_waiting),
-        }
+        self.push_waiting(marker, keep_waiting)
     }
 
     fn force_push(&self, mut record: Record) {
@@ -223,7 +219,7 @@ mod tests {
     #[test]
     fn overwrite_never_evicts_a_marker() {
         let ring = Ring::new(3, Policy::OverwriteOldest);
-        ring.push_marker(Record::marker(99), || true);
+        assert_eq!(ring.push_marker(Record::marker(99), || true), Pushed::Queued);
         for i in 0..5 {
             ring.push(rec(i), || true);
         }
