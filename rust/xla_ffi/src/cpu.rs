@@ -1,0 +1,326 @@
+//! The XLA:CPU handler: XLA calls it on its own thread with host buffers, and
+//! it pushes one record straight into the ring (no Python, no allocation).
+use ringlog::MAX_VALUES;
+
+use crate::abi::{CallFrame, XlaError};
+use crate::error::Failure;
+use crate::frame::Call;
+use crate::handler::guarded;
+use crate::push;
+
+/// Runs the CPU handler body with `deliver` in place of the ring push.
+///
+/// # Safety
+/// As for [`cpu_handler`].
+pub unsafe fn execute_with<D>(frame: *mut CallFrame, deliver: D) -> *mut XlaError
+where
+    D: FnOnce(u64, u32, &[f64]) -> Result<(), Failure>,
+{
+    // SAFETY: forwarded contract.
+    unsafe {
+        guarded(frame, |_, call: Call| {
+            let mut buf = [0.0; MAX_VALUES];
+            // SAFETY: on XLA:CPU the buffer is host memory of the checked
+            // dtype and length.
+            let values = call.packed.read_host(&mut buf);
+            deliver(call.logger_id, call.template_id, values)
+        })
+    }
+}
+
+/// `XLA_FFI_Handler` for platform "cpu".
+///
+/// # Safety
+/// Called by XLA with a valid call frame (or null, which is reported as
+/// nothing and counted).
+pub unsafe extern "C" fn cpu_handler(frame: *mut CallFrame) -> *mut XlaError {
+    // SAFETY: XLA's contract for handlers.
+    unsafe { execute_with(frame, push::deliver) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi;
+    use crate::stats;
+    use crate::testing::{take_error, FakeError, Fixture};
+    use std::cell::RefCell;
+
+    type Seen = RefCell<Vec<(u64, u32, Vec<f64>)>>;
+
+    fn run(fx: &mut Fixture, seen: &Seen) -> Option<FakeError> {
+        // SAFETY: the fixture owns a well-formed (or deliberately broken but
+        // size-consistent) frame.
+        let err = unsafe {
+            execute_with(fx.frame_ptr(), |l, t, v| {
+                seen.borrow_mut().push((l, t, v.to_vec()));
+                Ok(())
+            })
+        };
+        take_error(err)
+    }
+
+    fn refused(fx: &mut Fixture) -> FakeError {
+        let seen = Seen::default();
+        let err = run(fx, &seen).expect("handler should refuse this call");
+        assert!(seen.borrow().is_empty(), "nothing may be pushed on error");
+        assert!(
+            err.message.starts_with("nlsq ring-logger FFI handler: "),
+            "{}",
+            err.message
+        );
+        err
+    }
+
+    #[test]
+    fn pushes_f64_values_with_ids() {
+        let mut fx = Fixture::f64(&[3.0, 1.5, -2.0e-3]);
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert_eq!(*seen.borrow(), vec![(7, 3, vec![3.0, 1.5, -2.0e-3])]);
+    }
+
+    #[test]
+    fn widens_f32_values() {
+        let mut fx = Fixture::f32(&[1.25, f32::NAN, 7.0]);
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        let got = &seen.borrow()[0].2;
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], 1.25);
+        assert!(got[1].is_nan());
+        assert_eq!(got[2], 7.0);
+    }
+
+    #[test]
+    fn empty_buffer_is_a_constant_line() {
+        let mut fx = Fixture::f64(&[]);
+        fx.buffer.data = std::ptr::null_mut();
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert_eq!(*seen.borrow(), vec![(7, 3, vec![])]);
+    }
+
+    #[test]
+    fn full_record_is_accepted_one_more_is_not() {
+        let vals: Vec<f64> = (0..MAX_VALUES).map(|i| i as f64).collect();
+        let mut fx = Fixture::f64(&vals);
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert_eq!(seen.borrow()[0].2, vals);
+
+        let vals: Vec<f64> = (0..=MAX_VALUES).map(|i| i as f64).collect();
+        let err = refused(&mut Fixture::f64(&vals));
+        assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
+        assert!(err.message.contains("13 elements"), "{}", err.message);
+    }
+
+    #[test]
+    fn wrong_dtype_is_named() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.buffer.dtype = abi::DTYPE_S64;
+        let err = refused(&mut fx);
+        assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
+        assert!(
+            err.message
+                .contains("dtype int64, expected float64 or float32"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn wrong_rank_is_named() {
+        let mut fx = Fixture::f64(&[1.0, 2.0]);
+        fx.buffer.rank = 2;
+        assert!(refused(&mut fx).message.contains("rank 2"));
+        fx.buffer.rank = 0;
+        assert!(refused(&mut fx).message.contains("rank 0"));
+    }
+
+    #[test]
+    fn negative_dim_is_refused() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.dims[0] = -1;
+        assert!(refused(&mut fx).message.contains("-1 elements"));
+    }
+
+    #[test]
+    fn small_structs_are_refused() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.frame.struct_size = abi::CALL_FRAME_SIZE - 8;
+        assert!(refused(&mut fx).message.contains("XLA_FFI_CallFrame is"));
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.buffer.struct_size = 16;
+        assert!(refused(&mut fx)
+            .message
+            .contains("XLA_FFI_Buffer is 16 bytes"));
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.frame.attrs.struct_size = 8;
+        assert!(refused(&mut fx)
+            .message
+            .contains("XLA_FFI_Attrs is 8 bytes"));
+    }
+
+    #[test]
+    fn wrong_stage_is_refused() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.frame.stage = 0;
+        assert!(refused(&mut fx).message.contains("execution stage 0"));
+    }
+
+    #[test]
+    fn argument_and_result_counts_are_checked() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.frame.args.size = 2;
+        assert!(refused(&mut fx).message.contains("exactly 1 argument"));
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.arg_types[0] = 2;
+        assert!(refused(&mut fx).message.contains("expected a buffer"));
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.frame.rets.size = 1;
+        assert!(refused(&mut fx).message.contains("expected no results"));
+    }
+
+    #[test]
+    fn attributes_are_checked_by_name_and_type() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.scalars[1].dtype = 4; // S32
+        let err = refused(&mut fx);
+        assert!(
+            err.message
+                .contains("attribute `template_id` has dtype int32, expected int64"),
+            "{}",
+            err.message
+        );
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.attr_types[0] = abi::ATTR_SCALAR + 1;
+        assert!(refused(&mut fx)
+            .message
+            .contains("`logger_id` has attribute type 4"));
+
+        let attrs = [("template_id", abi::DTYPE_S64, 1)];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx)
+            .message
+            .contains("missing int64 attribute `logger_id`"));
+
+        let attrs = [
+            ("logger_id", abi::DTYPE_S64, 1),
+            ("template", abi::DTYPE_S64, 1),
+        ];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx)
+            .message
+            .contains("unexpected attribute `template`"));
+
+        let attrs = [
+            ("logger_id", abi::DTYPE_S64, 1),
+            ("template_id", abi::DTYPE_S64, 1 << 40),
+        ];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx).message.contains("outside 0..=4294967295"));
+
+        let attrs = [
+            ("logger_id", abi::DTYPE_S64, -5),
+            ("template_id", abi::DTYPE_S64, 1),
+        ];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx)
+            .message
+            .contains("logger_id -5 is negative"));
+    }
+
+    #[test]
+    fn delivery_failure_and_panic_become_errors() {
+        let mut fx = Fixture::f64(&[1.0]);
+        // SAFETY: well-formed fixture frame.
+        let err = take_error(unsafe {
+            execute_with(fx.frame_ptr(), |_, _, _| {
+                Err(Failure::invalid("no such template"))
+            })
+        })
+        .unwrap();
+        assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
+        assert!(err.message.ends_with("no such template"));
+
+        // SAFETY: as above.
+        let err = take_error(unsafe {
+            execute_with(fx.frame_ptr(), |_, _, _| -> Result<(), Failure> {
+                panic!("boom in delivery")
+            })
+        })
+        .unwrap();
+        assert_eq!(err.code, abi::ERROR_INTERNAL);
+        assert!(err.message.contains("panicked: boom in delivery"));
+    }
+
+    #[test]
+    fn unreportable_failures_return_null_and_are_counted() {
+        let before = stats::snapshot().unreportable;
+        // SAFETY: null is an allowed input.
+        assert!(unsafe { cpu_handler(std::ptr::null_mut()) }.is_null());
+
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.buffer.dtype = abi::DTYPE_S64;
+        fx.api.error_create = None;
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert!(seen.borrow().is_empty());
+        assert!(stats::snapshot().unreportable >= before + 2);
+    }
+
+    #[test]
+    fn metadata_query_reports_version_and_no_traits() {
+        // Heap-allocated and only reached through raw pointers, as XLA's
+        // struct is, so the handler's writes are not aliased by a borrow.
+        let meta = Box::into_raw(Box::new(abi::Metadata {
+            struct_size: std::mem::size_of::<abi::Metadata>(),
+            api_version: abi::ApiVersion {
+                struct_size: 0,
+                extension_start: std::ptr::null_mut(),
+                major_version: -1,
+                minor_version: -1,
+            },
+            traits: 0xdead,
+            state_type_id: abi::TypeId { type_id: 99 },
+        }));
+        let ext = Box::into_raw(Box::new(abi::MetadataExtension {
+            extension_base: abi::ExtensionBase {
+                struct_size: abi::METADATA_EXTENSION_SIZE,
+                kind: abi::EXTENSION_METADATA,
+                next: std::ptr::null_mut(),
+            },
+            metadata: meta,
+        }));
+        // XLA sends the metadata query with no arguments and stage 0.
+        let mut fx = Fixture::f64(&[]);
+        fx.frame.args.size = 0;
+        fx.frame.stage = 0;
+        fx.frame.extension_start = ext.cast();
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert!(seen.borrow().is_empty(), "a metadata query pushes nothing");
+        // SAFETY: `meta` is live until the Box::from_raw below.
+        unsafe {
+            assert_eq!((*meta).api_version.major_version, abi::API_MAJOR);
+            assert_eq!((*meta).api_version.minor_version, abi::API_MINOR);
+            assert_eq!((*meta).api_version.struct_size, abi::API_VERSION_SIZE);
+            assert_eq!((*meta).traits, 0);
+            assert_eq!((*meta).state_type_id.type_id, 0);
+            (*meta).struct_size = 8;
+        }
+        let err = refused(&mut fx);
+        assert!(err.message.contains("XLA_FFI_Metadata is 8 bytes"));
+        // SAFETY: both came from Box::into_raw above and are used no more.
+        unsafe {
+            drop(Box::from_raw(ext));
+            drop(Box::from_raw(meta));
+        }
+    }
+}
