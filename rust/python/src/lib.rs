@@ -2,10 +2,12 @@
 //! adds its names to the module in `register`.
 use pyo3::prelude::*;
 
+mod ffi;
 mod render;
 
 #[pymodule]
 fn _ringlog(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    ffi::register(m)?;
     render::register(m)?;
     Ok(())
 }

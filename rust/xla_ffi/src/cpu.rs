@@ -1,31 +1,76 @@
 //! The XLA:CPU handler: XLA calls it on its own thread with host buffers, and
-//! it pushes one record straight into the ring (no Python, no allocation).
-use ringlog::MAX_VALUES;
-
+//! it pushes the record (or, for `vmap` rows, each kept row) straight into
+//! the ring: no Python, no allocation.
 use crate::abi::{CallFrame, XlaError};
 use crate::error::Failure;
-use crate::frame::Call;
+use crate::frame::{Call, Target, MAX_ROW};
 use crate::handler::guarded;
-use crate::push;
+use crate::{push, route};
 
-/// Runs the CPU handler body with `deliver` in place of the ring push.
+/// Where decoded records go; the ring in production, a recorder in tests.
+pub trait Deliver {
+    /// A direct record: ring template `template_id` of logger `logger_id`.
+    fn direct(&mut self, logger_id: u64, template_id: u32, values: &[f64]) -> Result<(), Failure>;
+    /// A routed record for template key `key` (never fails the call).
+    fn routed(&mut self, key: u32, values: &[f64]);
+}
+
+/// The production [`Deliver`]: the ring logger registry and the route table.
+pub struct Ring;
+
+impl Deliver for Ring {
+    fn direct(&mut self, logger_id: u64, template_id: u32, values: &[f64]) -> Result<(), Failure> {
+        push::deliver(logger_id, template_id, values)
+    }
+
+    fn routed(&mut self, key: u32, values: &[f64]) {
+        route::deliver(key, values)
+    }
+}
+
+/// Reads a decoded call's host buffer and hands its record(s) to `sink`.
+///
+/// # Safety
+/// `call.packed` describes host memory (XLA:CPU, or a landed staging slot).
+pub unsafe fn dispatch<D: Deliver>(call: &Call, sink: &mut D) -> Result<(), Failure> {
+    let mut buf = [0.0; MAX_ROW];
+    match call.target {
+        Target::Direct {
+            logger_id,
+            template_id,
+        } => {
+            // SAFETY: the caller's contract; a direct buffer has one row.
+            let values = unsafe { call.packed.read_host(0, &mut buf) };
+            sink.direct(logger_id, template_id, values)
+        }
+        Target::Routed { key, rows: false } => {
+            // SAFETY: as above.
+            let values = unsafe { call.packed.read_host(0, &mut buf) };
+            sink.routed(key, values);
+            Ok(())
+        }
+        Target::Routed { key, rows: true } => {
+            for row in 0..call.packed.rows {
+                // SAFETY: as above; row < rows.
+                let values = unsafe { call.packed.read_host(row, &mut buf) };
+                // Column 0 is the keep flag (decode guarantees it exists).
+                if values[0] != 0.0 {
+                    sink.routed(key, &values[1..]);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs the CPU handler body with `sink` in place of the ring.
 ///
 /// # Safety
 /// As for [`cpu_handler`].
-pub unsafe fn execute_with<D>(frame: *mut CallFrame, deliver: D) -> *mut XlaError
-where
-    D: FnOnce(u64, u32, &[f64]) -> Result<(), Failure>,
-{
-    // SAFETY: forwarded contract.
-    unsafe {
-        guarded(frame, |_, call: Call| {
-            let mut buf = [0.0; MAX_VALUES];
-            // SAFETY: on XLA:CPU the buffer is host memory of the checked
-            // dtype and length.
-            let values = call.packed.read_host(&mut buf);
-            deliver(call.logger_id, call.template_id, values)
-        })
-    }
+pub unsafe fn execute_with<D: Deliver>(frame: *mut CallFrame, sink: &mut D) -> *mut XlaError {
+    // SAFETY: forwarded contract; on XLA:CPU the buffer is host memory of the
+    // checked dtype and shape.
+    unsafe { guarded(frame, |_, call: Call| dispatch(&call, sink)) }
 }
 
 /// `XLA_FFI_Handler` for platform "cpu".
@@ -35,7 +80,7 @@ where
 /// nothing and counted).
 pub unsafe extern "C" fn cpu_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: XLA's contract for handlers.
-    unsafe { execute_with(frame, push::deliver) }
+    unsafe { execute_with(frame, &mut Ring) }
 }
 
 #[cfg(test)]
@@ -48,16 +93,33 @@ mod tests {
 
     type Seen = RefCell<Vec<(u64, u32, Vec<f64>)>>;
 
+    /// Records direct pushes as (logger, tid, values) and routed ones as
+    /// (u64::MAX, key, values).
+    struct Recorder<'a>(&'a Seen);
+
+    impl Deliver for Recorder<'_> {
+        fn direct(&mut self, l: u64, t: u32, v: &[f64]) -> Result<(), Failure> {
+            self.0.borrow_mut().push((l, t, v.to_vec()));
+            Ok(())
+        }
+        fn routed(&mut self, key: u32, v: &[f64]) {
+            self.0.borrow_mut().push((u64::MAX, key, v.to_vec()));
+        }
+    }
+
+    struct Failing<F: FnMut() -> Result<(), Failure>>(F);
+
+    impl<F: FnMut() -> Result<(), Failure>> Deliver for Failing<F> {
+        fn direct(&mut self, _: u64, _: u32, _: &[f64]) -> Result<(), Failure> {
+            (self.0)()
+        }
+        fn routed(&mut self, _: u32, _: &[f64]) {}
+    }
+
     fn run(fx: &mut Fixture, seen: &Seen) -> Option<FakeError> {
         // SAFETY: the fixture owns a well-formed (or deliberately broken but
         // size-consistent) frame.
-        let err = unsafe {
-            execute_with(fx.frame_ptr(), |l, t, v| {
-                seen.borrow_mut().push((l, t, v.to_vec()));
-                Ok(())
-            })
-        };
-        take_error(err)
+        take_error(unsafe { execute_with(fx.frame_ptr(), &mut Recorder(seen)) })
     }
 
     fn refused(fx: &mut Fixture) -> FakeError {
@@ -103,6 +165,7 @@ mod tests {
 
     #[test]
     fn full_record_is_accepted_one_more_is_not() {
+        use ringlog::MAX_VALUES;
         let vals: Vec<f64> = (0..MAX_VALUES).map(|i| i as f64).collect();
         let mut fx = Fixture::f64(&vals);
         let seen = Seen::default();
@@ -234,28 +297,86 @@ mod tests {
         assert!(refused(&mut fx)
             .message
             .contains("logger_id -5 is negative"));
+
+        let attrs = [
+            ("logger_id", abi::DTYPE_S64, 1),
+            ("template_key", abi::DTYPE_S64, 1),
+        ];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx)
+            .message
+            .contains("either `logger_id` and `template_id`"));
+
+        let attrs = [
+            ("rows", abi::DTYPE_S64, 2),
+            ("template_key", abi::DTYPE_S64, 1),
+        ];
+        let mut fx = Fixture::raw(vec![0], abi::DTYPE_F64, 1, &attrs);
+        assert!(refused(&mut fx)
+            .message
+            .contains("rows must be 0 or 1, got 2"));
+    }
+
+    #[test]
+    fn routed_record_goes_to_its_key() {
+        let attrs = [("template_key", abi::DTYPE_S64, 5)];
+        let words = [4.0f64, 0.25].iter().map(|v| v.to_bits()).collect();
+        let mut fx = Fixture::raw(words, abi::DTYPE_F64, 2, &attrs);
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert_eq!(*seen.borrow(), vec![(u64::MAX, 5, vec![4.0, 0.25])]);
+    }
+
+    #[test]
+    fn routed_rows_push_each_kept_row_without_its_flag() {
+        // 3 rows of [keep, index, value]; the middle one is not kept.
+        let rows = [1.0f32, 0.0, 10.0, 0.0, 1.0, 11.0, 1.0, 2.0, 12.0];
+        let mut bytes: Vec<u8> = rows.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        bytes.resize(40, 0);
+        let words = bytes
+            .chunks(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect();
+        let attrs = [
+            ("rows", abi::DTYPE_S64, 1),
+            ("template_key", abi::DTYPE_S64, 2),
+        ];
+        let mut fx = Fixture::raw(words, abi::DTYPE_F32, 3, &attrs);
+        fx.buffer.rank = 2;
+        fx.dims[1] = 3;
+        let seen = Seen::default();
+        assert!(run(&mut fx, &seen).is_none());
+        assert_eq!(
+            *seen.borrow(),
+            vec![
+                (u64::MAX, 2, vec![0.0, 10.0]),
+                (u64::MAX, 2, vec![2.0, 12.0])
+            ]
+        );
+
+        // rows = 1 with a rank-1 buffer is a rank error naming rows.
+        fx.buffer.rank = 1;
+        assert!(refused(&mut fx).message.contains("expected a rank-2 array"));
+        // A row wider than a keep flag plus a full record is refused.
+        fx.buffer.rank = 2;
+        fx.dims[1] = 14;
+        assert!(refused(&mut fx).message.contains("3 x 14"));
+        fx.dims[1] = 0;
+        assert!(refused(&mut fx).message.contains("no keep-flag column"));
     }
 
     #[test]
     fn delivery_failure_and_panic_become_errors() {
         let mut fx = Fixture::f64(&[1.0]);
         // SAFETY: well-formed fixture frame.
-        let err = take_error(unsafe {
-            execute_with(fx.frame_ptr(), |_, _, _| {
-                Err(Failure::invalid("no such template"))
-            })
-        })
-        .unwrap();
+        let mut sink = Failing(|| Err(Failure::invalid("no such template")));
+        let err = take_error(unsafe { execute_with(fx.frame_ptr(), &mut sink) }).unwrap();
         assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
         assert!(err.message.ends_with("no such template"));
 
         // SAFETY: as above.
-        let err = take_error(unsafe {
-            execute_with(fx.frame_ptr(), |_, _, _| -> Result<(), Failure> {
-                panic!("boom in delivery")
-            })
-        })
-        .unwrap();
+        let mut sink = Failing(|| -> Result<(), Failure> { panic!("boom in delivery") });
+        let err = take_error(unsafe { execute_with(fx.frame_ptr(), &mut sink) }).unwrap();
         assert_eq!(err.code, abi::ERROR_INTERNAL);
         assert!(err.message.contains("panicked: boom in delivery"));
     }

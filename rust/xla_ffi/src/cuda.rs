@@ -22,6 +22,9 @@
 //!   it into a CUDA graph, where a host function would be replayed wrongly.
 //! - The host function runs on a CUDA driver thread: it calls no CUDA API,
 //!   and no panic leaves it.
+//! - `vmap` rows (`rows = 1`) are refused with a clear error: a slot holds
+//!   one record. The Python side sends rows through the callback path when
+//!   the CUDA target is registered.
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -32,10 +35,11 @@ use libloading::Library;
 use ringlog::MAX_VALUES;
 
 use crate::abi::{self, CallFrame, StreamGetArgs, XlaError};
+use crate::cpu::{dispatch, Deliver, Ring};
 use crate::error::{self, Failure};
-use crate::frame::{Call, Dtype, Packed};
+use crate::frame::{Call, Dtype, Packed, Target};
 use crate::handler::guarded;
-use crate::{push, stats};
+use crate::stats;
 
 type CuResult = c_int;
 type CuStream = *mut c_void;
@@ -172,26 +176,24 @@ pub struct Pending {
     pub slot: u32,
     pub dtype: Dtype,
     pub len: usize,
-    pub template_id: u32,
-    pub logger_id: u64,
+    pub target: Target,
 }
 
 /// The body of the host function: read the landed values, push, free the
 /// slot. Returns whether the push succeeded.
-pub fn complete<D>(staging: &Staging, pending: &Pending, deliver: D) -> bool
-where
-    D: FnOnce(u64, u32, &[f64]) -> Result<(), Failure>,
-{
-    let mut buf = [0.0; MAX_VALUES];
-    let packed = Packed {
-        dtype: pending.dtype,
-        data: staging.slot(pending.slot).cast_const().cast(),
-        len: pending.len,
+pub fn complete<D: Deliver>(staging: &Staging, pending: &Pending, sink: &mut D) -> bool {
+    let call = Call {
+        packed: Packed {
+            dtype: pending.dtype,
+            data: staging.slot(pending.slot).cast_const().cast(),
+            rows: 1,
+            len: pending.len,
+        },
+        target: pending.target,
     };
     // SAFETY: the copy into this slot completed before CUDA ran us (stream
     // order), and the slot holds `len` values of `dtype`, 8-aligned.
-    let values = unsafe { packed.read_host(&mut buf) };
-    let ok = deliver(pending.logger_id, pending.template_id, values).is_ok();
+    let ok = unsafe { dispatch(&call, sink) }.is_ok();
     // Cannot fail: the slot came out of this queue, so there is room.
     let _ = staging.free.push(pending.slot);
     ok
@@ -203,7 +205,7 @@ unsafe extern "C" fn host_push(user: *mut c_void) {
         // and CUDA calls each host function exactly once.
         let pending = unsafe { Box::from_raw(user.cast::<Pending>()) };
         if let Some(Ok(staging)) = STAGING.get() {
-            if !complete(staging, &pending, push::deliver) {
+            if !complete(staging, &pending, &mut Ring) {
                 stats::host_failed();
             }
         }
@@ -247,6 +249,14 @@ unsafe fn stream_of(frame: &CallFrame) -> Result<CuStream, Failure> {
 }
 
 fn enqueue(frame: &CallFrame, call: Call) -> Result<(), Failure> {
+    if let Target::Routed { rows: true, .. } = call.target {
+        return Err(Failure {
+            code: abi::ERROR_UNIMPLEMENTED,
+            message: "vmap rows (rows = 1) are not supported by the CUDA handler; \
+                      send them through the callback path"
+                .into(),
+        });
+    }
     let driver =
         driver().map_err(|e| Failure::unavailable(format!("CUDA driver unavailable: {e}")))?;
     // SAFETY: `frame` is XLA's, checked by `guarded`.
@@ -276,8 +286,7 @@ fn enqueue(frame: &CallFrame, call: Call) -> Result<(), Failure> {
         slot,
         dtype: call.packed.dtype,
         len: call.packed.len,
-        template_id: call.template_id,
-        logger_id: call.logger_id,
+        target: call.target,
     }));
     // SAFETY: `host_push` matches CUhostFn and takes ownership of `pending`.
     let rc = unsafe { (driver.launch_host_func)(stream, host_push, pending.cast()) };
@@ -304,6 +313,31 @@ pub unsafe extern "C" fn cuda_handler(frame: *mut CallFrame) -> *mut XlaError {
 mod tests {
     use super::*;
     use crate::testing::{take_error, Fixture};
+
+    struct Recorder(Option<(u64, u32, Vec<f64>)>, Result<(), Failure>);
+
+    impl Deliver for Recorder {
+        fn direct(&mut self, l: u64, t: u32, v: &[f64]) -> Result<(), Failure> {
+            self.0 = Some((l, t, v.to_vec()));
+            self.1.clone()
+        }
+        fn routed(&mut self, _: u32, _: &[f64]) {}
+    }
+
+    #[test]
+    fn rows_are_refused_before_touching_cuda() {
+        let attrs = [
+            ("rows", abi::DTYPE_S64, 1),
+            ("template_key", abi::DTYPE_S64, 0),
+        ];
+        let mut fx = Fixture::raw(vec![0, 0], abi::DTYPE_F64, 1, &attrs);
+        fx.buffer.rank = 2;
+        fx.dims[1] = 2;
+        // SAFETY: well-formed fixture frame.
+        let err = take_error(unsafe { cuda_handler(fx.frame_ptr()) }).unwrap();
+        assert_eq!(err.code, abi::ERROR_UNIMPLEMENTED);
+        assert!(err.message.contains("not supported by the CUDA handler"));
+    }
 
     #[test]
     #[cfg_attr(miri, ignore = "Miri cannot dlopen")]
@@ -364,15 +398,14 @@ mod tests {
             slot,
             dtype: Dtype::F32,
             len: 3,
-            template_id: 9,
-            logger_id: 11,
+            target: Target::Direct {
+                logger_id: 11,
+                template_id: 9,
+            },
         };
-        let mut seen = None;
-        assert!(complete(&staging, &pending, |l, t, v| {
-            seen = Some((l, t, v.to_vec()));
-            Ok(())
-        }));
-        assert_eq!(seen, Some((11, 9, vec![2.5, -1.0, f64::from(1.0e-3f32)])));
+        let mut sink = Recorder(None, Ok(()));
+        assert!(complete(&staging, &pending, &mut sink));
+        assert_eq!(sink.0, Some((11, 9, vec![2.5, -1.0, f64::from(1.0e-3f32)])));
         assert_eq!(
             staging.free.len(),
             SLOTS,
@@ -381,9 +414,8 @@ mod tests {
 
         let slot = staging.free.pop().unwrap();
         let failing = Pending { slot, ..pending };
-        assert!(!complete(&staging, &failing, |_, _, _| Err(
-            Failure::invalid("x")
-        )));
+        let mut sink = Recorder(None, Err(Failure::invalid("x")));
+        assert!(!complete(&staging, &failing, &mut sink));
         assert_eq!(
             staging.free.len(),
             SLOTS,

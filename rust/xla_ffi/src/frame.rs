@@ -6,9 +6,14 @@
 //!   a field is read; every count, dtype, rank and attribute is checked before
 //!   a pointer derived from it is followed. Anything unexpected is a
 //!   [`Failure`] naming the problem, never a panic.
-//! - The logging call has exactly one argument (the packed values: `f64` or
-//!   `f32`, rank 1, at most [`MAX_VALUES`] long), no results, and exactly two
-//!   `i64` scalar attributes, `logger_id` and `template_id`.
+//! - The logging call has exactly one argument (the packed values, `f64` or
+//!   `f32`), no results, and `i64` scalar attributes in one of two forms:
+//!   - direct: `logger_id` and `template_id` (a ring template id of that
+//!     logger); the buffer is rank 1 with at most [`MAX_VALUES`] values;
+//!   - routed: `template_key` (a process-stable key resolved through
+//!     [`crate::route`]), and optionally `rows = 1`: then the buffer is
+//!     rank 2, one row per `vmap` element, `[keep, values...]`, with at most
+//!     [`MAX_VALUES`] values after the keep flag. Without `rows` it is rank 1.
 //! - The buffer's data pointer is not dereferenced here: on CUDA it is device
 //!   memory. [`Packed::read_host`] reads it on the CPU platform.
 use std::ffi::c_void;
@@ -35,36 +40,47 @@ impl Dtype {
     }
 }
 
-/// The packed values buffer, not yet read.
+/// The widest row a buffer may have: a keep flag and a full record.
+pub const MAX_ROW: usize = MAX_VALUES + 1;
+
+/// The packed values buffer, not yet read: `rows` rows of `len` values
+/// (one row for a rank-1 buffer).
 #[derive(Clone, Copy, Debug)]
 pub struct Packed {
     pub dtype: Dtype,
     pub data: *const c_void,
+    pub rows: usize,
     pub len: usize,
 }
 
 impl Packed {
     /// Size of the buffer in bytes.
     pub fn bytes(&self) -> usize {
-        self.len * self.dtype.size()
+        self.rows * self.len * self.dtype.size()
     }
 
-    /// Copies the values, widened to `f64`, into `out` and returns them.
+    /// Copies row `row`, widened to `f64`, into `out` and returns it.
     ///
     /// # Safety
-    /// `data` points to `len` host-readable, suitably aligned elements of
-    /// `dtype` (true for XLA:CPU buffers, which XLA aligns to at least 16).
-    pub unsafe fn read_host<'a>(&self, out: &'a mut [f64; MAX_VALUES]) -> &'a [f64] {
-        let n = self.len.min(MAX_VALUES);
+    /// `data` points to `rows * len` host-readable, suitably aligned elements
+    /// of `dtype` (true for XLA:CPU buffers, which XLA aligns to at least 16),
+    /// and `row < rows`.
+    pub unsafe fn read_host<'a>(&self, row: usize, out: &'a mut [f64; MAX_ROW]) -> &'a [f64] {
+        let n = self.len.min(MAX_ROW);
         if n == 0 {
             return &out[..0];
         }
-        // SAFETY: the caller's contract; n <= len.
+        let start = row * self.len;
+        // SAFETY: the caller's contract; start + n <= rows * len.
         unsafe {
             match self.dtype {
-                Dtype::F64 => out[..n].copy_from_slice(slice::from_raw_parts(self.data.cast(), n)),
+                Dtype::F64 => {
+                    let src: *const f64 = self.data.cast();
+                    out[..n].copy_from_slice(slice::from_raw_parts(src.add(start), n))
+                }
                 Dtype::F32 => {
-                    let src: &[f32] = slice::from_raw_parts(self.data.cast(), n);
+                    let src: *const f32 = self.data.cast();
+                    let src = slice::from_raw_parts(src.add(start), n);
                     for (o, &v) in out.iter_mut().zip(src) {
                         *o = f64::from(v);
                     }
@@ -75,12 +91,20 @@ impl Packed {
     }
 }
 
+/// Where a call's record goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Ring template `template_id` of the logger with id `logger_id`.
+    Direct { logger_id: u64, template_id: u32 },
+    /// Template key `key` of the active route; `rows`: rank-2 keep-flagged rows.
+    Routed { key: u32, rows: bool },
+}
+
 /// One decoded logging call.
 #[derive(Clone, Copy, Debug)]
 pub struct Call {
     pub packed: Packed,
-    pub template_id: u32,
-    pub logger_id: u64,
+    pub target: Target,
 }
 
 /// What XLA asked for.
@@ -122,14 +146,11 @@ pub unsafe fn decode(frame: &CallFrame) -> Result<Request, Failure> {
                 abi::STAGE_EXECUTE
             )));
         }
-        let packed = decode_args(frame)?;
+        let target = decode_attrs(frame)?;
+        let rows = matches!(target, Target::Routed { rows: true, .. });
+        let packed = decode_args(frame, rows)?;
         decode_rets(frame)?;
-        let (template_id, logger_id) = decode_attrs(frame)?;
-        Ok(Request::Execute(Call {
-            packed,
-            template_id,
-            logger_id,
-        }))
+        Ok(Request::Execute(Call { packed, target }))
     }
 }
 
@@ -188,7 +209,7 @@ fn dtype_name(dtype: i32) -> String {
     }
 }
 
-unsafe fn decode_args(frame: &CallFrame) -> Result<Packed, Failure> {
+unsafe fn decode_args(frame: &CallFrame, rows: bool) -> Result<Packed, Failure> {
     let args = &frame.args;
     if args.struct_size < abi::ARGS_SIZE {
         return Err(Failure::invalid(format!(
@@ -231,20 +252,43 @@ unsafe fn decode_args(frame: &CallFrame) -> Result<Packed, Failure> {
             )))
         }
     };
-    if buf.rank != 1 || buf.dims.is_null() {
-        return Err(Failure::invalid(format!(
-            "packed values have rank {}, expected a rank-1 array",
-            buf.rank
-        )));
+    let rank = if rows { 2 } else { 1 };
+    if buf.rank != rank || buf.dims.is_null() {
+        return Err(Failure::invalid(if rows {
+            format!(
+                "packed rows have rank {}, expected a rank-2 array (one row per batch element)",
+                buf.rank
+            )
+        } else {
+            format!(
+                "packed values have rank {}, expected a rank-1 array",
+                buf.rank
+            )
+        }));
     }
-    // SAFETY: rank is 1, so dims has one element.
-    let n = unsafe { *buf.dims };
-    if n < 0 || n as u64 > MAX_VALUES as u64 {
-        return Err(Failure::invalid(format!(
-            "packed values have {n} elements, a record holds at most {MAX_VALUES}"
-        )));
+    // SAFETY: dims has `rank` elements.
+    let (n_rows, len) = unsafe {
+        if rows {
+            (*buf.dims, *buf.dims.add(1))
+        } else {
+            (1, *buf.dims)
+        }
+    };
+    let max_len = if rows { MAX_ROW } else { MAX_VALUES };
+    if n_rows < 0 || len < 0 || len as u64 > max_len as u64 {
+        return Err(Failure::invalid(if rows {
+            format!(
+                "packed rows are {n_rows} x {len}; a row holds a keep flag and at most \
+                 {MAX_VALUES} values"
+            )
+        } else {
+            format!("packed values have {len} elements, a record holds at most {MAX_VALUES}")
+        }));
     }
-    if n > 0 && buf.data.is_null() {
+    if rows && len == 0 {
+        return Err(Failure::invalid("packed rows have no keep-flag column"));
+    }
+    if n_rows > 0 && len > 0 && buf.data.is_null() {
         return Err(Failure::invalid(
             "packed values buffer has a null data pointer",
         ));
@@ -252,7 +296,8 @@ unsafe fn decode_args(frame: &CallFrame) -> Result<Packed, Failure> {
     Ok(Packed {
         dtype,
         data: buf.data,
-        len: n as usize,
+        rows: n_rows as usize,
+        len: len as usize,
     })
 }
 
@@ -296,7 +341,7 @@ unsafe fn scalar_i64(name: &str, kind: i32, attr: *mut c_void) -> Result<i64, Fa
     Ok(unsafe { scalar.value.cast::<i64>().read_unaligned() })
 }
 
-unsafe fn decode_attrs(frame: &CallFrame) -> Result<(u32, u64), Failure> {
+unsafe fn decode_attrs(frame: &CallFrame) -> Result<Target, Failure> {
     let attrs = &frame.attrs;
     if attrs.struct_size < abi::ATTRS_SIZE {
         return Err(Failure::invalid(format!(
@@ -312,7 +357,7 @@ unsafe fn decode_attrs(frame: &CallFrame) -> Result<(u32, u64), Failure> {
             "malformed attribute list of size {n}"
         )));
     }
-    let (mut template_id, mut logger_id) = (None, None);
+    let (mut template_id, mut logger_id, mut key, mut rows) = (None, None, None, None);
     for i in 0..n as usize {
         // SAFETY: i < size and the three arrays are non-null; each name is
         // a byte span of `len` bytes.
@@ -324,33 +369,48 @@ unsafe fn decode_attrs(frame: &CallFrame) -> Result<(u32, u64), Failure> {
             };
             (*attrs.types.add(i), name, *attrs.attrs.add(i))
         };
-        match name {
-            b"template_id" => {
-                // SAFETY: `attr` comes from XLA's attribute array.
-                let v = unsafe { scalar_i64("template_id", kind, attr)? };
-                template_id = Some(u32::try_from(v).map_err(|_| {
-                    Failure::invalid(format!("template_id {v} is outside 0..=4294967295"))
-                })?);
-            }
-            b"logger_id" => {
-                // SAFETY: as above.
-                let v = unsafe { scalar_i64("logger_id", kind, attr)? };
-                logger_id = Some(
-                    u64::try_from(v)
-                        .map_err(|_| Failure::invalid(format!("logger_id {v} is negative")))?,
-                );
-            }
+        let slot = match name {
+            b"template_id" => &mut template_id,
+            b"logger_id" => &mut logger_id,
+            b"template_key" => &mut key,
+            b"rows" => &mut rows,
             other => {
                 return Err(Failure::invalid(format!(
-                    "unexpected attribute `{}`; expected only `logger_id` and `template_id`",
+                    "unexpected attribute `{}`; expected `logger_id` and `template_id`, or \
+                     `template_key` (and optionally `rows`)",
                     String::from_utf8_lossy(other)
                 )))
             }
-        }
+        };
+        let name = String::from_utf8_lossy(name);
+        // SAFETY: `attr` comes from XLA's attribute array.
+        *slot = Some(unsafe { scalar_i64(&name, kind, attr)? });
     }
-    match (template_id, logger_id) {
-        (Some(t), Some(l)) => Ok((t, l)),
-        (None, _) => Err(Failure::invalid("missing int64 attribute `template_id`")),
-        (_, None) => Err(Failure::invalid("missing int64 attribute `logger_id`")),
+    let id32 = |name: &str, v: i64| {
+        u32::try_from(v)
+            .map_err(|_| Failure::invalid(format!("{name} {v} is outside 0..=4294967295")))
+    };
+    match (logger_id, template_id, key, rows) {
+        (Some(l), Some(t), None, None) => Ok(Target::Direct {
+            logger_id: u64::try_from(l)
+                .map_err(|_| Failure::invalid(format!("logger_id {l} is negative")))?,
+            template_id: id32("template_id", t)?,
+        }),
+        (None, None, Some(k), rows) => Ok(Target::Routed {
+            key: id32("template_key", k)?,
+            rows: match rows {
+                None | Some(0) => false,
+                Some(1) => true,
+                Some(r) => return Err(Failure::invalid(format!("rows must be 0 or 1, got {r}"))),
+            },
+        }),
+        (None, Some(_), None, None) => Err(Failure::invalid("missing int64 attribute `logger_id`")),
+        (Some(_), None, None, None) => {
+            Err(Failure::invalid("missing int64 attribute `template_id`"))
+        }
+        _ => Err(Failure::invalid(
+            "attributes must be either `logger_id` and `template_id`, or `template_key` \
+             (and optionally `rows`)",
+        )),
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! The handlers follow XLA's typed FFI C API (`xla/ffi/api/c_api.h`, API
 //! [`abi::API_MAJOR`].[`abi::API_MINOR`]) through our own `#[repr(C)]`
-//! definitions in [`abi`]. A call carries one rank-1 `f64`/`f32` buffer (the
-//! packed values) and two `i64` attributes, `logger_id` and `template_id`.
+//! definitions in [`abi`]. A call carries one `f64`/`f32` buffer (the packed
+//! values) and `i64` attributes: `logger_id` and `template_id` (direct), or
+//! `template_key` and optionally `rows` (routed through [`route`]).
 //!
 //! - [`cpu_handler`]: platform "cpu"; reads the host buffer and pushes.
 //! - [`cuda_handler`]: platform "CUDA"; async copy to pinned memory plus a
@@ -21,12 +22,13 @@ mod error;
 mod frame;
 mod handler;
 mod push;
+pub mod route;
 pub mod stats;
 
 #[cfg(test)]
 mod testing;
 
-pub use cpu::{cpu_handler, execute_with as cpu_execute_with};
+pub use cpu::{cpu_handler, execute_with as cpu_execute_with, Deliver};
 pub use cuda::cuda_handler;
 pub use error::Failure;
 pub use stats::Stats;

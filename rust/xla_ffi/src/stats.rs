@@ -9,13 +9,19 @@ static ORPHANED: AtomicU64 = AtomicU64::new(0);
 static UNREPORTABLE: AtomicU64 = AtomicU64::new(0);
 static NO_SLOT: AtomicU64 = AtomicU64::new(0);
 static HOST_FAILED: AtomicU64 = AtomicU64::new(0);
+static UNROUTED: AtomicU64 = AtomicU64::new(0);
+static PUSH_FAILED: AtomicU64 = AtomicU64::new(0);
 
 /// A snapshot of the counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Records whose logger id named no live logger (closed, or replaced by
-    /// `configure` while a compiled function still carried the old id).
+    /// Records whose logger was gone: a direct call naming a closed or
+    /// unknown logger id, or a routed call with no route installed.
     pub orphaned: u64,
+    /// Routed records whose template key had no ring id in the active route.
+    pub unrouted: u64,
+    /// Routed records the logger refused (wrong value count, unknown id).
+    pub push_failed: u64,
     /// Failures that could not be reported because XLA's API table was
     /// missing or too small to create an error.
     pub unreportable: u64,
@@ -29,6 +35,8 @@ pub struct Stats {
 pub fn snapshot() -> Stats {
     Stats {
         orphaned: ORPHANED.load(Relaxed),
+        unrouted: UNROUTED.load(Relaxed),
+        push_failed: PUSH_FAILED.load(Relaxed),
         unreportable: UNREPORTABLE.load(Relaxed),
         no_slot: NO_SLOT.load(Relaxed),
         host_failed: HOST_FAILED.load(Relaxed),
@@ -49,4 +57,12 @@ pub(crate) fn no_slot() {
 
 pub(crate) fn host_failed() {
     HOST_FAILED.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn unrouted() {
+    UNROUTED.fetch_add(1, Relaxed);
+}
+
+pub(crate) fn push_failed() {
+    PUSH_FAILED.fetch_add(1, Relaxed);
 }
