@@ -40,7 +40,9 @@ pub(crate) fn run(shared: Arc<Shared>) {
     };
     let result = catch_unwind(AssertUnwindSafe(|| drain.run()));
     if result.is_err() {
-        eprintln!("[nlsq] log drain stopped after an internal error; records are no longer written");
+        eprintln!(
+            "[nlsq] log drain stopped after an internal error; records are no longer written"
+        );
     }
     if shared.state.load(SeqCst) != CLOSING {
         // Paused around fork(): hand the sink back for the next drain.
@@ -83,7 +85,8 @@ impl Drain<'_> {
             if self.pass() == 0 {
                 self.report_drops();
                 self.flush_sink();
-                s.waker.sleep_unless(|| !s.ring.is_empty() || s.state.load(SeqCst) != RUNNING);
+                s.waker
+                    .sleep_unless(|| !s.ring.is_empty() || s.state.load(SeqCst) != RUNNING);
             }
         }
     }
@@ -123,7 +126,9 @@ impl Drain<'_> {
         let n = record.decode(&mut values);
         let start = self.text.len();
         let text = &mut self.text;
-        let rendered = catch_unwind(AssertUnwindSafe(|| entry.template.render(&values[..n], text)));
+        let rendered = catch_unwind(AssertUnwindSafe(|| {
+            entry.template.render(&values[..n], text)
+        }));
         if rendered.is_err() {
             self.text.truncate(start);
             self.error(io::Error::other(format!(
@@ -167,7 +172,10 @@ impl Drain<'_> {
         s.reported_drops.store(total, Relaxed);
         // A drop means the ring was full.
         s.counters.observe_depth(s.ring.capacity() as u64);
-        let line = format!("[nlsq] {} log records dropped (ring full)\n", total - reported);
+        let line = format!(
+            "[nlsq] {} log records dropped (ring full)\n",
+            total - reported
+        );
         match self.sink.write(line.as_bytes()) {
             Ok(()) => self.dirty = true,
             Err(e) => self.error(e),

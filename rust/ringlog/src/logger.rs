@@ -43,7 +43,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { capacity: 65536, policy: Policy::DropNew }
+        Config {
+            capacity: 65536,
+            policy: Policy::DropNew,
+        }
     }
 }
 
@@ -173,7 +176,11 @@ pub fn lookup(id: u64) -> Option<Logger> {
 }
 
 fn live() -> Vec<Logger> {
-    lock(registry()).values().filter_map(Weak::upgrade).map(|handle| Logger { handle }).collect()
+    lock(registry())
+        .values()
+        .filter_map(Weak::upgrade)
+        .map(|handle| Logger { handle })
+        .collect()
 }
 
 /// Flushes and closes every live logger (the atexit hook).
@@ -243,7 +250,10 @@ impl Logger {
             counters: Counters::default(),
             reported_drops: AtomicU64::new(0),
             sink: Mutex::new(Some(sink)),
-            flush: Mutex::new(FlushState { next_ticket: 0, done: 0 }),
+            flush: Mutex::new(FlushState {
+                next_ticket: 0,
+                done: 0,
+            }),
             flushed: Condvar::new(),
             drain: Mutex::new(None),
         });
@@ -283,7 +293,14 @@ impl Logger {
     /// Field names of template `tid`, in order.
     pub fn field_names(&self, tid: u32) -> Option<Vec<String>> {
         let entry = self.shared().templates.get(tid)?;
-        Some(entry.template.field_names().into_iter().map(str::to_owned).collect())
+        Some(
+            entry
+                .template
+                .field_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+        )
     }
 
     #[inline]
@@ -292,9 +309,15 @@ impl Logger {
         if s.closed.load(Relaxed) {
             return Err(PushError::Closed);
         }
-        let entry = s.templates.get(tid).ok_or(PushError::UnknownTemplate(tid))?;
+        let entry = s
+            .templates
+            .get(tid)
+            .ok_or(PushError::UnknownTemplate(tid))?;
         if entry.arity != got {
-            return Err(PushError::WrongArity { expected: entry.arity, got });
+            return Err(PushError::WrongArity {
+                expected: entry.arity,
+                got,
+            });
         }
         Ok(())
     }
@@ -385,7 +408,10 @@ impl Logger {
                     if now >= d {
                         return false;
                     }
-                    s.flushed.wait_timeout(f, d - now).unwrap_or_else(|p| p.into_inner()).0
+                    s.flushed
+                        .wait_timeout(f, d - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
             };
         }

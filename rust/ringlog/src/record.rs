@@ -52,7 +52,14 @@ impl Record {
                 }
             };
         }
-        Record { tid, len: values.len() as u8, float_mask, seq, ts_ns, bits }
+        Record {
+            tid,
+            len: values.len() as u8,
+            float_mask,
+            seq,
+            ts_ns,
+            bits,
+        }
     }
 
     /// Builds a record whose values are all floats. The caller has checked
@@ -65,7 +72,14 @@ impl Record {
             *slot = v.to_bits();
         }
         let float_mask = ((1u32 << values.len()) - 1) as u16;
-        Record { tid, len: values.len() as u8, float_mask, seq, ts_ns, bits }
+        Record {
+            tid,
+            len: values.len() as u8,
+            float_mask,
+            seq,
+            ts_ns,
+            bits,
+        }
     }
 
     /// A flush marker carrying `ticket`.
@@ -114,7 +128,12 @@ mod tests {
 
     #[test]
     fn round_trips_mixed_values() {
-        let vals = [Value::Int(-3), Value::Float(-0.0), Value::Float(f64::NAN), Value::Int(i64::MAX)];
+        let vals = [
+            Value::Int(-3),
+            Value::Float(-0.0),
+            Value::Float(f64::NAN),
+            Value::Int(i64::MAX),
+        ];
         let r = Record::from_values(7, 1, 2, &vals);
         let mut out = [Value::Int(0); MAX_VALUES];
         let n = r.decode(&mut out);

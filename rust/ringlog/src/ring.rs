@@ -75,7 +75,11 @@ pub struct Ring {
 impl Ring {
     /// `capacity` must be at least 1.
     pub fn new(capacity: usize, policy: Policy) -> Ring {
-        Ring { queue: ArrayQueue::new(capacity), policy, dropped: CachePadded::new(AtomicU64::new(0)) }
+        Ring {
+            queue: ArrayQueue::new(capacity),
+            policy,
+            dropped: CachePadded::new(AtomicU64::new(0)),
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -127,17 +131,13 @@ impl Ring {
         }
     }
 
-    /// Queues a flush marker: like `block` under `drop_new`/`block` (a marker
-    /// is never dropped), like `overwrite_oldest` under that policy.
+    /// Queues a flush marker, waiting for room under every policy: a marker
+    /// is never dropped, and it never evicts a record (under
+    /// `overwrite_oldest` producers keep forcing records in, but the drain
+    /// frees a batch of slots at a time, so the marker gets in).
     pub fn push_marker(&self, marker: Record, keep_waiting: impl FnMut() -> bool) -> Pushed {
         debug_assert!(marker.is_marker());
-        match self.policy {
-            Policy::OverwriteOldest => {
-                self.force_push(marker);
-                Pushed::Queued
-            }
-            _ => self.push_waiting(marker, keep_waiting),
-        }
+        self.push_waiting(marker, keep_waiting)
     }
 
     fn force_push(&self, mut record: Record) {
@@ -188,14 +188,20 @@ mod tests {
             assert_eq!(p.to_string().parse::<Policy>().unwrap(), p);
         }
         let err = "drop_old".parse::<Policy>().unwrap_err();
-        assert!(err.contains("drop_old") && err.contains("overwrite_oldest"), "{err}");
+        assert!(
+            err.contains("drop_old") && err.contains("overwrite_oldest"),
+            "{err}"
+        );
     }
 
     #[test]
     fn drop_new_keeps_the_first_and_counts_the_rest() {
         let ring = Ring::new(4, Policy::DropNew);
         let outcomes: Vec<_> = (0..6).map(|i| ring.push(rec(i), || true)).collect();
-        assert_eq!(outcomes.iter().filter(|o| **o == Pushed::Dropped).count(), 2);
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Pushed::Dropped).count(),
+            2
+        );
         assert_eq!(ring.dropped(), 2);
         assert_eq!(drain(&ring), vec![0, 1, 2, 3]);
     }
@@ -213,12 +219,15 @@ mod tests {
     #[test]
     fn overwrite_never_evicts_a_marker() {
         let ring = Ring::new(3, Policy::OverwriteOldest);
-        ring.push_marker(Record::marker(99), || true);
+        assert_eq!(ring.push_marker(Record::marker(99), || true), Pushed::Queued);
         for i in 0..5 {
             ring.push(rec(i), || true);
         }
         let left: Vec<_> = std::iter::from_fn(|| ring.pop()).collect();
-        assert!(left.iter().any(|r| r.is_marker() && r.seq == 99), "{left:?}");
+        assert!(
+            left.iter().any(|r| r.is_marker() && r.seq == 99),
+            "{left:?}"
+        );
         assert_eq!(ring.dropped(), 3, "5 records + 1 marker into 3 slots");
     }
 

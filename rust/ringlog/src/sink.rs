@@ -33,7 +33,9 @@ impl FdSink {
         // SAFETY: `File` only issues read/write/close syscalls on the number;
         // close never runs (ManuallyDrop), and a stale or foreign descriptor
         // yields an io::Error from write, never memory unsafety.
-        FdSink { file: ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }) }
+        FdSink {
+            file: ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }),
+        }
     }
 }
 
@@ -56,9 +58,16 @@ impl PathSink {
     /// Opens `path` for appending, creating it if needed.
     pub fn open(path: impl AsRef<Path>) -> io::Result<PathSink> {
         let path = path.as_ref();
-        let file = OpenOptions::new().append(true).create(true).open(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot open log file {}: {e}", path.display()))
-        })?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open log file {}: {e}", path.display()),
+                )
+            })?;
         Ok(PathSink { file })
     }
 }
@@ -119,8 +128,13 @@ mod tests {
 
     #[test]
     fn path_sink_names_the_path_on_failure() {
-        let err = PathSink::open("/nonexistent-dir-ringlog/x.log").err().unwrap();
-        assert!(err.to_string().contains("/nonexistent-dir-ringlog/x.log"), "{err}");
+        let err = PathSink::open("/nonexistent-dir-ringlog/x.log")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("/nonexistent-dir-ringlog/x.log"),
+            "{err}"
+        );
     }
 
     #[cfg(unix)]
@@ -138,7 +152,10 @@ mod tests {
         // Still open: writing through the original handle works.
         (&file).write_all(b"y\n").unwrap();
         let mut text = String::new();
-        File::open(&path).unwrap().read_to_string(&mut text).unwrap();
+        File::open(&path)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         assert_eq!(text, "x\ny\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }

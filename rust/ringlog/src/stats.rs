@@ -27,7 +27,7 @@ pub struct Stats {
     pub dropped: u64,
     /// Failed sink writes or flushes.
     pub sink_errors: u64,
-    /// Most records seen waiting in the ring at once.
+    /// Most entries seen waiting in the ring at once (flush markers included).
     pub high_water: u64,
     /// Ring capacity in records.
     pub capacity: u64,
@@ -71,7 +71,9 @@ fn upper_bound(b: usize) -> u64 {
 
 impl Histogram {
     pub fn new() -> Histogram {
-        Histogram { buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect() }
+        Histogram {
+            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+        }
     }
 
     /// Single writer: a load and a store, no RMW.

@@ -63,7 +63,10 @@ impl Templates {
                 message: format!("logger already holds the maximum of {MAX_TEMPLATES} templates"),
             });
         }
-        if self.slots[tid].set(Box::new(Entry { template, arity })).is_err() {
+        if self.slots[tid]
+            .set(Box::new(Entry { template, arity }))
+            .is_err()
+        {
             unreachable!("slot {tid} filled twice under the registration lock");
         }
         by_text.insert(source.to_owned(), tid as u32);

@@ -49,7 +49,10 @@ struct Failing;
 
 impl Sink for Failing {
     fn write(&mut self, _: &[u8]) -> io::Result<()> {
-        Err(io::Error::new(io::ErrorKind::BrokenPipe, "test pipe closed"))
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "test pipe closed",
+        ))
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -61,15 +64,24 @@ fn records_round_trip_in_order() {
     let (log, sink) = memory_logger(64, Policy::Block);
     let tid = log.register("{i:d} {x:.2f}").unwrap();
     for i in 0..1000 {
-        log.push(tid, &[Value::Int(i), Value::Float(i as f64 / 4.0)]).unwrap();
+        log.push(tid, &[Value::Int(i), Value::Float(i as f64 / 4.0)])
+            .unwrap();
     }
     assert!(log.flush(None));
-    let expected: String = (0..1000).map(|i| format!("{i} {:.2}\n", i as f64 / 4.0)).collect();
+    let expected: String = (0..1000)
+        .map(|i| format!("{i} {:.2}\n", i as f64 / 4.0))
+        .collect();
     assert_eq!(sink.contents(), expected);
     let st = log.stats();
-    assert_eq!((st.pushed, st.written, st.dropped, st.sink_errors), (1000, 1000, 0, 0));
+    assert_eq!(
+        (st.pushed, st.written, st.dropped, st.sink_errors),
+        (1000, 1000, 0, 0)
+    );
     assert_eq!(st.capacity, 64);
-    assert!(st.latency_ns_p50 > 0 && st.latency_ns_p99 >= st.latency_ns_p50, "{st:?}");
+    assert!(
+        st.latency_ns_p50 > 0 && st.latency_ns_p99 >= st.latency_ns_p50,
+        "{st:?}"
+    );
     assert!(st.high_water >= 1 && st.high_water <= 64, "{st:?}");
 }
 
@@ -97,12 +109,21 @@ fn registering_the_same_text_twice_gives_the_same_id() {
 fn bad_pushes_are_refused_before_the_ring() {
     let (log, sink) = memory_logger(4, Policy::DropNew);
     let tid = log.register("{a:d} {b:d}").unwrap();
-    assert_eq!(log.push(tid + 1, &[Value::Int(1)]), Err(PushError::UnknownTemplate(tid + 1)));
+    assert_eq!(
+        log.push(tid + 1, &[Value::Int(1)]),
+        Err(PushError::UnknownTemplate(tid + 1))
+    );
     assert_eq!(
         log.push(tid, &[Value::Int(1)]),
-        Err(PushError::WrongArity { expected: 2, got: 1 })
+        Err(PushError::WrongArity {
+            expected: 2,
+            got: 1
+        })
     );
-    assert_eq!(log.push_f64(u32::MAX, &[]), Err(PushError::UnknownTemplate(u32::MAX)));
+    assert_eq!(
+        log.push_f64(u32::MAX, &[]),
+        Err(PushError::UnknownTemplate(u32::MAX))
+    );
     assert!(log.flush(None));
     assert_eq!(log.stats().pushed, 0);
     assert_eq!(sink.contents(), "");
@@ -111,11 +132,20 @@ fn bad_pushes_are_refused_before_the_ring() {
 #[test]
 fn flush_waits_for_the_sink_and_times_out_when_it_stalls() {
     let gate = Gate::shut();
-    let log = Logger::new(Box::new(gate.clone()), Config { capacity: 16, policy: Policy::DropNew });
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 16,
+            policy: Policy::DropNew,
+        },
+    );
     let tid = log.register("{i:d}").unwrap();
     log.push(tid, &[Value::Int(1)]).unwrap();
     let t = Instant::now();
-    assert!(!log.flush(Some(Duration::from_millis(50))), "nothing can be written yet");
+    assert!(
+        !log.flush(Some(Duration::from_millis(50))),
+        "nothing can be written yet"
+    );
     assert!(t.elapsed() >= Duration::from_millis(50));
     // The push path never waits on the stalled sink under drop_new.
     let t = Instant::now();
@@ -138,7 +168,13 @@ fn flush_waits_for_the_sink_and_times_out_when_it_stalls() {
 #[test]
 fn dropped_records_are_reported_in_one_line_per_catch_up() {
     let gate = Gate::shut();
-    let log = Logger::new(Box::new(gate.clone()), Config { capacity: 8, policy: Policy::DropNew });
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 8,
+            policy: Policy::DropNew,
+        },
+    );
     let tid = log.register("{i:d}").unwrap();
     for i in 0..100 {
         log.push(tid, &[Value::Int(i)]).unwrap();
@@ -152,7 +188,13 @@ fn dropped_records_are_reported_in_one_line_per_catch_up() {
     assert_eq!(st.high_water, 8);
     let text = gate.inner.contents();
     let drop_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("[nlsq]")).collect();
-    assert_eq!(drop_lines, vec![format!("[nlsq] {} log records dropped (ring full)", st.dropped)]);
+    assert_eq!(
+        drop_lines,
+        vec![format!(
+            "[nlsq] {} log records dropped (ring full)",
+            st.dropped
+        )]
+    );
     // The records that made it are the first ones, in order.
     let kept: Vec<i64> = text.lines().filter_map(|l| l.parse().ok()).collect();
     assert_eq!(kept, (0..st.written as i64).collect::<Vec<_>>());
@@ -161,8 +203,13 @@ fn dropped_records_are_reported_in_one_line_per_catch_up() {
 #[test]
 fn overwrite_oldest_keeps_the_newest_records() {
     let gate = Gate::shut();
-    let log =
-        Logger::new(Box::new(gate.clone()), Config { capacity: 4, policy: Policy::OverwriteOldest });
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 4,
+            policy: Policy::OverwriteOldest,
+        },
+    );
     let tid = log.register("{i:d}").unwrap();
     // Let the drain take the first record and stall in write.
     log.push(tid, &[Value::Int(-1)]).unwrap();
@@ -213,7 +260,13 @@ fn dropping_the_last_handle_closes() {
 
 #[test]
 fn a_failing_sink_is_counted_and_never_blocks() {
-    let log = Logger::new(Box::new(Failing), Config { capacity: 4, policy: Policy::Block });
+    let log = Logger::new(
+        Box::new(Failing),
+        Config {
+            capacity: 4,
+            policy: Policy::Block,
+        },
+    );
     let tid = log.register("{i:d}").unwrap();
     for i in 0..100 {
         log.push(tid, &[Value::Int(i)]).unwrap();
@@ -277,7 +330,11 @@ fn concurrent_flushes_all_return() {
     }
     assert!(log.flush(None));
     let st = log.stats();
-    let lines = sink.contents().lines().filter(|l| !l.starts_with("[nlsq]")).count() as u64;
+    let lines = sink
+        .contents()
+        .lines()
+        .filter(|l| !l.starts_with("[nlsq]"))
+        .count() as u64;
     assert_eq!(lines, st.written);
     assert_eq!(st.written + st.dropped, 2000);
 }
