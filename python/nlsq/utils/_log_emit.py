@@ -26,7 +26,7 @@ Routes
     Portable fallback through the public ``jax.debug.callback``; used when the
     JAX internals the first route relies on are missing.
 ``"ffi"``
-    Added by :mod:`nlsq.utils._log_ffi` when the native extension provides an
+    Added by :mod:`nlsq.utils._ffi_backend` when the native extension provides an
     XLA FFI target (no Python per record).  Registered through
     :func:`register_backend`.
 """
@@ -170,7 +170,7 @@ def _load_optional_routes() -> None:
     # it is absent until the native target is built.
     if "ffi" not in _FACTORIES:
         try:
-            importlib.import_module("nlsq.utils._log_ffi")
+            importlib.import_module("nlsq.utils._ffi_backend")
         except ImportError:
             pass
 
