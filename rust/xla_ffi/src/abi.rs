@@ -60,6 +60,7 @@ pub struct ExecutionContext {
 #[repr(C)]
 pub struct ExtensionBase {
     pub struct_size: usize,
+    /// `type` in the header.
     pub kind: i32,
     pub next: *mut ExtensionBase,
 }
@@ -272,7 +273,11 @@ pub fn layout() -> Vec<(&'static str, usize)> {
         ("XLA_FFI_Metadata_Extension", METADATA_EXTENSION_SIZE),
         ("XLA_FFI_Stream_Get_Args", STREAM_GET_ARGS_SIZE),
         ("XLA_FFI_Api", API_SIZE),
-        off!("XLA_FFI_Extension_Base", ExtensionBase, kind),
+        // `type` in C, a keyword in Rust.
+        (
+            "XLA_FFI_Extension_Base.type",
+            offset_of!(ExtensionBase, kind),
+        ),
         off!("XLA_FFI_Api_Version", ApiVersion, major_version),
         off!("XLA_FFI_Error_Create_Args", ErrorCreateArgs, message),
         off!("XLA_FFI_Error_Create_Args", ErrorCreateArgs, errc),
