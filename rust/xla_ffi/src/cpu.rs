@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn empty_buffer_is_a_constant_line() {
         let mut fx = Fixture::f64(&[]);
-        fx.buffer.data = std::ptr::null_mut();
+        fx.buffer().data = std::ptr::null_mut();
         let seen = Seen::default();
         assert!(run(&mut fx, &seen).is_none());
         assert_eq!(*seen.borrow(), vec![(7, 3, vec![])]);
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn wrong_dtype_is_named() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.buffer.dtype = abi::DTYPE_S64;
+        fx.buffer().dtype = abi::DTYPE_S64;
         let err = refused(&mut fx);
         assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
         assert!(
@@ -195,33 +195,33 @@ mod tests {
     #[test]
     fn wrong_rank_is_named() {
         let mut fx = Fixture::f64(&[1.0, 2.0]);
-        fx.buffer.rank = 2;
+        fx.buffer().rank = 2;
         assert!(refused(&mut fx).message.contains("rank 2"));
-        fx.buffer.rank = 0;
+        fx.buffer().rank = 0;
         assert!(refused(&mut fx).message.contains("rank 0"));
     }
 
     #[test]
     fn negative_dim_is_refused() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.dims[0] = -1;
+        fx.dims()[0] = -1;
         assert!(refused(&mut fx).message.contains("-1 elements"));
     }
 
     #[test]
     fn small_structs_are_refused() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.frame.struct_size = abi::CALL_FRAME_SIZE - 8;
+        fx.frame().struct_size = abi::CALL_FRAME_SIZE - 8;
         assert!(refused(&mut fx).message.contains("XLA_FFI_CallFrame is"));
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.buffer.struct_size = 16;
+        fx.buffer().struct_size = 16;
         assert!(refused(&mut fx)
             .message
             .contains("XLA_FFI_Buffer is 16 bytes"));
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.frame.attrs.struct_size = 8;
+        fx.frame().attrs.struct_size = 8;
         assert!(refused(&mut fx)
             .message
             .contains("XLA_FFI_Attrs is 8 bytes"));
@@ -230,29 +230,29 @@ mod tests {
     #[test]
     fn wrong_stage_is_refused() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.frame.stage = 0;
+        fx.frame().stage = 0;
         assert!(refused(&mut fx).message.contains("execution stage 0"));
     }
 
     #[test]
     fn argument_and_result_counts_are_checked() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.frame.args.size = 2;
+        fx.frame().args.size = 2;
         assert!(refused(&mut fx).message.contains("exactly 1 argument"));
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.arg_types[0] = 2;
+        fx.set_arg_type(0, 2);
         assert!(refused(&mut fx).message.contains("expected a buffer"));
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.frame.rets.size = 1;
+        fx.frame().rets.size = 1;
         assert!(refused(&mut fx).message.contains("expected no results"));
     }
 
     #[test]
     fn attributes_are_checked_by_name_and_type() {
         let mut fx = Fixture::f64(&[1.0]);
-        fx.scalars[1].dtype = 4; // S32
+        fx.scalar(1).dtype = 4; // S32
         let err = refused(&mut fx);
         assert!(
             err.message
@@ -262,7 +262,7 @@ mod tests {
         );
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.attr_types[0] = abi::ATTR_SCALAR + 1;
+        fx.set_attr_type(0, abi::ATTR_SCALAR + 1);
         assert!(refused(&mut fx)
             .message
             .contains("`logger_id` has attribute type 4"));
@@ -342,8 +342,8 @@ mod tests {
             ("template_key", abi::DTYPE_S64, 2),
         ];
         let mut fx = Fixture::raw(words, abi::DTYPE_F32, 3, &attrs);
-        fx.buffer.rank = 2;
-        fx.dims[1] = 3;
+        fx.buffer().rank = 2;
+        fx.dims()[1] = 3;
         let seen = Seen::default();
         assert!(run(&mut fx, &seen).is_none());
         assert_eq!(
@@ -355,13 +355,13 @@ mod tests {
         );
 
         // rows = 1 with a rank-1 buffer is a rank error naming rows.
-        fx.buffer.rank = 1;
+        fx.buffer().rank = 1;
         assert!(refused(&mut fx).message.contains("expected a rank-2 array"));
         // A row wider than a keep flag plus a full record is refused.
-        fx.buffer.rank = 2;
-        fx.dims[1] = 14;
+        fx.buffer().rank = 2;
+        fx.dims()[1] = 14;
         assert!(refused(&mut fx).message.contains("3 x 14"));
-        fx.dims[1] = 0;
+        fx.dims()[1] = 0;
         assert!(refused(&mut fx).message.contains("no keep-flag column"));
     }
 
@@ -388,8 +388,8 @@ mod tests {
         assert!(unsafe { cpu_handler(std::ptr::null_mut()) }.is_null());
 
         let mut fx = Fixture::f64(&[1.0]);
-        fx.buffer.dtype = abi::DTYPE_S64;
-        fx.api.error_create = None;
+        fx.buffer().dtype = abi::DTYPE_S64;
+        fx.api().error_create = None;
         let seen = Seen::default();
         assert!(run(&mut fx, &seen).is_none());
         assert!(seen.borrow().is_empty());
@@ -421,9 +421,9 @@ mod tests {
         }));
         // XLA sends the metadata query with no arguments and stage 0.
         let mut fx = Fixture::f64(&[]);
-        fx.frame.args.size = 0;
-        fx.frame.stage = 0;
-        fx.frame.extension_start = ext.cast();
+        fx.frame().args.size = 0;
+        fx.frame().stage = 0;
+        fx.frame().extension_start = ext.cast();
         let seen = Seen::default();
         assert!(run(&mut fx, &seen).is_none());
         assert!(seen.borrow().is_empty(), "a metadata query pushes nothing");

@@ -82,23 +82,30 @@ pub const STANDARD_ATTRS: [AttrSpec<'static>; 2] = [
     ("template_id", abi::DTYPE_S64, 3),
 ];
 
-// Most fields exist only to keep the memory the frame points into alive.
-#[allow(dead_code)]
+/// Owns a call frame and everything it points into.
+///
+/// Stacked-borrows discipline (checked by Miri): each heap object is created
+/// once and then reached only through one raw pointer, from which both the
+/// frame's pointers and the accessors below derive. Moving the fixture moves
+/// no `Box` (a move would re-assert uniqueness and invalidate the frame's
+/// pointers), and vectors are never indexed through `&mut [T]` after the
+/// frame took pointers into them.
 pub struct Fixture {
-    pub api: Box<Api>,
-    pub data: Vec<u64>,
-    pub dims: Box<[i64; 2]>,
-    pub buffer: Box<abi::Buffer>,
-    pub arg_types: Vec<i32>,
-    pub arg_ptrs: Vec<*mut c_void>,
-    pub names: Vec<Vec<u8>>,
-    pub spans: Vec<ByteSpan>,
-    pub span_ptrs: Vec<*mut ByteSpan>,
-    pub values: Vec<i64>,
-    pub scalars: Vec<Scalar>,
-    pub attr_types: Vec<i32>,
-    pub attr_ptrs: Vec<*mut c_void>,
-    pub frame: Box<CallFrame>,
+    api: *mut Api,
+    dims: *mut [i64; 2],
+    buffer: *mut abi::Buffer,
+    frame: *mut CallFrame,
+    // Storage the frame points into; only its heap buffers matter.
+    _data: Vec<u64>,
+    _arg_types: Vec<i32>,
+    _arg_ptrs: Vec<*mut c_void>,
+    _names: Vec<Vec<u8>>,
+    _spans: Vec<ByteSpan>,
+    _span_ptrs: Vec<*mut ByteSpan>,
+    _values: Vec<i64>,
+    _scalars: Vec<Scalar>,
+    _attr_types: Vec<i32>,
+    _attr_ptrs: Vec<*mut c_void>,
 }
 
 impl Fixture {
@@ -120,17 +127,17 @@ impl Fixture {
 
     pub fn raw(mut data: Vec<u64>, dtype: i32, len: usize, attrs: &[AttrSpec<'_>]) -> Fixture {
         data.reserve_exact(1);
-        let mut dims = Box::new([len as i64, 1]);
-        let mut buffer = Box::new(abi::Buffer {
+        let dims = Box::into_raw(Box::new([len as i64, 1]));
+        let buffer = Box::into_raw(Box::new(abi::Buffer {
             struct_size: abi::BUFFER_SIZE,
             extension_start: ptr::null_mut(),
             dtype,
             data: data.as_mut_ptr().cast(),
             rank: 1,
-            dims: dims.as_mut_ptr(),
-        });
-        let arg_types = vec![abi::ARG_BUFFER];
-        let mut arg_ptrs = vec![(&mut *buffer as *mut abi::Buffer).cast::<c_void>()];
+            dims: dims.cast(),
+        }));
+        let mut arg_types = vec![abi::ARG_BUFFER];
+        let mut arg_ptrs = vec![buffer.cast::<c_void>()];
 
         let names: Vec<Vec<u8>> = attrs.iter().map(|a| a.0.as_bytes().to_vec()).collect();
         let mut spans: Vec<ByteSpan> = names
@@ -140,34 +147,38 @@ impl Fixture {
                 len: n.len(),
             })
             .collect();
-        let mut span_ptrs: Vec<*mut ByteSpan> = spans.iter_mut().map(|s| s as *mut _).collect();
+        let spans_base = spans.as_mut_ptr();
+        let mut span_ptrs: Vec<*mut ByteSpan> = (0..spans.len())
+            .map(|i| spans_base.wrapping_add(i))
+            .collect();
         let mut values: Vec<i64> = attrs.iter().map(|a| a.2).collect();
+        let values_base = values.as_mut_ptr();
         let mut scalars: Vec<Scalar> = attrs
             .iter()
-            .zip(values.iter_mut())
-            .map(|(a, v)| Scalar {
+            .enumerate()
+            .map(|(i, a)| Scalar {
                 dtype: a.1,
-                value: (v as *mut i64).cast(),
+                value: values_base.wrapping_add(i).cast(),
             })
             .collect();
+        let scalars_base = scalars.as_mut_ptr();
         let mut attr_types = vec![abi::ATTR_SCALAR; attrs.len()];
-        let mut attr_ptrs: Vec<*mut c_void> = scalars
-            .iter_mut()
-            .map(|s| (s as *mut Scalar).cast())
+        let mut attr_ptrs: Vec<*mut c_void> = (0..scalars.len())
+            .map(|i| scalars_base.wrapping_add(i).cast())
             .collect();
 
-        let mut api = fake_api();
-        let frame = Box::new(CallFrame {
+        let api = Box::into_raw(fake_api());
+        let frame = Box::into_raw(Box::new(CallFrame {
             struct_size: abi::CALL_FRAME_SIZE,
             extension_start: ptr::null_mut(),
-            api: &mut *api,
+            api,
             ctx: ptr::null_mut(),
             stage: abi::STAGE_EXECUTE,
             args: abi::Args {
                 struct_size: abi::ARGS_SIZE,
                 extension_start: ptr::null_mut(),
                 size: 1,
-                types: arg_types.as_ptr().cast_mut(),
+                types: arg_types.as_mut_ptr(),
                 args: arg_ptrs.as_mut_ptr(),
             },
             rets: abi::Rets {
@@ -186,26 +197,77 @@ impl Fixture {
                 attrs: attr_ptrs.as_mut_ptr(),
             },
             future: ptr::null_mut(),
-        });
+        }));
         Fixture {
             api,
-            data,
             dims,
             buffer,
-            arg_types,
-            arg_ptrs,
-            names,
-            spans,
-            span_ptrs,
-            values,
-            scalars,
-            attr_types,
-            attr_ptrs,
             frame,
+            _data: data,
+            _arg_types: arg_types,
+            _arg_ptrs: arg_ptrs,
+            _names: names,
+            _spans: spans,
+            _span_ptrs: span_ptrs,
+            _values: values,
+            _scalars: scalars,
+            _attr_types: attr_types,
+            _attr_ptrs: attr_ptrs,
         }
     }
 
     pub fn frame_ptr(&mut self) -> *mut CallFrame {
-        &mut *self.frame
+        self.frame
+    }
+
+    pub fn frame(&mut self) -> &mut CallFrame {
+        // SAFETY: owned, live until drop; the borrow ends before the next
+        // handler call reads through the raw pointer.
+        unsafe { &mut *self.frame }
+    }
+
+    pub fn api(&mut self) -> &mut Api {
+        // SAFETY: as for `frame`.
+        unsafe { &mut *self.api }
+    }
+
+    pub fn buffer(&mut self) -> &mut abi::Buffer {
+        // SAFETY: as for `frame`.
+        unsafe { &mut *self.buffer }
+    }
+
+    pub fn dims(&mut self) -> &mut [i64; 2] {
+        // SAFETY: as for `frame`.
+        unsafe { &mut *self.dims }
+    }
+
+    /// Sets the type tag of argument `i` (through the frame's pointer).
+    pub fn set_arg_type(&mut self, i: usize, kind: i32) {
+        // SAFETY: i is within the argument count the fixture was built with.
+        unsafe { *self.frame().args.types.add(i) = kind }
+    }
+
+    /// Sets the type tag of attribute `i` (through the frame's pointer).
+    pub fn set_attr_type(&mut self, i: usize, kind: i32) {
+        // SAFETY: as above, for attributes.
+        unsafe { *self.frame().attrs.types.add(i) = kind }
+    }
+
+    /// The scalar of attribute `i` (through the frame's pointer).
+    pub fn scalar(&mut self, i: usize) -> &mut Scalar {
+        // SAFETY: as above; every fixture attribute is a scalar.
+        unsafe { &mut *(*self.frame().attrs.attrs.add(i)).cast::<Scalar>() }
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        // SAFETY: each came from Box::into_raw in `raw` and is freed once.
+        unsafe {
+            drop(Box::from_raw(self.frame));
+            drop(Box::from_raw(self.buffer));
+            drop(Box::from_raw(self.dims));
+            drop(Box::from_raw(self.api));
+        }
     }
 }
