@@ -9,6 +9,7 @@ rule (the CUDA handler itself is not verified on a device here).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -381,6 +382,22 @@ def test_handler_reports_bad_calls_as_xla_errors() -> None:
         jax.effects_barrier()
 
 
+def test_forward_mode_differentiation_logs_primal_values(tmp_path: Path) -> None:
+    path = tmp_path / "jvp.log"
+    with RingLogger(sink=str(path)) as log:
+        tid = log.register("x {x:.2f}")
+
+        def f(x: jax.Array) -> jax.Array:
+            _ffi_backend.emit(jnp.stack([x]), tid, log.id)
+            return x**2
+
+        primal, tangent = jax.jit(lambda x: jax.jvp(f, (x,), (1.0,)))(jnp.float32(3.0))
+        assert (float(primal), float(tangent)) == (9.0, 6.0)
+        jax.effects_barrier()
+        assert log.flush(timeout=30)
+    assert path.read_text() == "x 3.00\n"
+
+
 def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
     log = RingLogger(sink=None)
     tid = log.register("{x:.1f}")
@@ -397,7 +414,8 @@ def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
 def test_cuda_handler_registered_only_with_driver_and_backend() -> None:
     reason = _ringlog.ffi_cuda_unavailable_reason()
     assert reason is None or re.search(r"libcuda\.so\.1", reason), reason
-    expect = reason is None and _ffi_backend._cuda_backend_present()
+    opted_in = os.environ.get(_ffi_backend.CUDA_OPT_IN) == "1"
+    expect = reason is None and _ffi_backend._cuda_backend_present() and opted_in
     assert ("CUDA" in _ffi_backend.register().platforms) == expect
     targets = _ringlog.ffi_targets()
     assert set(targets) == {"cpu", "CUDA"}

@@ -23,12 +23,14 @@ path is used instead when the extension lacks the handlers, when the XLA FFI
 API version of the installed jaxlib differs from the one the handlers were
 built for, or when jax rejects the target.
 
-The CUDA handler is registered only when a CUDA backend exists and the CUDA
-driver library loads. It is NOT VERIFIED ON A DEVICE.
+The CUDA handler is registered only when a CUDA backend exists, the CUDA
+driver library loads, and ``NLSQ_FFI_CUDA=1`` is set: it is NOT VERIFIED ON A
+DEVICE, so on a GPU the default backend stays ``"callback"`` until it is.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import warnings
@@ -119,12 +121,16 @@ def abi_mismatch(built: tuple[int, int], runtime: tuple[int, int] | None) -> str
     return None
 
 
+CUDA_OPT_IN = "NLSQ_FFI_CUDA"
+"""Environment variable that must be ``1`` to register the (unverified) CUDA handler."""
+
+
 def _cuda_backend_present() -> bool:
     import jax
 
     try:
         return bool(jax.devices("cuda"))
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         return False
 
 
@@ -155,6 +161,10 @@ def _register_locked() -> Registration:
     cuda_note: str | None = None
     if not _cuda_backend_present():
         cuda_note = "no CUDA backend"
+    elif os.environ.get(CUDA_OPT_IN) != "1":
+        cuda_note = (
+            f"the CUDA handler is not verified on a device yet; set {CUDA_OPT_IN}=1 to use it"
+        )
     else:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
         if cuda_note is None:
@@ -228,6 +238,7 @@ def max_values() -> int:
 def _checked(packed: Any, *, rows: bool) -> Any:
     """``packed`` as an array after the trace-time checks of the handler's contract."""
     import jax.numpy as jnp
+    from jax import lax
 
     arr = packed if hasattr(packed, "dtype") and hasattr(packed, "ndim") else jnp.asarray(packed)
     if arr.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
@@ -247,7 +258,9 @@ def _checked(packed: Any, *, rows: bool) -> Any:
         raise ValueError(
             f"nlsq FFI log record: {width} values per record, a record holds at most {max_values()}"
         )
-    return arr
+    # A log records primal values: with no tangent reaching the custom call,
+    # JAX never asks for its (non-existent) derivative.
+    return lax.stop_gradient(arr)
 
 
 def _require_registered() -> None:
@@ -358,6 +371,9 @@ class FfiBackend:
         reg = register()
         if not reg.ok:
             raise RuntimeError(f"nlsq FFI target is not registered: {reg.reason}")
+        if "CUDA" not in reg.platforms and _cuda_backend_present():
+            # A program lowered for the GPU would find no CUDA target.
+            raise RuntimeError(f"nlsq FFI target has no CUDA handler here: {reg.cuda_note}")
         self._rows_by_callback = "CUDA" in reg.platforms
 
     def emit(self, key: int, packed: Any) -> None:
