@@ -55,8 +55,9 @@ const SLOT_BYTES: usize = MAX_VALUES * 8;
 
 /// The driver entry points we use, resolved once.
 pub struct Driver {
-    // Keeps the library mapped for as long as the function pointers live.
-    _lib: Library,
+    // Keeps the library mapped for as long as the function pointers live
+    // (`None` only for the fake driver of the unit tests).
+    _lib: Option<Library>,
     memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize, CuStream) -> CuResult,
     launch_host_func: unsafe extern "C" fn(CuStream, HostFn, *mut c_void) -> CuResult,
     mem_host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult,
@@ -84,7 +85,7 @@ impl Driver {
                 launch_host_func: sym!(b"cuLaunchHostFunc"),
                 mem_host_alloc: sym!(b"cuMemHostAlloc"),
                 get_error_string: sym!(b"cuGetErrorString"),
-                _lib: lib,
+                _lib: Some(lib),
             })
         }
     }
@@ -174,6 +175,7 @@ fn staging(driver: &Driver) -> Result<&'static Staging, Failure> {
 
 /// A record between its enqueue and its host function.
 pub struct Pending {
+    pub staging: &'static Staging,
     pub slot: u32,
     pub dtype: Dtype,
     pub len: usize,
@@ -182,7 +184,8 @@ pub struct Pending {
 
 /// The body of the host function: read the landed values, push, free the
 /// slot. Returns whether the push succeeded.
-pub fn complete<D: Deliver>(staging: &Staging, pending: &Pending, sink: &mut D) -> bool {
+pub fn complete<D: Deliver>(pending: &Pending, sink: &mut D) -> bool {
+    let staging = pending.staging;
     let call = Call {
         packed: Packed {
             dtype: pending.dtype,
@@ -205,10 +208,8 @@ unsafe extern "C" fn host_push(user: *mut c_void) {
         // SAFETY: `user` is the Box we leaked when enqueueing this function,
         // and CUDA calls each host function exactly once.
         let pending = unsafe { Box::from_raw(user.cast::<Pending>()) };
-        if let Some(Ok(staging)) = STAGING.get() {
-            if !complete(staging, &pending, &mut Ring) {
-                stats::host_failed();
-            }
+        if !complete(&pending, &mut Ring) {
+            stats::host_failed();
         }
     }));
 }
@@ -263,6 +264,16 @@ fn enqueue(frame: &CallFrame, call: Call) -> Result<(), Failure> {
     // SAFETY: `frame` is XLA's, checked by `guarded`.
     let stream = unsafe { stream_of(frame)? };
     let staging = staging(driver)?;
+    enqueue_on(driver, staging, stream, call)
+}
+
+/// Stages `call` on `stream`: copy into a free slot, then the host function.
+fn enqueue_on(
+    driver: &Driver,
+    staging: &'static Staging,
+    stream: CuStream,
+    call: Call,
+) -> Result<(), Failure> {
     let Some(slot) = staging.free.pop() else {
         stats::no_slot();
         return Ok(());
@@ -284,6 +295,7 @@ fn enqueue(frame: &CallFrame, call: Call) -> Result<(), Failure> {
         }
     }
     let pending = Box::into_raw(Box::new(Pending {
+        staging,
         slot,
         dtype: call.packed.dtype,
         len: call.packed.len,
@@ -385,17 +397,16 @@ mod tests {
 
     #[test]
     fn host_function_body_pushes_and_frees_the_slot() {
-        let mut memory = vec![0u64; SLOTS * SLOT_BYTES / 8];
-        // SAFETY: `memory` has the required size and alignment and outlives
-        // `staging` within this test.
-        let staging = unsafe { Staging::new(memory.as_mut_ptr().cast()) };
+        let staging = plain_staging();
         let slot = staging.free.pop().unwrap();
         let values = [2.5f32, -1.0, 1.0e-3];
         // SAFETY: the slot is in bounds and ours.
         unsafe {
             ptr::copy_nonoverlapping(values.as_ptr(), staging.slot(slot).cast(), values.len())
         };
+        let staging: &'static Staging = Box::leak(Box::new(staging));
         let pending = Pending {
+            staging,
             slot,
             dtype: Dtype::F32,
             len: 3,
@@ -405,7 +416,7 @@ mod tests {
             },
         };
         let mut sink = Recorder(None, Ok(()));
-        assert!(complete(&staging, &pending, &mut sink));
+        assert!(complete(&pending, &mut sink));
         assert_eq!(sink.0, Some((11, 9, vec![2.5, -1.0, f64::from(1.0e-3f32)])));
         assert_eq!(
             staging.free.len(),
@@ -416,11 +427,192 @@ mod tests {
         let slot = staging.free.pop().unwrap();
         let failing = Pending { slot, ..pending };
         let mut sink = Recorder(None, Err(Failure::invalid("x")));
-        assert!(!complete(&staging, &failing, &mut sink));
+        assert!(!complete(&failing, &mut sink));
         assert_eq!(
             staging.free.len(),
             SLOTS,
             "a failed push frees its slot too"
         );
+    }
+
+    /// Staging on ordinary (not pinned) memory, leaked like the real one.
+    fn plain_staging() -> &'static Staging {
+        let memory: &'static mut [u64] =
+            Box::leak(vec![0u64; SLOTS * SLOT_BYTES / 8].into_boxed_slice());
+        // SAFETY: right size, 8-aligned, never freed.
+        Box::leak(Box::new(unsafe {
+            Staging::new(memory.as_mut_ptr().cast())
+        }))
+    }
+
+    /// A stand-in for the CUDA driver: "device" pointers are host pointers,
+    /// copies happen at enqueue time, host functions wait in a queue until
+    /// the test "runs the stream". Failure codes can be injected.
+    mod fake_driver {
+        use super::*;
+        use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
+        use std::sync::Mutex;
+
+        pub static MEMCPY_RC: AtomicI32 = AtomicI32::new(0);
+        pub static LAUNCH_RC: AtomicI32 = AtomicI32::new(0);
+        static STREAM: Mutex<Vec<(HostFn, usize)>> = Mutex::new(Vec::new());
+
+        unsafe extern "C" fn memcpy(dst: *mut c_void, src: u64, n: usize, _: CuStream) -> c_int {
+            let rc = MEMCPY_RC.load(SeqCst);
+            if rc == 0 {
+                // SAFETY: the test passes host memory of `n` bytes as `src`.
+                unsafe { ptr::copy_nonoverlapping(src as *const u8, dst.cast::<u8>(), n) };
+            }
+            rc
+        }
+
+        unsafe extern "C" fn launch(_: CuStream, f: HostFn, user: *mut c_void) -> c_int {
+            let rc = LAUNCH_RC.load(SeqCst);
+            if rc == 0 {
+                STREAM.lock().unwrap().push((f, user as usize));
+            }
+            rc
+        }
+
+        unsafe extern "C" fn alloc(_: *mut *mut c_void, _: usize, _: c_uint) -> c_int {
+            2 // CUDA_ERROR_OUT_OF_MEMORY: the tests bring their own staging
+        }
+
+        unsafe extern "C" fn error_string(_: c_int, out: *mut *const c_char) -> c_int {
+            // SAFETY: `out` is the driver wrapper's local.
+            unsafe { *out = c"fake error".as_ptr() };
+            0
+        }
+
+        pub fn driver() -> Driver {
+            Driver {
+                _lib: None,
+                memcpy_dtoh_async: memcpy,
+                launch_host_func: launch,
+                mem_host_alloc: alloc,
+                get_error_string: error_string,
+            }
+        }
+
+        /// Runs every host function enqueued so far, in stream order.
+        pub fn run_stream() -> usize {
+            let work = std::mem::take(&mut *STREAM.lock().unwrap());
+            for &(f, user) in &work {
+                // SAFETY: enqueued by `enqueue_on` with its own Box.
+                unsafe { f(user as *mut c_void) };
+            }
+            work.len()
+        }
+    }
+
+    // One test for every fake-driver scenario: the injected failure codes
+    // are process-wide.
+    #[test]
+    #[cfg_attr(miri, ignore = "spawns the drain thread; covered natively")]
+    fn stream_path_with_a_fake_driver() {
+        use ringlog::{Config, Logger, MemorySink};
+        use std::sync::atomic::Ordering::SeqCst;
+
+        let sink = MemorySink::new();
+        let logger = Logger::new(Box::new(sink.clone()), Config::default());
+        let tid = logger.register("{a:.1f} {b:.1f}").unwrap();
+        let driver = fake_driver::driver();
+        let staging = plain_staging();
+        let stream = 0x5eed as CuStream;
+        let mut device = [1.0f64, 2.0];
+        let call = |device: &[f64; 2]| Call {
+            packed: Packed {
+                dtype: Dtype::F64,
+                data: device.as_ptr().cast(),
+                rows: 1,
+                len: 2,
+            },
+            target: Target::Direct {
+                logger_id: logger.id(),
+                template_id: tid,
+            },
+        };
+
+        // Enqueued, not yet pushed: the host function waits for the stream;
+        // the record holds the values as they were when the copy ran.
+        assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
+        device[0] = 9.0;
+        assert!(logger.flush(None));
+        assert_eq!(sink.contents(), "");
+        assert_eq!(staging.free.len(), SLOTS - 1, "the slot is in flight");
+        assert_eq!(fake_driver::run_stream(), 1);
+        assert!(logger.flush(None));
+        assert_eq!(sink.contents(), "1.0 2.0\n");
+        assert_eq!(
+            staging.free.len(),
+            SLOTS,
+            "the host function frees the slot"
+        );
+
+        // A failed copy is reported and its slot returned.
+        fake_driver::MEMCPY_RC.store(700, SeqCst);
+        let err = enqueue_on(&driver, staging, stream, call(&device)).unwrap_err();
+        fake_driver::MEMCPY_RC.store(0, SeqCst);
+        assert_eq!(
+            err.message,
+            "cuMemcpyDtoHAsync failed with CUDA error 700 (fake error)"
+        );
+        assert_eq!(staging.free.len(), SLOTS);
+
+        // A failed host-function launch is reported; the slot stays taken
+        // because the enqueued copy may still write into it.
+        let failed = stats::snapshot().host_failed;
+        fake_driver::LAUNCH_RC.store(1, SeqCst);
+        let err = enqueue_on(&driver, staging, stream, call(&device)).unwrap_err();
+        fake_driver::LAUNCH_RC.store(0, SeqCst);
+        assert!(err
+            .message
+            .starts_with("cuLaunchHostFunc failed with CUDA error 1"));
+        assert_eq!(staging.free.len(), SLOTS - 1);
+        assert!(stats::snapshot().host_failed > failed);
+        assert_eq!(fake_driver::run_stream(), 0);
+
+        // Every slot in flight: the record is dropped and counted, never
+        // waited for.
+        let taken: Vec<u32> = std::iter::from_fn(|| staging.free.pop()).collect();
+        let no_slot = stats::snapshot().no_slot;
+        assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
+        assert!(stats::snapshot().no_slot > no_slot);
+        assert_eq!(fake_driver::run_stream(), 0);
+        for slot in taken {
+            let _ = staging.free.push(slot);
+        }
+
+        // Ten records in flight at once land in order.
+        for i in 0..10 {
+            device = [f64::from(i), 0.5];
+            assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
+        }
+        assert_eq!(fake_driver::run_stream(), 10);
+        assert!(logger.flush(None));
+        let lines: Vec<String> = sink.contents().lines().skip(1).map(str::to_owned).collect();
+        let expected: Vec<String> = (0..10).map(|i| format!("{i}.0 0.5")).collect();
+        assert_eq!(lines, expected);
+        logger.close();
+    }
+
+    unsafe extern "C" fn fake_stream_get(args: *mut StreamGetArgs) -> *mut XlaError {
+        // SAFETY: called by `stream_of` with its local args.
+        unsafe { (*args).stream = 0xabc as *mut c_void };
+        ptr::null_mut()
+    }
+
+    #[test]
+    fn stream_is_asked_from_xla() {
+        let mut fx = Fixture::f64(&[1.0]);
+        fx.api().stream_get = Some(fake_stream_get);
+        // SAFETY: fixture frame with the fake stream query.
+        let stream = unsafe { stream_of(fx.frame()) }.unwrap();
+        assert_eq!(stream as usize, 0xabc);
+
+        fx.api().struct_size = abi::API_SIZE_THROUGH_STREAM_GET - 8;
+        // SAFETY: as above.
+        let err = unsafe { stream_of(fx.frame()) }.unwrap_err();
+        assert!(err.message.contains("no XLA_FFI_Stream_Get"));
     }
 }
