@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from nlsq._ringlog import RingLogger
 
 ROOT = Path(__file__).resolve().parents[1]

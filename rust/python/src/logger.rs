@@ -91,13 +91,13 @@ impl Sink for LoggingSink {
     }
 }
 
+/// A resolved sink, plus `sys.stdout` when that is written through its fd.
+type Resolved = (Box<dyn Sink>, Option<Py<PyAny>>);
+
 /// Resolves the `sink` argument. Returns the sink and, for `sys.stdout`
 /// written through its descriptor, the stream whose buffer `flush` empties
 /// first.
-fn resolve_sink(
-    py: Python<'_>,
-    sink: Option<&Bound<'_, PyAny>>,
-) -> PyResult<(Box<dyn Sink>, Option<Py<PyAny>>)> {
+fn resolve_sink(py: Python<'_>, sink: Option<&Bound<'_, PyAny>>) -> PyResult<Resolved> {
     let Some(sink) = sink.filter(|s| !s.is_none()) else {
         let stdout = py.import("sys")?.getattr("stdout")?;
         if stdout.is_none() {

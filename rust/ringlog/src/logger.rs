@@ -135,7 +135,7 @@ impl Shared {
             return;
         }
         self.stop_drain(CLOSING);
-        lock(&registry()).remove(&self.id);
+        lock(registry()).remove(&self.id);
         // Nothing will write what a flusher waits for any more.
         self.complete_ticket(u64::MAX);
     }

@@ -219,7 +219,10 @@ mod tests {
     #[test]
     fn overwrite_never_evicts_a_marker() {
         let ring = Ring::new(3, Policy::OverwriteOldest);
-        assert_eq!(ring.push_marker(Record::marker(99), || true), Pushed::Queued);
+        assert_eq!(
+            ring.push_marker(Record::marker(99), || true),
+            Pushed::Queued
+        );
         for i in 0..5 {
             ring.push(rec(i), || true);
         }

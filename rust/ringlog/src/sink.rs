@@ -146,9 +146,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("fd.log");
         let file = File::create(&path).unwrap();
-        let mut s = FdSink::new(file.as_raw_fd());
-        s.write(b"x\n").unwrap();
-        drop(s);
+        {
+            let mut s = FdSink::new(file.as_raw_fd());
+            s.write(b"x\n").unwrap();
+        }
         // Still open: writing through the original handle works.
         (&file).write_all(b"y\n").unwrap();
         let mut text = String::new();

@@ -3,7 +3,7 @@
 //!
 //! Protocol (a Dekker-style handshake on two locations, the work and the
 //! `sleeping` flag):
-//! - consumer: `sleeping = true; fence(SeqCst); if has_work() { undo } else { park }`
+//! - consumer: `swap(sleeping, true); fence(SeqCst); if has_work() { undo } else { park }`
 //! - producer: `publish work; fence(SeqCst); if sleeping { swap(false) → unpark }`
 //!
 //! Invariant: the two SeqCst fences order each side's store before its load,
@@ -13,8 +13,8 @@
 //! park. A producer that finds the drain awake pays one fence and one load on
 //! a cache line the drain rarely writes: no syscall, no shared-line RMW.
 //!
-//! Verified with loom:
-//! `RUSTFLAGS="--cfg loom" cargo test -p nlsq-ringlog --release wake`
+//! Verified with loom (a separate target dir keeps the normal build cached):
+//! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release wake`
 
 #[cfg(loom)]
 use loom::{
@@ -76,7 +76,12 @@ impl Waker {
     /// `has_work()` says there is something to do. May return spuriously;
     /// the caller loops and re-checks.
     pub fn sleep_unless(&self, has_work: impl Fn() -> bool) {
-        self.sleeping.store(true, Ordering::Relaxed);
+        // An RMW, not a plain store: it makes the announcement the latest
+        // value of `sleeping` at once, which is what the producer's swap must
+        // see. (The fence argument already holds for a plain store in C11;
+        // loom does not model that fence rule for a later RMW and finds a
+        // lost wake-up with it. The drain parks rarely, so the RMW is free.)
+        self.sleeping.swap(true, Ordering::AcqRel);
         fence(Ordering::SeqCst);
         if has_work() {
             self.sleeping.store(false, Ordering::Relaxed);
@@ -95,14 +100,37 @@ mod loom_tests {
 
     /// Two producers each publish one unit of work; the consumer must see
     /// both without ever parking forever (loom reports a deadlock if a
-    /// wake-up is lost).
+    /// wake-up is lost). The consumer is a spawned thread, not the model's
+    /// main thread: a producer may leave a stale unpark token behind (by
+    /// design, harmless: the next park returns at once), and loom's `join`
+    /// is built on park, so the thread that joins must not be the one
+    /// producers unpark.
     #[test]
     fn wake_never_lost() {
-        loom::model(|| {
+        // Three preemptions cover the handshake's interleavings (each side has
+        // one store, one fence, one load) and keep the run to seconds.
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
             let waker = Arc::new(Waker::new());
             let work = Arc::new(AtomicUsize::new(0));
-            let done = Arc::new(AtomicUsize::new(0));
-            waker.register_current();
+            let consumer = {
+                let (waker, work) = (waker.clone(), work.clone());
+                thread::spawn(move || {
+                    // Producers that notify before this find `sleeping`
+                    // false and skip the unpark, which is correct: the
+                    // consumer re-checks the work before it parks.
+                    waker.register_current();
+                    let mut total = 0;
+                    loop {
+                        total += work.swap(0, Ordering::Relaxed);
+                        if total == 2 {
+                            return;
+                        }
+                        waker.sleep_unless(|| work.load(Ordering::Relaxed) > 0);
+                    }
+                })
+            };
             let producers: Vec<_> = (0..2)
                 .map(|_| {
                     let (waker, work) = (waker.clone(), work.clone());
@@ -112,17 +140,10 @@ mod loom_tests {
                     })
                 })
                 .collect();
-            loop {
-                let got = work.swap(0, Ordering::Relaxed);
-                let total = done.fetch_add(got, Ordering::Relaxed) + got;
-                if total == 2 {
-                    break;
-                }
-                waker.sleep_unless(|| work.load(Ordering::Relaxed) > 0);
-            }
             for p in producers {
                 p.join().unwrap();
             }
+            consumer.join().unwrap();
         });
     }
 }
