@@ -114,3 +114,40 @@ def _close_all() -> None: ...
 def _before_fork() -> None: ...
 def _after_fork_parent() -> None: ...
 def _after_fork_child() -> None: ...
+
+# -- native logging path (crate nlsq-xla-ffi; see nlsq.utils._ffi_backend) --
+
+class _FfiStats(TypedDict):
+    orphaned: int
+    unrouted: int
+    push_failed: int
+    unreportable: int
+    no_slot: int
+    host_failed: int
+
+def ffi_targets() -> dict[str, object]:
+    """``{"cpu": capsule, "CUDA": capsule}``: XLA FFI handlers for
+    ``jax.ffi.register_ffi_target(..., api_version=1)``. The CUDA handler is
+    not verified on a device."""
+
+def ffi_api_version() -> tuple[int, int]:
+    """``(major, minor)`` of the XLA FFI C API the handlers were built for."""
+
+def ffi_max_values() -> int:
+    """Most values one FFI logging call may carry."""
+
+def ffi_cuda_unavailable_reason() -> str | None:
+    """``None`` when ``libcuda.so.1`` loads with the symbols the CUDA handler needs."""
+
+def ffi_set_route(logger_id: int, tids: list[int]) -> None:
+    """Route template key ``k`` to ring id ``tids[k]`` of logger ``logger_id``
+    (negative: not registered). ``ValueError`` if no live logger has that id."""
+
+def ffi_clear_route() -> None:
+    """Remove the route; routed records are then counted as orphaned."""
+
+def ffi_stats() -> _FfiStats:
+    """Records the FFI handlers could not deliver, by reason."""
+
+def ffi_layout() -> dict[str, int]:
+    """Sizes and offsets of the Rust mirror of the C API structs (ABI test)."""

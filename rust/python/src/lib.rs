@@ -2,11 +2,13 @@
 //! adds its names to the module in `register`.
 use pyo3::prelude::*;
 
+mod ffi;
 mod logger;
 mod render;
 
 #[pymodule]
 fn _ringlog(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    ffi::register(m)?;
     logger::register(m)?;
     render::register(m)?;
     Ok(())
