@@ -131,9 +131,7 @@ def check_termination(dF, F, dx_norm, x_norm, ratio, ftol, xtol):
     """Status 2 (ftol), 3 (xtol), 4 (both) or RUNNING."""
     ftol_ok = (dF < ftol * F) & (ratio > 0.25)
     xtol_ok = dx_norm < xtol * (xtol + x_norm)
-    return jnp.where(
-        ftol_ok & xtol_ok, 4, jnp.where(ftol_ok, 2, jnp.where(xtol_ok, 3, RUNNING))
-    )
+    return jnp.where(ftol_ok & xtol_ok, 4, jnp.where(ftol_ok, 2, jnp.where(xtol_ok, 3, RUNNING)))
 
 
 def compute_jac_scale(J, scale_inv_old=None):

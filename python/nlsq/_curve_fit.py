@@ -28,9 +28,7 @@ def _n_params(f: Callable) -> int:
     except (TypeError, ValueError) as err:
         raise ValueError("Unable to determine number of fit parameters.") from err
     args = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     if len(args) < 2:
         raise ValueError("Unable to determine number of fit parameters.")

@@ -49,15 +49,26 @@ def _mark_host(fn) -> None:
         _HOST_MODELS_STRONG.add(fn)
 
 
+def _as_traced_arg(a):
+    """Floating arguments travel as float64 (scipy computes in float64); others as they are."""
+    arr = a if isinstance(a, jax.Array) else np.asarray(a)
+    if np.issubdtype(arr.dtype, np.floating) and arr.dtype != np.float64:
+        return arr.astype(np.float64)
+    return arr
+
+
 def prepare_bounds(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(bounds, Bounds):
         lb, ub = bounds.lb, bounds.ub
     else:
         try:
-            if len(bounds) != 2:
-                raise ValueError("`bounds` must contain 2 elements.")
-        except TypeError:
-            raise ValueError("`bounds` must be a 2-tuple (lb, ub) or scipy.optimize.Bounds.")
+            size = len(bounds)
+        except TypeError as err:
+            raise ValueError(
+                "`bounds` must be a 2-tuple (lb, ub) or scipy.optimize.Bounds."
+            ) from err
+        if size != 2:
+            raise ValueError("`bounds` must contain 2 elements.")
         lb, ub = bounds
     lb = np.asarray(lb, dtype=float)
     ub = np.asarray(ub, dtype=float)
@@ -331,7 +342,7 @@ def least_squares(
         jac_mode, user_jac = "auto", None
     with jax.enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
-        dyn = tuple(np.asarray(a, dtype=float) if not isinstance(a, jax.Array) else a for a in dyn)
+        dyn = tuple(_as_traced_arg(a) for a in dyn)
         residual = FunResidual(fun, user_jac, treedef, static, dyn_idx)
         result, _ = run_solver(
             residual,

@@ -232,8 +232,7 @@ class HostResidual:
         def cb(x, data):
             return np.asarray(self.inner(np.asarray(x), _to_np(data), xp=np), dtype=np.float64)
 
-        out = jax.ShapeDtypeStruct((self.m,), jnp.float64)
-        return jax.pure_callback(cb, out, x, data, vmap_method="sequential")
+        return _host_call(cb, (self.m,), x, data)
 
     def jacobian(self, x, data, lb, ub, diff_step):
         n = x.shape[0]
@@ -251,8 +250,37 @@ class HostResidual:
                 float(diff_step),
             )
 
-        out = jax.ShapeDtypeStruct((self.m, n), jnp.float64)
-        return jax.pure_callback(cb, out, x, data, lb, ub, diff_step, vmap_method="sequential")
+        return _host_call(cb, (self.m, n), x, data, lb, ub, diff_step)
+
+
+def _host_call(cb, shape, *args):
+    """``jax.pure_callback`` that moves float64/int64 across intact in both directions.
+
+    ``jax.enable_x64`` is thread-local, and XLA may run a callback on a worker
+    thread where it is off: JAX would then hand the callback float32 copies of
+    its float64 operands and demand a float32 result.  So every 64-bit operand
+    and the result travel as pairs of uint32 (which no x64 setting touches) and
+    are reinterpreted on each side.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    dtypes = [np.dtype(leaf.dtype) for leaf in leaves]
+    wide = [dt.itemsize == 8 for dt in dtypes]
+    packed = [
+        jax.lax.bitcast_convert_type(leaf, jnp.uint32) if w else leaf
+        for leaf, w in zip(leaves, wide, strict=True)
+    ]
+
+    def bits(*flat):
+        restored = [
+            np.ascontiguousarray(a).view(dt).reshape(a.shape[:-1]) if w else np.asarray(a)
+            for a, dt, w in zip(flat, dtypes, wide, strict=True)
+        ]
+        out = np.ascontiguousarray(cb(*jax.tree_util.tree_unflatten(treedef, restored)))
+        return out.astype(np.float64, copy=False).view(np.uint32).reshape(shape + (2,))
+
+    spec = jax.ShapeDtypeStruct(shape + (2,), jnp.uint32)
+    raw = jax.pure_callback(bits, spec, *packed, vmap_method="sequential")
+    return jax.lax.bitcast_convert_type(raw, jnp.float64)
 
 
 def _to_np(tree):

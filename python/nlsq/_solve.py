@@ -42,6 +42,7 @@ def _jacobian(spec: SolverSpec, fun, data, lb, ub, diff_step, m: int):
     if spec.jac_mode == "host":
         return lambda x: res.jacobian(x, data, lb, ub, diff_step)
     if spec.jac_mode == "user":
+
         def user(x):
             J = res.user_jac(x, data)
             if J.shape != (m, x.shape[0]):
@@ -89,13 +90,34 @@ def solve(
     log_row = make_log_row(spec.verbose)
     if spec.method == "lm":
         out = lm(
-            fun, jac, x0, ftol, xtol, gtol, max_nfev, x_scale, jac_scale=spec.jac_scale,
+            fun,
+            jac,
+            x0,
+            ftol,
+            xtol,
+            gtol,
+            max_nfev,
+            x_scale,
+            jac_scale=spec.jac_scale,
             log_row=log_row,
         )
     else:
         out = trf(
-            fun, jac, x0, lb, ub, ftol, xtol, gtol, max_nfev, x_scale, f_scale,
-            loss=spec.loss, bounded=spec.bounded, jac_scale=spec.jac_scale, log_row=log_row,
+            fun,
+            jac,
+            x0,
+            lb,
+            ub,
+            ftol,
+            xtol,
+            gtol,
+            max_nfev,
+            x_scale,
+            f_scale,
+            loss=spec.loss,
+            bounded=spec.bounded,
+            jac_scale=spec.jac_scale,
+            log_row=log_row,
         )
     pcov = pcov_from_R(out.R, m, n) if spec.want_pcov else None
     return out, pcov

@@ -296,7 +296,13 @@ def trf(
             step_h_norm = norm(stp_h)
             finite = jnp.all(jnp.isfinite(f_try))
             cost_try = loss_cost(loss, f_try, f_scale)
-            ared_try = lin.cost - cost_try
+            if loss is None or loss == "linear":
+                # ||f||^2 - ||f_new||^2 without cancellation: near convergence the
+                # reduction is ~1e-15 of the cost and the difference of two rounded
+                # sums would be rounding noise of either sign.
+                ared_try = 0.5 * jnp.dot(lin.f_true - f_try, lin.f_true + f_try)
+            else:
+                ared_try = lin.cost - cost_try
             Delta_new, ratio = update_tr_radius(
                 Delta, ared_try, pred, step_h_norm, step_h_norm > 0.95 * Delta
             )
@@ -306,9 +312,7 @@ def trf(
             )
             go_on = finite & (status_try == RUNNING)
             # Non-finite residuals: shrink and retry, nothing else changes (scipy).
-            Delta_out = jnp.where(
-                finite, jnp.where(go_on, Delta_new, Delta), 0.25 * step_h_norm
-            )
+            Delta_out = jnp.where(finite, jnp.where(go_on, Delta_new, Delta), 0.25 * step_h_norm)
             alpha_out = jnp.where(
                 go_on & (Delta_new != 0), alpha_new * safe_div(Delta, Delta_new), alpha_new
             )

@@ -29,7 +29,7 @@ CLOSING = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _template(text: str):
     from .utils import async_logger
 
