@@ -19,7 +19,6 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from nlsq import curve_fit
 
 NIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "nist"

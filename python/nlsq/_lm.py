@@ -213,7 +213,9 @@ def lm(
         delta, par, nfev, x, f, fnorm, _, acc, info, step_norm, ared_cost, _ = lax.while_loop(
             trial_cond, trial, init
         )
-        new_jac = acc & (info == 0)
+        # Unlike MINPACK, also re-linearize after the accepted step that ends the
+        # fit, so the logged optimality and the returned jac/grad belong to x.
+        new_jac = acc
 
         def on_new(_):
             J = jac(x)
@@ -222,7 +224,7 @@ def lm(
 
         J, R, qtf = lax.cond(new_jac, on_new, lambda _: (st.J, st.R, st.qtf), None)
         gnorm = jnp.where(new_jac, _gnorm(J, f, fnorm), st.gnorm)
-        info = jnp.where(new_jac & (gnorm <= gtol), 4, info)
+        info = jnp.where(new_jac & (info == 0) & (gnorm <= gtol), 4, info)
         new = LMState(
             x=x,
             f=f,
@@ -249,23 +251,18 @@ def lm(
         return new
 
     st = lax.while_loop(lambda st: st.info == 0, step, st)
-    # The last accepted step may postdate the last Jacobian (MINPACK stops first);
-    # report the Jacobian at the solution, as scipy does.
-    J = jac(st.x)
-    g = J.T @ st.f
     status = jnp.where(st.ok0, _INFO_TO_STATUS[st.info], BAD_START)
-    R, _ = reduce_jacobian(J, st.f)
     return SolveResult(
         x=st.x,
         cost=0.5 * st.fnorm**2,
         fun=st.f,
-        jac=J,
-        grad=g,
-        optimality=jnp.max(jnp.abs(g)),
+        jac=st.J,
+        grad=st.J.T @ st.f,
+        optimality=st.g_norm,
         active_mask=jnp.zeros(n, dtype=jnp.int32),
         nfev=st.nfev,
         njev=st.njev,
         status=status,
         initial_cost=0.5 * fnorm0**2,
-        R=R,
+        R=st.R,
     )
