@@ -300,3 +300,64 @@ def test_exports():
     assert nlsq.__version__
     assert nlsq.OptimizeWarning is so.OptimizeWarning
     assert callable(nlsq.least_squares) and callable(nlsq.curve_fit)
+
+
+def _captured_solver_call(monkeypatch, **fit_kwargs):
+    """Run a fit while recording the jaxpr of the jitted solver it called."""
+    import nlsq._least_squares as lsq_module
+
+    calls = []
+    original = lsq_module.solve
+
+    def recording(spec, *args):
+        calls.append((spec, args))
+        return original(spec, *args)
+
+    monkeypatch.setattr(lsq_module, "solve", recording)
+    curve_fit(exp_model, X, Y_EXP, p0=[1, 1, 1], **fit_kwargs)
+    (spec, args), *_ = calls
+    with jax.enable_x64(True):
+        return original.trace(spec, *args).jaxpr.jaxpr
+
+
+def _primitives(jaxpr, depth=0, out=None):
+    """(depth, primitive name) of every equation, descending into sub-jaxprs."""
+    out = [] if out is None else out
+    for eqn in jaxpr.eqns:
+        out.append((depth, eqn.primitive.name))
+        for param in eqn.params.values():
+            subs = param if isinstance(param, (list, tuple)) else [param]
+            for sj in subs:
+                inner = getattr(sj, "jaxpr", sj)
+                if hasattr(inner, "eqns"):
+                    _primitives(inner, depth + 1, out)
+    return out
+
+
+def test_iteration_loop_is_one_compiled_while_loop(monkeypatch):
+    prims = _primitives(_captured_solver_call(monkeypatch))
+    # verbose=0: no host callback anywhere, so no host round trip per iteration.
+    assert not [p for _, p in prims if "callback" in p]
+    # One top-level while (the iteration loop); the trial loop and the
+    # trust-region secular-equation loop are nested inside it.
+    assert [p for d, p in prims if d == 0].count("while") == 1
+    assert sum(p == "while" for _, p in prims) >= 3
+
+
+def test_verbose_rows_are_pushed_from_inside_the_loop(monkeypatch):
+    pushes = []
+
+    def fake_make_log_row(verbose):
+        # Stand-in for the ring template: a host callback per row, traced in the loop.
+        def log_row(st, first):
+            jax.debug.callback(lambda it: pushes.append(int(it)), st.iteration)
+
+        return log_row if verbose else None
+
+    monkeypatch.setattr("nlsq._solve.make_log_row", fake_make_log_row)
+    monkeypatch.setattr("nlsq._least_squares.log_header", lambda verbose: None)
+    monkeypatch.setattr("nlsq._least_squares.log_closing", lambda *a: None)
+    prims = _primitives(_captured_solver_call(monkeypatch, verbose=2, ftol=1e-9))
+    callbacks = [d for d, p in prims if "callback" in p]
+    assert 0 in callbacks and max(callbacks) >= 1  # row 0 before the loop, rows inside
+    assert pushes == list(range(len(pushes))) and len(pushes) > 3
