@@ -61,6 +61,10 @@ CASES = {
     "x_scale-jac": dict(x0=[1.0, 1.0, 1.0], x_scale="jac"),
     "x_scale-array": dict(x0=[1.0, 1.0, 1.0], x_scale=[1.0, 0.5, 0.1]),
     "lm": dict(x0=[1.0, 1.0, 1.0], method="lm"),
+    # MINPACK's radius/parameter rules from a far start: same solution and status;
+    # the step count may differ by one (nlsq's LM step comes from the SVD solver).
+    "lm-far": dict(x0=[10.0, 5.0, -3.0], method="lm", same_path=False),
+    "lm-x_scale": dict(x0=[10.0, 5.0, -3.0], method="lm", x_scale=[1.0, 0.5, 0.1]),
     # At 1e-12 the last steps change the cost by ~1e-15 relative: whether they count
     # as a reduction depends on the rounding of exp() (XLA's vs NumPy's), so the
     # stopping test may differ; the solution may not.
