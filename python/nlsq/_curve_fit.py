@@ -1,0 +1,346 @@
+"""``curve_fit`` (scipy-compatible) and ``CurveFit`` (bind a model once, fit many times)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+
+import jax
+import numpy as np
+from scipy.linalg import LinAlgError, cholesky
+from scipy.optimize import Bounds, OptimizeWarning
+
+from ._common import make_strictly_feasible_np
+from ._least_squares import check_tolerance, check_x_scale, prepare_bounds, run_solver
+from ._loss import validate_loss
+from ._residual import ModelResidual
+
+__all__ = ["curve_fit", "CurveFit"]
+
+_LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
+               "diff_step", "tr_solver"}  # fmt: skip
+
+
+def _n_params(f: Callable) -> int:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError) as err:
+        raise ValueError("Unable to determine number of fit parameters.") from err
+    args = [
+        p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(args) < 2:
+        raise ValueError("Unable to determine number of fit parameters.")
+    return len(args) - 1
+
+
+def _initialize_feasible(lb, ub):
+    p0 = np.ones_like(lb)
+    lb_finite = np.isfinite(lb)
+    ub_finite = np.isfinite(ub)
+    both = lb_finite & ub_finite
+    p0[both] = 0.5 * (lb[both] + ub[both])
+    only_lb = lb_finite & ~ub_finite
+    p0[only_lb] = lb[only_lb] + 1
+    only_ub = ~lb_finite & ub_finite
+    p0[only_ub] = ub[only_ub] - 1
+    return p0
+
+
+def _as_float_array(a, check_finite: bool, what: str):
+    a = np.asarray(a, dtype=float)
+    if check_finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+    return a
+
+
+def curve_fit(
+    f: Callable,
+    xdata,
+    ydata,
+    p0=None,
+    sigma=None,
+    absolute_sigma: bool = False,
+    check_finite: bool | None = None,
+    bounds=(-np.inf, np.inf),
+    method: str | None = None,
+    jac: Callable | str | None = None,
+    *,
+    full_output: bool = False,
+    nan_policy: str | None = None,
+    verbose: int = 0,
+    **kwargs,
+):
+    """Fit ``f(xdata, *params)`` to ``ydata`` by nonlinear least squares (scipy-compatible).
+
+    Parameters
+    ----------
+    f : callable
+        Model ``f(x, p1, p2, ...)`` written with ``jax.numpy``.  A NumPy-only model
+        still works: it is detected, evaluated on the host through
+        ``jax.pure_callback`` with a '2-point' Jacobian, and a
+        ``HostFallbackWarning`` says so (once per model).
+    xdata : array_like
+        Independent variable(s), any shape the model understands (e.g. ``(n, 2)``).
+    ydata : array_like, shape (m,)
+        Dependent data.
+    p0 : array_like, optional
+        Initial guess (default: ones, or the middle of finite bounds).
+    sigma : None, array_like (m,) or (m, m)
+        Standard deviations of ``ydata`` or its covariance matrix.
+    absolute_sigma : bool
+        Use ``sigma`` in an absolute sense (no rescaling of ``pcov``).
+    check_finite : bool, optional
+        Reject non-finite inputs (default True unless ``nan_policy`` is given).
+    bounds : 2-tuple or scipy.optimize.Bounds
+        Bounds on the parameters.
+    method : {None, 'trf', 'lm'}
+        None means 'trf' (with or without bounds); 'lm' refuses bounds.
+    jac : callable, str or None
+        ``jac(x, *params) -> (m, n)``; None or 'cs' for JAX autodiff;
+        '2-point'/'3-point' for finite differences.
+    full_output : bool
+        Also return ``infodict, mesg, ier``.
+    nan_policy : {None, 'raise', 'omit'}
+        What to do with NaNs in the data.
+    verbose : {0, 1, 2}
+        Iteration table through the ring logger (see ``least_squares``).
+    **kwargs
+        ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
+
+    Returns
+    -------
+    popt, pcov : ndarray
+        Optimal parameters and their estimated covariance (``inf`` with an
+        ``OptimizeWarning`` when it cannot be estimated).
+    infodict, mesg, ier
+        With ``full_output``: ``{'nfev', 'fvec'}``, the termination message and status.
+    """
+    return CurveFit(f, jac=jac, method=method).fit(
+        xdata,
+        ydata,
+        p0=p0,
+        sigma=sigma,
+        absolute_sigma=absolute_sigma,
+        check_finite=check_finite,
+        bounds=bounds,
+        full_output=full_output,
+        nan_policy=nan_policy,
+        verbose=verbose,
+        _stacklevel=3,
+        **kwargs,
+    )
+
+
+class CurveFit:
+    """A model bound once for many fits.
+
+    ``CurveFit(f).fit(xdata, ydata, p0=...)`` takes the arguments of
+    :func:`curve_fit` (minus ``f``, ``jac``, ``method``).  The compiled solver is
+    cached per (model, options, shapes, dtypes), so every fit after the first
+    with data of the same shape runs the compiled loop without tracing again;
+    ``curve_fit`` itself shares that cache, this class just keeps the model and
+    options in one place.
+    """
+
+    def __init__(self, f: Callable, *, jac=None, method: str | None = None):
+        if not callable(f):
+            raise TypeError("`f` must be callable.")
+        if method not in (None, "trf", "lm", "dogbox"):
+            raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+        if method == "dogbox":
+            raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
+        if jac is not None and not callable(jac) and jac not in ("2-point", "3-point", "cs"):
+            raise ValueError("`jac` must be None, '2-point', '3-point', 'cs' or callable.")
+        self.f = f
+        self.jac = jac
+        self.method = method
+
+    def fit(
+        self,
+        xdata,
+        ydata,
+        p0=None,
+        sigma=None,
+        absolute_sigma: bool = False,
+        check_finite: bool | None = None,
+        bounds=(-np.inf, np.inf),
+        *,
+        full_output: bool = False,
+        nan_policy: str | None = None,
+        verbose: int = 0,
+        _stacklevel: int = 2,
+        **kwargs,
+    ):
+        """Fit the bound model; see :func:`curve_fit` for the arguments and results."""
+        f, method = self.f, self.method
+        if "args" in kwargs:
+            raise ValueError("'args' is not a supported keyword argument.")
+        unknown = set(kwargs) - _LSQ_KWARGS
+        if unknown:
+            raise TypeError(f"curve_fit() got unexpected keyword argument(s) {sorted(unknown)}")
+        if verbose not in (0, 1, 2):
+            raise ValueError("`verbose` must be in [0, 1, 2].")
+        if p0 is None:
+            n = _n_params(f)
+        else:
+            p0 = np.atleast_1d(np.asarray(p0, dtype=float))
+            if p0.ndim > 1:
+                raise ValueError("`p0` must have at most 1 dimension.")
+            n = p0.size
+        if isinstance(bounds, Bounds):
+            lb, ub = prepare_bounds(bounds, n)
+        else:
+            lb, ub = prepare_bounds(bounds, n)
+        if lb.shape != (n,) or ub.shape != (n,):
+            raise ValueError(
+                f"Inconsistent shapes between bounds and `p0`: bounds have shapes {lb.shape} "
+                f"and {ub.shape}, there are {n} parameters."
+            )
+        if np.any(lb >= ub):
+            raise ValueError("Each lower bound must be strictly less than each upper bound.")
+        if p0 is None:
+            p0 = _initialize_feasible(lb, ub)
+        bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
+        if method is None:
+            method = "trf"
+        if method == "lm" and bounded:
+            raise ValueError(
+                "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
+            )
+        if not np.all((p0 >= lb) & (p0 <= ub)):
+            bad = np.flatnonzero((p0 < lb) | (p0 > ub))
+            raise ValueError(
+                f"Initial guess is outside of provided bounds (`p0` index {bad.tolist()})"
+            )
+
+        if check_finite is None:
+            check_finite = nan_policy is None
+        if nan_policy not in (None, "raise", "omit"):
+            if nan_policy == "propagate":
+                raise ValueError("`nan_policy='propagate'` is not supported by this function.")
+            raise ValueError("nan_policy must be one of {None, 'raise', 'omit'}.")
+        ydata = _as_float_array(ydata, check_finite, "ydata")
+        if isinstance(xdata, (list, tuple, np.ndarray)):
+            xdata = _as_float_array(xdata, check_finite, "xdata")
+        elif isinstance(xdata, jax.Array):
+            if check_finite and not bool(np.all(np.isfinite(np.asarray(xdata)))):
+                raise ValueError("`xdata` must not contain infs or NaNs (check_finite=True).")
+        if ydata.size == 0:
+            raise ValueError("`ydata` must not be empty!")
+        ydata = np.atleast_1d(ydata)
+        if not check_finite and nan_policy is not None:
+            x_np = np.asarray(xdata, dtype=float)
+            has_nan = np.isnan(x_np)
+            if has_nan.ndim:
+                has_nan = has_nan.any(axis=tuple(range(has_nan.ndim - 1)))
+            has_nan = has_nan | np.isnan(ydata)
+            if has_nan.any():
+                if nan_policy == "raise":
+                    raise ValueError("The input contains nan values")
+                keep = ~has_nan
+                xdata = x_np[..., keep]
+                ydata = ydata[keep]
+                if sigma is not None:
+                    sigma = np.asarray(sigma)
+                    if sigma.ndim == 1:
+                        sigma = sigma[keep]
+                    elif sigma.ndim == 2:
+                        sigma = sigma[keep][:, keep]
+        if ydata.size < n:
+            raise TypeError(
+                f"The number of func parameters={n} must not exceed the number of data "
+                f"points={ydata.size}"
+            )
+
+        transform, kind = None, 0
+        if sigma is not None:
+            sigma = np.asarray(sigma, dtype=float)
+            if sigma.size == 1 or sigma.shape == (ydata.size,):
+                if np.any(sigma == 0):
+                    raise ValueError("`sigma` must not contain zeros.")
+                transform, kind = 1.0 / sigma, 1
+            elif sigma.shape == (ydata.size, ydata.size):
+                try:
+                    transform, kind = cholesky(sigma, lower=True), 2
+                except LinAlgError as e:
+                    raise ValueError("`sigma` must be positive definite.") from e
+            else:
+                raise ValueError(
+                    f"`sigma` has incorrect shape {sigma.shape}: expected ({ydata.size},) or "
+                    f"({ydata.size}, {ydata.size})."
+                )
+
+        loss = kwargs.get("loss", "linear")
+        validate_loss(loss)
+        if method == "lm" and loss != "linear":
+            raise ValueError("method='lm' supports only 'linear' loss function.")
+        if kwargs.get("tr_solver") not in (None, "exact"):
+            raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
+        max_nfev = kwargs.get("max_nfev", kwargs.get("maxfev"))
+        if max_nfev is not None and max_nfev <= 0:
+            raise ValueError("`max_nfev` must be None or positive integer.")
+        x_scale = check_x_scale(kwargs.get("x_scale"), p0, method)
+        ftol, xtol, gtol = check_tolerance(
+            kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8), kwargs.get("gtol", 1e-8), method
+        )
+        x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
+        jac = self.jac
+        if callable(jac):
+            jac_mode, user_jac = "user", jac
+        elif jac in ("2-point", "3-point"):
+            jac_mode, user_jac = jac, None
+        else:
+            jac_mode, user_jac = "auto", None
+
+        with jax.enable_x64(True):
+            if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
+                xdata = xdata.astype(np.float64)
+            residual = ModelResidual(f, user_jac, kind)
+            res, pcov = run_solver(
+                residual,
+                fn_for_fallback=f,
+                data=(xdata, ydata, transform),
+                x0=x0,
+                lb=lb,
+                ub=ub,
+                jac_mode=jac_mode,
+                method=method,
+                loss=loss,
+                f_scale=float(kwargs.get("f_scale", 1.0)),
+                x_scale=x_scale,
+                ftol=ftol,
+                xtol=xtol,
+                gtol=gtol,
+                max_nfev=max_nfev,
+                diff_step=kwargs.get("diff_step"),
+                verbose=verbose,
+                want_pcov=True,
+            )
+        if not res.success:
+            raise RuntimeError("Optimal parameters not found: " + res.message)
+        popt = res.x
+        ysize = res.fun.size
+        cost = 2 * res.cost
+        pcov = np.array(pcov, dtype=float)
+        warn_cov = False
+        if np.isnan(pcov).any():
+            pcov.fill(np.inf)
+            warn_cov = True
+        elif not absolute_sigma:
+            if ysize > n:
+                pcov = pcov * (cost / (ysize - n))
+            else:
+                pcov.fill(np.inf)
+                warn_cov = True
+        if warn_cov:
+            warnings.warn(
+                "Covariance of the parameters could not be estimated",
+                category=OptimizeWarning,
+                stacklevel=_stacklevel,
+            )
+        if full_output:
+            infodict = {"nfev": res.nfev, "fvec": res.fun}
+            return popt, pcov, infodict, res.message, res.status
+        return popt, pcov

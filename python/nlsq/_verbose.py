@@ -1,0 +1,96 @@
+"""scipy's iteration table, written through the ring logger (``nlsq.utils.async_logger``).
+
+Rows are pushed from inside the jitted ``lax.while_loop`` by the template
+callbacks (verbosity is static: 0 traces nothing, 1 keeps rows whose iteration
+is a multiple of 10, 2 keeps all).  The header is pushed eagerly before the fit,
+the two closing lines eagerly after it, and ``flush`` makes the table complete
+before ``curve_fit``/``least_squares`` return.  The formats are scipy's
+(``optimize/_lsq/common.py``: ``print_header_nonlinear`` /
+``print_iteration_nonlinear`` and ``least_squares``' closing ``print``).
+"""
+
+from __future__ import annotations
+
+import functools
+
+HEADER = "{:^15}{:^15}{:^15}{:^15}{:^15}{:^15}".format(
+    "Iteration", "Total nfev", "Cost", "Cost reduction", "Step norm", "Optimality"
+)
+# ``{:^15}`` of a Python int is ``{:^15d}``; the ring formats ``d`` fields as integers.
+ROW = (
+    "{iteration:^15d}{nfev:^15d}{cost:^15.4e}{reduction:^15.2e}{step_norm:^15.2e}"
+    "{optimality:^15.2e}"
+)
+# Iteration 0 has no reduction or step yet: scipy prints 2 x 15 blanks there.
+FIRST_ROW = "{iteration:^15d}{nfev:^15d}{cost:^15.4e}" + " " * 30 + "{optimality:^15.2e}"
+CLOSING = (
+    "Function evaluations {nfev:d}, initial cost {initial_cost:.4e}, "
+    "final cost {cost:.4e}, first-order optimality {optimality:.2e}."
+)
+
+
+@functools.cache
+def _template(text: str):
+    from .utils import async_logger
+
+    return async_logger.template(text)
+
+
+def _constant(text: str):
+    # A constant line is a template without fields: braces must be doubled.
+    return _template(text.replace("{", "{{").replace("}", "}}"))
+
+
+def make_log_row(verbose: int):
+    """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0."""
+    if verbose == 0:
+        return None
+
+    def log_row(st, first: bool) -> None:
+        if first:
+            _template(FIRST_ROW)(
+                iteration=st.iteration,
+                nfev=st.nfev,
+                cost=st.cost,
+                optimality=st.g_norm,
+                verbose=verbose,
+            )
+        else:
+            _template(ROW)(
+                iteration=st.iteration,
+                nfev=st.nfev,
+                cost=st.cost,
+                reduction=st.actual_reduction,
+                step_norm=st.step_norm,
+                optimality=st.g_norm,
+                verbose=verbose,
+            )
+
+    return log_row
+
+
+def log_header(verbose: int) -> None:
+    if verbose > 0:
+        _constant(HEADER)(verbose=2)
+
+
+def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality) -> None:
+    """Termination message and summary line, then flush (the table is complete on return)."""
+    if verbose == 0:
+        return
+    import jax
+
+    from .utils import async_logger
+
+    # Rows come from callbacks inside the computation; make sure they are all
+    # pushed before the closing lines so the order in the ring is the table's.
+    jax.effects_barrier()
+    _constant(message)(verbose=2)
+    _template(CLOSING)(
+        nfev=int(nfev),
+        initial_cost=float(initial_cost),
+        cost=float(cost),
+        optimality=float(optimality),
+        verbose=2,
+    )
+    async_logger.flush()
