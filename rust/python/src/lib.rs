@@ -2,10 +2,12 @@
 //! adds its names to the module in `register`.
 use pyo3::prelude::*;
 
+mod logger;
 mod render;
 
 #[pymodule]
 fn _ringlog(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logger::register(m)?;
     render::register(m)?;
     Ok(())
 }

@@ -1,0 +1,116 @@
+"""Type stubs for the ``nlsq._ringlog`` extension module (Rust, PyO3).
+
+Importing the module registers two process hooks: an ``atexit`` handler that
+flushes and closes every live logger, and ``os.register_at_fork`` handlers that
+pause every drain thread around ``fork()`` and restart it in parent and child.
+"""
+
+import logging
+import os
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+MAX_VALUES: int
+"""Most values one record (and so one template) can carry."""
+
+class _TextStream(Protocol):
+    def write(self, s: str, /) -> object: ...
+
+class RingLoggerStats(TypedDict):
+    pushed: int
+    written: int
+    dropped: int
+    sink_errors: int
+    high_water: int
+    capacity: int
+    latency_ns_p50: int
+    latency_ns_p99: int
+
+class RingLogger:
+    """Lock-free ring logger.
+
+    ``push`` copies numbers into a bounded ring and returns; a Rust thread
+    formats each record with its registered template and writes batches to
+    the sink.
+
+    Parameters
+    ----------
+    sink
+        ``None`` (``sys.stdout``: its file descriptor when it has a working
+        ``fileno()``, else the stream), an ``int`` file descriptor (not
+        closed by the logger), a path (opened for appending), a text stream
+        (anything with ``write``; one call per batch), or a
+        ``logging.Logger`` (one INFO record per line).
+    capacity
+        Ring size in records (1 to 2**25).
+    policy
+        What ``push`` does when the ring is full: ``"drop_new"`` (count the
+        drop, write ``[nlsq] N log records dropped (ring full)`` later),
+        ``"block"`` (wait with the GIL released) or ``"overwrite_oldest"``.
+    """
+
+    def __init__(
+        self,
+        sink: None | int | str | os.PathLike[str] | _TextStream | logging.Logger = None,
+        capacity: int = 65536,
+        policy: str = "drop_new",
+    ) -> None: ...
+    def register(self, template: str) -> int:
+        """Register a format template; identical texts share one id.
+
+        Raises ``ValueError`` naming the position of a bad or unsupported spec.
+        """
+    def push(self, tid: int, /, *values: int | float) -> None:
+        """Queue one record (values in the template's field order).
+
+        Raises ``ValueError`` (unknown id, wrong count, closed logger) or
+        ``TypeError`` (a non-numeric value).
+        """
+    def push_array(
+        self, tid: int, values: npt.NDArray[np.float64] | npt.NDArray[np.int64], /
+    ) -> None:
+        """Queue one record from a 1-D float64 or int64 array."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record pushed before the call is written.
+
+        Returns ``False`` if ``timeout`` seconds pass first.
+        """
+    def close(self) -> None:
+        """Write everything queued, stop the drain thread, close the sink (idempotent)."""
+    def stats(self) -> RingLoggerStats:
+        """Counters and push-to-write latency percentiles."""
+    def arity(self, tid: int) -> int:
+        """Number of values template ``tid`` takes."""
+    def field_names(self, tid: int) -> list[str]:
+        """Field names of template ``tid``, in order."""
+    @property
+    def id(self) -> int:
+        """Process-unique id (used by the native FFI path)."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def capacity(self) -> int: ...
+    def __enter__(self) -> RingLogger: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool: ...
+
+def render(template: str, values: Sequence[float]) -> str:
+    """Format ``values`` with ``template`` as the drain would (a test helper).
+
+    Raises ``ValueError`` for a bad template or a wrong number of values.
+    """
+
+def _close_all() -> None: ...
+def _before_fork() -> None: ...
+def _after_fork_parent() -> None: ...
+def _after_fork_child() -> None: ...

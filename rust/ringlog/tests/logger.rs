@@ -1,0 +1,353 @@
+//! End-to-end tests of `Logger`: drain, flush watermark, close, drops, stats.
+
+use ringlog::{lookup, Config, Logger, MemorySink, Policy, PushError, Sink, Value};
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+fn memory_logger(capacity: usize, policy: Policy) -> (Logger, MemorySink) {
+    let sink = MemorySink::new();
+    let log = Logger::new(Box::new(sink.clone()), Config { capacity, policy });
+    (log, sink)
+}
+
+/// A sink whose writes wait while the gate is shut.
+#[derive(Clone, Default)]
+struct Gate {
+    state: Arc<(Mutex<bool>, Condvar)>,
+    inner: MemorySink,
+}
+
+impl Gate {
+    fn shut() -> Gate {
+        let g = Gate::default();
+        *g.state.0.lock().unwrap() = true;
+        g
+    }
+    fn open(&self) {
+        *self.state.0.lock().unwrap() = false;
+        self.state.1.notify_all();
+    }
+}
+
+impl Sink for Gate {
+    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        let (m, cv) = &*self.state;
+        let mut shut = m.lock().unwrap();
+        while *shut {
+            shut = cv.wait(shut).unwrap();
+        }
+        drop(shut);
+        self.inner.write(batch)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Failing;
+
+impl Sink for Failing {
+    fn write(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "test pipe closed",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn records_round_trip_in_order() {
+    let (log, sink) = memory_logger(64, Policy::Block);
+    let tid = log.register("{i:d} {x:.2f}").unwrap();
+    for i in 0..1000 {
+        log.push(tid, &[Value::Int(i), Value::Float(i as f64 / 4.0)])
+            .unwrap();
+    }
+    assert!(log.flush(None));
+    let expected: String = (0..1000)
+        .map(|i| format!("{i} {:.2}\n", i as f64 / 4.0))
+        .collect();
+    assert_eq!(sink.contents(), expected);
+    let st = log.stats();
+    assert_eq!(
+        (st.pushed, st.written, st.dropped, st.sink_errors),
+        (1000, 1000, 0, 0)
+    );
+    assert_eq!(st.capacity, 64);
+    assert!(
+        st.latency_ns_p50 > 0 && st.latency_ns_p99 >= st.latency_ns_p50,
+        "{st:?}"
+    );
+    assert!(st.high_water >= 1 && st.high_water <= 64, "{st:?}");
+}
+
+#[test]
+fn push_f64_formats_d_fields_as_integers() {
+    let (log, sink) = memory_logger(16, Policy::DropNew);
+    let tid = log.register("{n:d}|{x:.1f}").unwrap();
+    log.push_f64(tid, &[7.0, 2.25]).unwrap();
+    log.close();
+    assert_eq!(sink.contents(), "7|2.2\n");
+}
+
+#[test]
+fn registering_the_same_text_twice_gives_the_same_id() {
+    let (log, _) = memory_logger(4, Policy::DropNew);
+    let a = log.register("{a:d}").unwrap();
+    let b = log.register("{b:d} {c:d}").unwrap();
+    assert_ne!(a, b);
+    assert_eq!(log.register("{a:d}").unwrap(), a);
+    assert_eq!(log.arity(b), Some(2));
+    assert_eq!(log.field_names(b).unwrap(), vec!["b", "c"]);
+}
+
+#[test]
+fn bad_pushes_are_refused_before_the_ring() {
+    let (log, sink) = memory_logger(4, Policy::DropNew);
+    let tid = log.register("{a:d} {b:d}").unwrap();
+    assert_eq!(
+        log.push(tid + 1, &[Value::Int(1)]),
+        Err(PushError::UnknownTemplate(tid + 1))
+    );
+    assert_eq!(
+        log.push(tid, &[Value::Int(1)]),
+        Err(PushError::WrongArity {
+            expected: 2,
+            got: 1
+        })
+    );
+    assert_eq!(
+        log.push_f64(u32::MAX, &[]),
+        Err(PushError::UnknownTemplate(u32::MAX))
+    );
+    assert!(log.flush(None));
+    assert_eq!(log.stats().pushed, 0);
+    assert_eq!(sink.contents(), "");
+}
+
+#[test]
+fn flush_waits_for_the_sink_and_times_out_when_it_stalls() {
+    let gate = Gate::shut();
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 16,
+            policy: Policy::DropNew,
+        },
+    );
+    let tid = log.register("{i:d}").unwrap();
+    log.push(tid, &[Value::Int(1)]).unwrap();
+    let t = Instant::now();
+    assert!(
+        !log.flush(Some(Duration::from_millis(50))),
+        "nothing can be written yet"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    // The push path never waits on the stalled sink under drop_new.
+    let t = Instant::now();
+    for i in 0..1000 {
+        log.push(tid, &[Value::Int(i)]).unwrap();
+    }
+    assert!(t.elapsed() < Duration::from_secs(1));
+    let g = gate.clone();
+    let opener = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(30));
+        g.open();
+    });
+    assert!(log.flush(None));
+    opener.join().unwrap();
+    let st = log.stats();
+    assert_eq!(st.written + st.dropped, st.pushed, "{st:?}");
+    assert!(st.dropped > 0, "{st:?}");
+}
+
+#[test]
+fn dropped_records_are_reported_in_one_line_per_catch_up() {
+    let gate = Gate::shut();
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 8,
+            policy: Policy::DropNew,
+        },
+    );
+    let tid = log.register("{i:d}").unwrap();
+    for i in 0..100 {
+        log.push(tid, &[Value::Int(i)]).unwrap();
+    }
+    gate.open();
+    assert!(log.flush(None));
+    let st = log.stats();
+    assert_eq!(st.pushed, 100);
+    assert_eq!(st.written + st.dropped, 100, "{st:?}");
+    assert!(st.dropped >= 100 - 8 - 1, "{st:?}");
+    assert_eq!(st.high_water, 8);
+    let text = gate.inner.contents();
+    let drop_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("[nlsq]")).collect();
+    assert_eq!(
+        drop_lines,
+        vec![format!(
+            "[nlsq] {} log records dropped (ring full)",
+            st.dropped
+        )]
+    );
+    // The records that made it are the first ones, in order.
+    let kept: Vec<i64> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(kept, (0..st.written as i64).collect::<Vec<_>>());
+}
+
+#[test]
+fn overwrite_oldest_keeps_the_newest_records() {
+    let gate = Gate::shut();
+    let log = Logger::new(
+        Box::new(gate.clone()),
+        Config {
+            capacity: 4,
+            policy: Policy::OverwriteOldest,
+        },
+    );
+    let tid = log.register("{i:d}").unwrap();
+    // Let the drain take the first record and stall in write.
+    log.push(tid, &[Value::Int(-1)]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for i in 0..50 {
+        log.push(tid, &[Value::Int(i)]).unwrap();
+    }
+    gate.open();
+    assert!(log.flush(None));
+    let text = gate.inner.contents();
+    let kept: Vec<i64> = text.lines().filter_map(|l| l.parse().ok()).collect();
+    assert_eq!(kept, vec![-1, 46, 47, 48, 49], "{text}");
+    assert_eq!(log.stats().dropped, 46);
+}
+
+#[test]
+fn close_drains_joins_and_is_idempotent() {
+    let (log, sink) = memory_logger(1 << 12, Policy::DropNew);
+    let tid = log.register("{i:d}").unwrap();
+    for i in 0..3000 {
+        log.push(tid, &[Value::Int(i)]).unwrap();
+    }
+    let id = log.id();
+    assert!(lookup(id).is_some());
+    log.close();
+    assert_eq!(sink.contents().lines().count(), 3000);
+    log.close();
+    assert!(log.is_closed());
+    assert!(lookup(id).is_none());
+    assert_eq!(log.push(tid, &[Value::Int(1)]), Err(PushError::Closed));
+    assert!(log.flush(None), "a closed logger has nothing left to write");
+}
+
+#[test]
+fn dropping_the_last_handle_closes() {
+    let sink = MemorySink::new();
+    let log = Logger::new(Box::new(sink.clone()), Config::default());
+    let id = log.id();
+    let tid = log.register("{i:d}").unwrap();
+    let clone = lookup(id).unwrap();
+    clone.push(tid, &[Value::Int(5)]).unwrap();
+    drop(log);
+    assert!(lookup(id).is_some(), "a clone is still alive");
+    drop(clone);
+    assert!(lookup(id).is_none());
+    assert_eq!(sink.contents(), "5\n");
+}
+
+#[test]
+fn a_failing_sink_is_counted_and_never_blocks() {
+    let log = Logger::new(
+        Box::new(Failing),
+        Config {
+            capacity: 4,
+            policy: Policy::Block,
+        },
+    );
+    let tid = log.register("{i:d}").unwrap();
+    for i in 0..100 {
+        log.push(tid, &[Value::Int(i)]).unwrap();
+    }
+    assert!(log.flush(Some(Duration::from_secs(10))));
+    let st = log.stats();
+    assert_eq!(st.written, 0);
+    assert!(st.sink_errors >= 1, "{st:?}");
+    assert_eq!(st.pushed, 100);
+}
+
+#[test]
+fn block_loses_nothing_with_many_producers_and_keeps_each_in_order() {
+    let (log, sink) = memory_logger(16, Policy::Block);
+    let tid = log.register("{p:d} {i:d}").unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|p| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..20_000 {
+                    log.push(tid, &[Value::Int(p), Value::Int(i)]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(log.flush(None));
+    let mut next = [0i64; 4];
+    for line in sink.contents().lines() {
+        let (p, i) = line.split_once(' ').unwrap();
+        let (p, i): (usize, i64) = (p.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[p], "producer {p} out of order");
+        next[p] += 1;
+    }
+    assert_eq!(next, [20_000; 4]);
+    let st = log.stats();
+    assert_eq!((st.pushed, st.written, st.dropped), (80_000, 80_000, 0));
+}
+
+#[test]
+fn concurrent_flushes_all_return() {
+    let (log, sink) = memory_logger(8, Policy::DropNew);
+    let tid = log.register("{i:d}").unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    log.push(tid, &[Value::Int(i)]).unwrap();
+                    if i % 50 == 0 {
+                        assert!(log.flush(Some(Duration::from_secs(10))));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(log.flush(None));
+    let st = log.stats();
+    let lines = sink
+        .contents()
+        .lines()
+        .filter(|l| !l.starts_with("[nlsq]"))
+        .count() as u64;
+    assert_eq!(lines, st.written);
+    assert_eq!(st.written + st.dropped, 2000);
+}
+
+#[test]
+fn pausing_for_fork_keeps_the_logger_working() {
+    let (log, sink) = memory_logger(64, Policy::DropNew);
+    let tid = log.register("{i:d}").unwrap();
+    log.push(tid, &[Value::Int(1)]).unwrap();
+    ringlog::before_fork();
+    assert_eq!(sink.contents(), "1\n", "pausing writes what was queued");
+    log.push(tid, &[Value::Int(2)]).unwrap();
+    ringlog::after_fork_parent();
+    assert!(log.flush(None));
+    assert_eq!(sink.contents(), "1\n2\n");
+}
