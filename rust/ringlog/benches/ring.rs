@@ -147,7 +147,27 @@ fn push_percentiles(quick: bool) {
     log.close();
 }
 
-criterion_group!(benches, push_latency, drain_to_file);
+/// The formatter alone (no ring, no thread, no I/O): the floor of the drain.
+fn render_only(c: &mut Criterion) {
+    let template = ringlog::Template::parse(ROW).unwrap();
+    let mut out = String::with_capacity(1 << 20);
+    let mut g = c.benchmark_group("render");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0i64;
+    g.bench_function("row_6_values", |b| {
+        b.iter(|| {
+            if out.len() > (1 << 19) {
+                out.clear();
+            }
+            i += 1;
+            template.render(black_box(&row(i)), &mut out);
+            out.push('\n');
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, push_latency, render_only, drain_to_file);
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
