@@ -42,29 +42,39 @@ def _constant(text: str):
 
 
 def make_log_row(verbose: int):
-    """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0."""
+    """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
+
+    On CPU with the FFI route active, rows take the effect-free inline route
+    (:mod:`nlsq.utils._log_inline`): the fit keeps JAX's fast dispatch path, and
+    the rows are in the ring once the solver's results are ready, which
+    ``log_closing`` waits for. Elsewhere they go through the async_logger
+    templates.
+    """
     if verbose == 0:
         return None
 
     def log_row(st, first: bool) -> None:
         if first:
-            _template(FIRST_ROW)(
-                iteration=st.iteration,
-                nfev=st.nfev,
-                cost=st.cost,
-                optimality=st.g_norm,
-                verbose=verbose,
-            )
+            text = FIRST_ROW
+            fields = dict(iteration=st.iteration, nfev=st.nfev, cost=st.cost, optimality=st.g_norm)
         else:
-            _template(ROW)(
+            text = ROW
+            fields = dict(
                 iteration=st.iteration,
                 nfev=st.nfev,
                 cost=st.cost,
                 reduction=st.actual_reduction,
                 step_norm=st.step_norm,
                 optimality=st.g_norm,
-                verbose=verbose,
             )
+        from .utils import _log_inline
+
+        if not _log_inline.available():
+            _template(text)(verbose=verbose, **fields)
+            return
+        fmt = _template(text)
+        keep = True if verbose >= 2 else st.iteration % 10 == 0
+        _log_inline.emit_row(fmt._key, keep, [fields[name] for name in fmt.fields])
 
     return log_row
 
