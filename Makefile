@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.deps-stamp
 export JAX_PLATFORMS ?= cpu
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test build venv rust-test py-test lint bench bench-quick clean
+.PHONY: demo test build venv rust-test py-test lint bench bench-quick miri clean
 
 demo: build
 	$(PY) -m nlsq.demo
@@ -33,6 +33,9 @@ build: $(STAMP)
 
 rust-test:
 	cargo test --workspace --release
+	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) under loom's
+	# model checker; its own target dir keeps the normal build's cache.
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib wake
 
 py-test:
 	$(PY) -m pytest -q
@@ -42,6 +45,11 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
+
+# Unsafe FFI code under Miri (needs a nightly toolchain with miri; not part of CI,
+# which has only the stable toolchain).
+miri:
+	cargo +nightly miri test -p nlsq-xla-ffi
 
 bench: build
 	$(PY) benches/run.py

@@ -1,37 +1,104 @@
-"""``make demo``: push a few thousand records through the ring logger to stdout.
+"""The main job: one fit with ``verbose=2``, then a short live benchmark summary.
 
-Prints scipy's verbose=2 table layout for a synthetic, decaying cost, then the
-logger's stats. (Becomes a ``curve_fit(..., verbose=2)`` run once the solver
-lands.)
+    python -m nlsq.demo [--n N] [--repeats R]
+
+The iteration table is written by the Rust drain thread through the ring logger while the
+jitted solver runs. The summary times the same fit, after compilation, at verbose 0, 1 and 2
+(the log going to ``os.devnull`` so the terminal's speed does not enter the figures) and
+against ``scipy.optimize.curve_fit``, medians of interleaved repeats. The full harness with
+plots is ``python benches/run.py``.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
+import os
+import statistics
+import time
 
-from nlsq._ringlog import RingLogger
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.optimize
 
-HEADER = "{:^15}{:^15}{:^15}{:^15}{:^15}{:^15}".format(
-    "Iteration", "Total nfev", "Cost", "Cost reduction", "Step norm", "Optimality"
-)
-ROW = "{it:^15d}{nfev:^15d}{cost:^15.4e}{reduction:^15.2e}{step:^15.2e}{optimality:^15.2e}"
+from nlsq import curve_fit
+from nlsq.utils import async_logger
 
 
-def main(n: int = 5000) -> dict[str, int]:
-    """Push ``n`` rows to stdout through the ring and return the logger's stats."""
-    print(HEADER, flush=True)
-    with RingLogger(sink=None, capacity=1 << 14, policy="block") as log:
-        tid = log.register(ROW)
-        cost = 1.0e3
-        for it in range(n):
-            new_cost = cost * 0.999
-            log.push(tid, it, it + 1, new_cost, cost - new_cost, 1.0 / (it + 1), new_cost * 1e-3)
-            cost = new_cost
-        log.flush()
-        stats = log.stats()
-    print(f"ring logger stats: {stats}", file=sys.stderr)
-    return stats
+def model(x: jax.Array, a: float, b: float, c: float) -> jax.Array:
+    """Exponential decay with an offset: ``a * exp(-b x) + c``."""
+    return a * jnp.exp(-b * x) + c
+
+
+def model_np(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
+    return a * np.exp(-b * x) + c
+
+
+def make_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0.0, 5.0, n)
+    y = model_np(x, 2.5, 1.3, 0.5) + 0.05 * rng.standard_normal(n)
+    return x, y
+
+
+def _median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="nlsq demo: a verbose fit and a benchmark")
+    parser.add_argument("--n", type=int, default=100_000, help="number of data points")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per variant")
+    args = parser.parse_args(argv)
+
+    x, y = make_data(args.n)
+    p0 = [1.0, 0.5, 0.0]
+    print(f"nlsq demo: fitting a*exp(-b*x)+c to {args.n} points on {jax.default_backend()}")
+    print("true parameters: a=2.5, b=1.3, c=0.5\n", flush=True)
+
+    popt, pcov = curve_fit(model, x, y, p0=p0, verbose=2)
+    perr = np.sqrt(np.diag(pcov))
+    print()
+    for name, value, err in zip("abc", popt, perr, strict=True):
+        print(f"  {name} = {value:.6f} ± {err:.6f}")
+    ref, _ = scipy.optimize.curve_fit(model_np, x, y, p0=p0, method="trf")
+    print(f"  max |popt - scipy popt| / |scipy popt| = {np.max(np.abs(popt / ref - 1)):.2e}")
+
+    print(
+        f"\nBenchmark summary: time per fit after compilation, n={args.n}, "
+        f"median of {args.repeats}",
+        flush=True,
+    )
+    async_logger.configure(sink=os.devnull)
+    variants = {
+        "nlsq verbose=0": lambda: curve_fit(model, x, y, p0=p0, verbose=0),
+        "nlsq verbose=1": lambda: curve_fit(model, x, y, p0=p0, verbose=1),
+        "nlsq verbose=2": lambda: curve_fit(model, x, y, p0=p0, verbose=2),
+        "scipy trf": lambda: scipy.optimize.curve_fit(model_np, x, y, p0=p0, method="trf"),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # compile and warm up
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in variants.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - t0)
+    stats = async_logger.stats()
+    async_logger.configure(sink=None)
+
+    base = _median_ms(samples["nlsq verbose=0"])
+    print(f"  {'variant':<16}{'median ms':>12}{'vs verbose=0':>15}")
+    for name, s in samples.items():
+        ms = _median_ms(s)
+        print(f"  {name:<16}{ms:>12.2f}{ms / base:>14.2f}x")
+    print(
+        f"\nring logger during the timed runs: {stats['pushed']} records pushed, "
+        f"{stats['written']} written, {stats['dropped']} dropped, "
+        f"push->write latency p50 {stats['latency_ns_p50'] / 1e3:.1f} µs"
+    )
+    print("Full harness with plots: python benches/run.py (see README, Performance).")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000)
+    main()
