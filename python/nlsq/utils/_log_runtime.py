@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from nlsq._ringlog import RingLogger
 
 __all__ = [
+    "add_install_listener",
     "callback_errors",
     "configure_logger",
     "ensure_registered",
@@ -114,6 +116,18 @@ def _install(logger: RingLogger) -> None:
             if tid >= 0:
                 tids[key] = logger.register(_TEXTS[key])
     _ACTIVE = (logger, tids)
+    for listener in _INSTALL_LISTENERS:
+        listener()
+
+
+# Called (no arguments) after every _install; the FFI route re-reads _ACTIVE.
+_INSTALL_LISTENERS: list[Callable[[], None]] = []
+
+
+def add_install_listener(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` each time a logger becomes the active one."""
+    if listener not in _INSTALL_LISTENERS:
+        _INSTALL_LISTENERS.append(listener)
 
 
 def get_logger() -> RingLogger:
