@@ -202,3 +202,51 @@ def test_seed_trf_integration_import() -> None:
     page = " ".join(SEED.read_text().split())
     assert "from nlsq.utils.async_logger import log_iteration_async" in page
     exec("from nlsq.utils.async_logger import log_iteration_async", {})
+
+
+def test_seed_curve_fit_example(tmp_path: Path) -> None:
+    # The page's "Basic usage with curve fitting", run as written with x and y
+    # defined, in a subprocess so that its stdout is a real pipe.
+    example = (
+        "from nlsq import curve_fit\n"
+        "import jax.numpy as jnp\n"
+        "def model(x, a, b):\n"
+        "    return a * jnp.exp(-b * x)\n"
+        "# Async logging enabled with verbose=2\n"
+        "popt, pcov = curve_fit(\n"
+        "    model, x, y,\n"
+        "    p0=[1.0, 0.5],\n"
+        "    verbose=2  # Logs all iterations asynchronously\n"
+        ")\n"
+    )
+    page = " ".join(SEED.read_text().split())
+    assert " ".join(example.split()) in page
+    script = tmp_path / "seed_fit.py"
+    script.write_text(
+        "import numpy as np\n"
+        "x = np.linspace(0, 4, 50)\n"
+        "y = 3.0 * np.exp(-0.7 * x)\n" + example + "print('popt', *popt)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "Iteration",
+        "Total",
+        "nfev",
+        "Cost",
+        "Cost",
+        "reduction",
+        "Step",
+        "norm",
+        "Optimality",
+    ]
+    assert lines[-2].startswith("Function evaluations ")
+    popt = [float(v) for v in lines[-1].split()[1:]]
+    assert abs(popt[0] - 3.0) < 1e-6 and abs(popt[1] - 0.7) < 1e-6
