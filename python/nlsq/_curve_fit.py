@@ -12,7 +12,13 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import Bounds, OptimizeWarning
 
 from ._common import make_strictly_feasible_np
-from ._least_squares import check_tolerance, check_x_scale, prepare_bounds, run_solver
+from ._least_squares import (
+    check_tolerance,
+    check_x_scale,
+    jacobian_mode,
+    prepare_bounds,
+    run_solver,
+)
 from ._loss import validate_loss
 from ._residual import ModelResidual
 
@@ -286,13 +292,7 @@ class CurveFit:
             kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8), kwargs.get("gtol", 1e-8), method
         )
         x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
-        jac = self.jac
-        if callable(jac):
-            jac_mode, user_jac = "user", jac
-        elif jac in ("2-point", "3-point"):
-            jac_mode, user_jac = jac, None
-        else:
-            jac_mode, user_jac = "auto", None
+        jac_mode, user_jac = jacobian_mode(self.jac)
 
         with jax.enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:

@@ -103,6 +103,16 @@ def check_tolerance(ftol, xtol, gtol, method: str):
     return ftol, xtol, gtol
 
 
+def jacobian_mode(jac) -> tuple[str, Callable | None]:
+    """``(mode, user_jac)`` for the solver spec: ``'user'`` for a callable,
+    ``'2-point'``/``'3-point'`` finite differences, else ``'auto'`` (JAX autodiff)."""
+    if callable(jac):
+        return "user", jac
+    if jac in ("2-point", "3-point"):
+        return jac, None
+    return "auto", None
+
+
 def check_x_scale(x_scale, x0, method: str):
     if x_scale is None:
         x_scale = "jac" if method == "lm" else 1.0
@@ -339,12 +349,7 @@ def least_squares(
     if method == "trf":
         x0 = make_strictly_feasible_np(x0, lb, ub)
     kwargs = {} if kwargs is None else kwargs
-    if callable(jac):
-        jac_mode, user_jac = "user", jac
-    elif jac in ("2-point", "3-point"):
-        jac_mode, user_jac = jac, None
-    else:
-        jac_mode, user_jac = "auto", None
+    jac_mode, user_jac = jacobian_mode(jac)
     with jax.enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
