@@ -45,6 +45,7 @@ from nlsq.utils import _log_runtime as runtime
 
 __all__ = [
     "Backend",
+    "host_callback",
     "active_backend",
     "emit",
     "make_backend",
@@ -72,13 +73,24 @@ def _host_push(key: int, rows: bool) -> Callable[[np.ndarray], None]:
     return functools.partial(runtime.push_record, key)
 
 
+@functools.cache
+def _debug_push(key: int, rows: bool) -> Callable[[Any], None]:
+    push = _host_push(key, rows)
+
+    def callback(buf: Any) -> None:
+        # jax.debug.callback hands over jax.Arrays (already on the host CPU).
+        push(np.asarray(buf))
+
+    return callback
+
+
 class DebugCallbackBackend:
     """Route through the public ``jax.debug.callback``."""
 
     name = "debug_callback"
 
     def emit(self, key: int, packed: jax.Array) -> None:
-        jax.debug.callback(_host_push(key, packed.ndim == 2), packed)
+        jax.debug.callback(_debug_push(key, packed.ndim == 2), packed)
 
 
 def _make_primitive() -> Any:
@@ -95,37 +107,28 @@ def _make_primitive() -> Any:
     prim = Primitive("nlsq_log_emit")
     prim.multiple_results = True
 
-    def abstract_eval(packed: Any, *, key: int, rows: bool) -> Any:
+    def abstract_eval(packed: Any, *, callback: Callable[[np.ndarray], None]) -> Any:
         # The debug effect is what keeps the equation alive through DCE and
         # what JAX already allows inside while_loop / cond / scan / remat.
         return [], {debug_effect}
 
-    def impl(packed: Any, *, key: int, rows: bool) -> list[Any]:
-        _host_push(key, rows)(np.asarray(packed))
+    def impl(packed: Any, *, callback: Callable[[np.ndarray], None]) -> list[Any]:
+        callback(np.asarray(packed))
         return []
 
-    def lowering(ctx: Any, packed: Any, *, key: int, rows: bool) -> list[Any]:
-        push = _host_push(key, rows)
-
-        def callback(buf: np.ndarray) -> tuple[()]:
-            push(buf)
+    def lowering(ctx: Any, packed: Any, *, callback: Callable[[np.ndarray], None]) -> list[Any]:
+        def host(buf: np.ndarray) -> tuple[()]:
+            callback(buf)
             return ()
 
         emit_python_callback(
-            ctx,
-            callback,
-            None,
-            [packed],
-            ctx.avals_in,
-            [],
-            has_side_effect=True,
-            returns_token=False,
+            ctx, host, None, [packed], ctx.avals_in, [], has_side_effect=True, returns_token=False
         )
         return []
 
-    def jvp(primals: Any, tangents: Any, *, key: int, rows: bool) -> Any:
+    def jvp(primals: Any, tangents: Any, *, callback: Callable[[np.ndarray], None]) -> Any:
         # Logging inside a differentiated function logs the primal values.
-        return prim.bind(*primals, key=key, rows=rows), []
+        return prim.bind(*primals, callback=callback), []
 
     prim.def_effectful_abstract_eval(abstract_eval)
     prim.def_impl(impl)
@@ -137,13 +140,24 @@ def _make_primitive() -> Any:
 _EMIT_P = _make_primitive()
 
 
+def host_callback(callback: Callable[[np.ndarray], None], packed: jax.Array) -> None:
+    """Stage ``callback(numpy_view_of_packed)`` on the host, kept alive by an effect.
+
+    ``callback`` must be hashable and should keep its identity across calls
+    (JAX's caches key on it); the view is only valid during the call.
+    """
+    if _EMIT_P is None:
+        raise RuntimeError("this JAX version lacks the hooks of the 'callback' route")
+    _EMIT_P.bind(packed, callback=callback)
+
+
 class HostCallbackBackend:
     """Route through the ``nlsq_log_emit`` primitive (XLA host callback)."""
 
     name = "callback"
 
     def emit(self, key: int, packed: jax.Array) -> None:
-        _EMIT_P.bind(packed, key=key, rows=packed.ndim == 2)
+        host_callback(_host_push(key, packed.ndim == 2), packed)
 
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {"debug_callback": DebugCallbackBackend}

@@ -173,9 +173,12 @@ def configure_logger(sink: Any, capacity: int, policy: str) -> RingLogger:
         if previous is None:
             _install(logger)
             return logger
-        previous[0].flush()
         _install(logger)
-        previous[0].close()
+        try:
+            previous[0].flush()
+            previous[0].close()
+        except Exception as exc:  # a closed or broken logger must not block the switch
+            _failed(exc)
         return logger
 
 

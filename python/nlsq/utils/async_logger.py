@@ -205,7 +205,7 @@ def _host_number(name: str, value: Any) -> int | float | None:
     if is_jax_array(value):
         return None
     raise TypeError(
-        f"log field `{name}` must be a number or a JAX scalar, got {type(value).__name__}"
+        f"log field `{name}` must be a real number or a JAX scalar, got {type(value).__name__}"
     )
 
 
@@ -328,7 +328,9 @@ class LogTemplate:
             pred = lax.rem(first, jnp.asarray(10, first.dtype)) == 0
         else:
             pred = jnp.asarray(True)
-        self._emitter(gated)(pred, packed)
+        # Logged values are observed, never differentiated: without this, grad
+        # would try to transpose the custom_vmap call.
+        self._emitter(gated)(lax.stop_gradient(pred), lax.stop_gradient(packed))
 
     def _batched(self) -> int:
         if self._batched_key is None:

@@ -1,0 +1,409 @@
+"""Cost per logged iteration inside a jitted ``lax.while_loop``.
+
+    python benches/bench_callback.py [--quick]
+
+One process, one small loop body (a scalar recurrence standing in for an
+optimizer step: iteration, cost and gradient norm), ``N`` iterations that each
+log one line.  Variants run interleaved (A B C ... A B C ...) and each figure is
+the median over the repeats, per iteration, in µs, and as a ratio to JAX's own
+floor, a no-op ``jax.debug.callback`` receiving the same three values packed in
+one array.
+
+Every variant that writes writes the same line to its own file (real
+``write`` calls, flushed per line where the variant flushes at all), so the
+terminal is not flooded; line counts are checked after the run.  The timed
+section of a variant is the jitted call plus ``jax.effects_barrier()`` (all
+its callbacks have returned).  ``ring + flush`` also waits for the drain thread
+to have written every line.
+
+Route comparison (no-op callbacks, same packed array): ``jax.debug.callback``
+(unordered and ordered), ``io_callback`` (unordered and ordered) and the
+``nlsq_log_emit`` primitive that the ``"callback"`` backend lowers straight to
+XLA's host callback.
+
+An ``"ffi"`` variant runs when the native FFI route is available
+(``async_logger.configure(backend="ffi")`` succeeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+from nlsq.utils import _log_emit, async_logger
+
+HERE = Path(__file__).resolve().parent
+
+LINE = "iter {:>6d}  cost {:>13.6e}  |grad| {:>10.3e}"
+
+
+class Variant:
+    """One way of logging each iteration, with the file its lines go to."""
+
+    def __init__(
+        self,
+        name: str,
+        log: Callable[[jax.Array, jax.Array, jax.Array], None] | None,
+        lines_per_run: int,
+        *,
+        after: Callable[[], None] = lambda: None,
+        around: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+        count: Callable[[], int] = lambda: 0,
+        group: str = "logging",
+        flush_in_timing: bool = False,
+    ) -> None:
+        self.name = name
+        self.log = log
+        self.lines_per_run = lines_per_run
+        self.after = after
+        self.around = around
+        self.count = count
+        self.group = group
+        self.flush_in_timing = flush_in_timing
+        self.base = 0  # lines already in the variant's file before the timed runs
+        self.fn: Callable[[jax.Array], Any] | None = None
+        self.samples: list[float] = []
+        self.runs = 0
+
+
+def _loop(n: int, log: Callable[[jax.Array, jax.Array, jax.Array], None] | None) -> Callable:
+    """The jitted loop: ``n`` iterations of a small body, each calling ``log``."""
+
+    def body(carry: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        i, x = carry
+        cost = 0.5 * x * x
+        grad = jnp.abs(x)
+        if log is not None:
+            log(i, cost, grad)
+        return i + 1, x * 0.999 + 1e-4
+
+    @jax.jit
+    def run(x0: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), x0))
+
+    return run
+
+
+def _packed(i: jax.Array, cost: jax.Array, grad: jax.Array) -> jax.Array:
+    dtype = jnp.result_type(float)
+    return jnp.stack([i.astype(dtype), cost.astype(dtype), grad.astype(dtype)])
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def _line(buf: np.ndarray) -> str:
+    return LINE.format(int(buf[0]), float(buf[1]), float(buf[2]))
+
+
+def build_variants(n: int, tmp: Path) -> list[Variant]:
+    """Every variant, its loop not yet compiled.  Order = table order."""
+    calls = [0]
+
+    def noop(buf: np.ndarray) -> None:
+        calls[0] += 1
+
+    def counted() -> int:
+        return calls[0]
+
+    variants = [
+        Variant("no callback", None, 0, group="reference"),
+        Variant(
+            "no-op jax.debug.callback (floor)",
+            lambda i, c, g: jax.debug.callback(noop, _packed(i, c, g)),
+            n,
+            count=counted,
+            group="route",
+        ),
+    ]
+
+    # Route comparison: the same no-op, the same packed array.
+    variants += [
+        Variant(
+            "no-op jax.debug.callback(ordered=True)",
+            lambda i, c, g: jax.debug.callback(noop, _packed(i, c, g), ordered=True),
+            n,
+            count=counted,
+            group="route",
+        ),
+        Variant(
+            "no-op io_callback(ordered=False)",
+            lambda i, c, g: io_callback(noop, None, _packed(i, c, g), ordered=False),
+            n,
+            count=counted,
+            group="route",
+        ),
+        Variant(
+            "no-op io_callback(ordered=True)",
+            lambda i, c, g: io_callback(noop, None, _packed(i, c, g), ordered=True),
+            n,
+            count=counted,
+            group="route",
+        ),
+        Variant(
+            "no-op nlsq_log_emit (host callback, no device_put)",
+            lambda i, c, g: _log_emit.host_callback(noop, _packed(i, c, g)),
+            n,
+            count=counted,
+            group="route",
+        ),
+    ]
+
+    # The ring.  Its sink is a file descriptor, written from Rust.
+    ring_path = tmp / "ring.log"
+    ring_fd = os.open(ring_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    async_logger.configure(sink=ring_fd, backend="callback")
+
+    def ring_log(i: jax.Array, c: jax.Array, g: jax.Array) -> None:
+        async_logger.log_iteration_async(i, c, g, verbose=2)
+
+    def ring_lines() -> int:
+        async_logger.flush()
+        return _count_lines(ring_path)
+
+    variants += [
+        Variant(
+            "log_iteration_async (ring)",
+            ring_log,
+            n,
+            after=async_logger.flush,
+            count=ring_lines,
+        ),
+        Variant(
+            "log_iteration_async (ring) + flush",
+            ring_log,
+            n,
+            count=ring_lines,
+            flush_in_timing=True,
+        ),
+    ]
+    # The route is chosen when a loop is traced; compile the ring loops now.
+    for v in variants:
+        v.fn = _loop(n, v.log)
+        jax.block_until_ready(v.fn(jnp.float32(1.0)))
+    jax.effects_barrier()
+    async_logger.flush()
+
+    variants.append(
+        Variant(
+            "log_iteration_async (ring, jax.debug.callback route)",
+            ring_log,
+            n,
+            after=async_logger.flush,
+            count=ring_lines,
+        )
+    )
+    _log_emit.set_backend(_log_emit.make_backend("debug_callback"))
+    variants[-1].fn = _loop(n, ring_log)
+    jax.block_until_ready(variants[-1].fn(jnp.float32(1.0)))
+
+    try:
+        _log_emit.set_backend(_log_emit.make_backend("ffi"))
+    except (ValueError, RuntimeError):
+        pass
+    else:
+        variants.append(
+            Variant(
+                "log_iteration_async (ring, FFI route)",
+                ring_log,
+                n,
+                after=async_logger.flush,
+                count=ring_lines,
+            )
+        )
+        variants[-1].fn = _loop(n, ring_log)
+        jax.block_until_ready(variants[-1].fn(jnp.float32(1.0)))
+    _log_emit.set_backend(_log_emit.make_backend("callback"))
+    jax.effects_barrier()
+    async_logger.flush()
+
+    # Blocking alternatives, each to its own line-buffered file.
+    print_path = tmp / "print.log"
+    print_file = open(print_path, "w", buffering=1)  # noqa: SIM115 - closed by the caller
+
+    def print_cb(buf: np.ndarray) -> None:
+        print(_line(buf), file=print_file, flush=True)
+
+    dprint_path = tmp / "debug_print.log"
+    dprint_file = open(dprint_path, "w", buffering=1)  # noqa: SIM115
+
+    def dprint(i: jax.Array, c: jax.Array, g: jax.Array) -> None:
+        jax.debug.print("iter {:>6d}  cost {:>13.6e}  |grad| {:>10.3e}", i, c, g)
+
+    log_path = tmp / "logging.log"
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    pylogger = logging.getLogger("nlsq.bench_callback")
+    pylogger.handlers[:] = [handler]
+    pylogger.setLevel(logging.INFO)
+    pylogger.propagate = False
+
+    def logging_cb(buf: np.ndarray) -> None:
+        pylogger.info(
+            "iter %6d  cost %13.6e  |grad| %10.3e", int(buf[0]), float(buf[1]), float(buf[2])
+        )
+
+    def file_lines(path: Path, f: Any) -> Callable[[], int]:
+        def count() -> int:
+            f.flush()
+            return _count_lines(path)
+
+        return count
+
+    blocking = [
+        Variant(
+            "print(..., flush=True) in jax.debug.callback",
+            lambda i, c, g: jax.debug.callback(print_cb, _packed(i, c, g)),
+            n,
+            count=file_lines(print_path, print_file),
+        ),
+        Variant(
+            "jax.debug.print",
+            dprint,
+            n,
+            around=lambda: contextlib.redirect_stdout(dprint_file),
+            count=file_lines(dprint_path, dprint_file),
+        ),
+        Variant(
+            "logging.info in jax.debug.callback",
+            lambda i, c, g: jax.debug.callback(logging_cb, _packed(i, c, g)),
+            n,
+            count=file_lines(log_path, handler.stream),
+        ),
+    ]
+    for v in blocking:
+        v.fn = _loop(n, v.log)
+        with v.around():
+            jax.block_until_ready(v.fn(jnp.float32(1.0)))
+            jax.effects_barrier()
+    variants += blocking
+    # Warm-up lines are in the files already; counts are taken relative to them.
+    for v in variants:
+        v.base = v.count()
+    return variants
+
+
+def measure(variants: list[Variant], repeats: int) -> None:
+    """Interleaved timing; every variant runs ``repeats`` times."""
+    x0 = jnp.float32(1.0)
+    for _ in range(repeats):
+        for v in variants:
+            assert v.fn is not None
+            with v.around():
+                t0 = time.perf_counter()
+                jax.block_until_ready(v.fn(x0))
+                jax.effects_barrier()
+                if v.flush_in_timing:
+                    async_logger.flush()
+                v.samples.append(time.perf_counter() - t0)
+            v.after()
+            v.runs += 1
+
+
+def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
+    """Run the bench; return the result dict (``name``, ``title``, ``table``, raw data)."""
+    n = 200 if quick else 2000
+    repeats = 3 if quick else 15
+    with tempfile.TemporaryDirectory(prefix="bench_callback_") as tmpdir:
+        variants = build_variants(n, Path(tmpdir))
+        measure(variants, repeats)
+        # Counts: the ring variants share one file, the no-op ones one counter.
+        counts: dict[str, int] = {}
+        shared: dict[int, list[Variant]] = {}
+        for v in variants:
+            shared.setdefault(id(v.count), []).append(v)
+        for group in shared.values():
+            total = group[0].count() - group[0].base
+            expected = sum(v.lines_per_run * v.runs for v in group)
+            for v in group:
+                counts[v.name] = total
+            if total != expected:
+                names = ", ".join(v.name for v in group)
+                raise AssertionError(f"{names}: {total} lines, expected {expected}")
+        ring_stats = async_logger.stats()
+
+    floor = statistics.median(variants[1].samples) / n * 1e6
+    rows = []
+    measurements = {}
+    for v in variants:
+        per_iter = [s / n * 1e6 for s in v.samples]
+        med = statistics.median(per_iter)
+        measurements[v.name] = {
+            "group": v.group,
+            "us_per_iteration_median": med,
+            "us_per_iteration_min": min(per_iter),
+            "us_per_iteration_max": max(per_iter),
+            "ratio_to_floor": med / floor,
+            "runs": v.runs,
+            "lines_per_run": v.lines_per_run,
+        }
+        rows.append([v.name, f"{med:.2f}", f"{min(per_iter):.2f}", f"{med / floor:.3f}"])
+    table = "\n".join(
+        [
+            "| variant | µs / logged iteration (median) | min | × floor |",
+            "|---|---:|---:|---:|",
+            *("| " + " | ".join(r) + " |" for r in rows),
+        ]
+    )
+    result = {
+        "name": "bench_callback",
+        "title": (
+            f"Cost per logged iteration in a jitted while_loop ({n} iterations, "
+            f"median of {repeats})"
+        ),
+        "table": table,
+        "iterations": n,
+        "repeats": repeats,
+        "floor_us": floor,
+        "measurements": measurements,
+        "line_counts": counts,
+        "ring_stats": {k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
+        "backend": jax.default_backend(),
+        "x64": bool(jax.config.jax_enable_x64),
+    }
+    return result
+
+
+def plot(result: dict[str, Any], png: Path) -> None:
+    """Horizontal bars: µs per logged iteration, the floor marked."""
+    import matplotlib.pyplot as plt
+
+    names = list(result["measurements"])
+    values = [result["measurements"][k]["us_per_iteration_median"] for k in names]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], values[::-1], color="tab:blue")
+    ax.axvline(result["floor_us"], color="tab:red", linestyle="--", label="floor")
+    ax.set_xlabel("µs per logged iteration (median)")
+    ax.set_title(result["title"], fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    res = main(quick=args.quick, out=args.out)
+    print(res["title"])
+    print(res["table"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"{jax.default_backend()}-bench_callback" + ("-quick" if args.quick else "")
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
