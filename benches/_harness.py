@@ -56,6 +56,8 @@ def machine_info() -> dict[str, Any]:
     """What the figures were measured on."""
     import jax
     import jaxlib
+    import numpy
+    import scipy
 
     device = jax.devices()[0]
     return {
@@ -64,6 +66,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "commit": git_commit(),

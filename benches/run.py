@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -26,20 +29,48 @@ from _harness import machine_info, platform_tag, write_json  # noqa: E402
 
 # In the order the README presents them.
 BENCHES = (
-    "bench_callback",  # cost per logged iteration inside a jitted while_loop
-    "bench_fit_overhead",  # curve_fit at verbose 0/1/2: ring vs blocking print, and scipy
-    "bench_fit_vs_scipy",  # time per fit after compilation against scipy
-    "ring_micro",  # push latency and drain throughput
-    "bench_slow_sink",  # a sink that sleeps per write
+    "bench_callback",  # 1: cost per logged iteration inside a jitted while_loop (FFI row too)
+    "bench_ffi",  # 1: the FFI route against the callback floor, and its direct form
+    "bench_fit_overhead",  # 2: curve_fit at verbose 0/1/2: ring vs blocking print, and scipy
+    "bench_fit_vs_scipy",  # 2: time per fit after compilation against scipy
+    "ring_micro",  # 3: push latency and drain throughput
+    "bench_slow_sink",  # 4: a sink that sleeps per line
 )
+
+
+def _call_main(module: Any, quick: bool, scratch: Path) -> dict:
+    """``module.main`` with the arguments it takes.
+
+    ``out`` is a scratch folder: the harness alone writes into the results
+    folder (``<platform>-<name>.json``); files a module writes on its own (its
+    standalone ``__main__`` outputs) would only be stale duplicates there.
+    """
+    params = inspect.signature(module.main).parameters
+    kwargs: dict[str, Any] = {"quick": quick}
+    if "out" in params:
+        kwargs["out"] = scratch
+    return module.main(**kwargs)
+
+
+def _normalise(module: Any, name: str, result: dict) -> dict:
+    """Fill ``name``, ``title`` and ``table`` for modules that spell them differently."""
+    result.setdefault("name", name)
+    if "title" not in result:
+        result["title"] = (module.__doc__ or name).strip().splitlines()[0].rstrip(".")
+    if "table" not in result:
+        if "markdown" in result:
+            result["table"] = result["markdown"]
+        elif hasattr(module, "table"):
+            result["table"] = module.table(result)
+    return result
 
 
 def run_one(name: str, quick: bool, out: Path) -> dict:
     """Import ``name`` and run it in this process; write its JSON and plot."""
     module = importlib.import_module(name)
     t0 = time.perf_counter()
-    result = module.main(quick=quick, out=out)
-    result.setdefault("name", name)
+    with tempfile.TemporaryDirectory(prefix=f"{name}_") as scratch:
+        result = _normalise(module, name, _call_main(module, quick, Path(scratch)))
     result["quick"] = quick
     result["wall_s"] = time.perf_counter() - t0
     result["machine"] = machine_info()
