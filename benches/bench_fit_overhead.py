@@ -248,6 +248,56 @@ def _check_lines(variants: list[Variant]) -> dict[str, bool]:
     return checks
 
 
+def fixed_costs(repeats: int) -> dict[str, float]:
+    """Per-fit costs that do not depend on the number of rows, in µs (medians).
+
+    At verbose > 0 ``curve_fit`` pushes the header eagerly before the solve,
+    calls ``jax.effects_barrier()`` after it, pushes the two closing lines and
+    waits in ``async_logger.flush()`` until the drain thread has written them.
+    """
+    line = async_logger.template("bench fixed-cost probe")
+    samples: dict[str, list[float]] = {"eager push": [], "effects_barrier": [], "flush": []}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        line(verbose=2)
+        t1 = time.perf_counter()
+        jax.effects_barrier()
+        t2 = time.perf_counter()
+        async_logger.flush()
+        t3 = time.perf_counter()
+        samples["eager push"].append(t1 - t0)
+        samples["effects_barrier"].append(t2 - t1)
+        samples["flush"].append(t3 - t2)
+    out = {f"{k}_us": 1e6 * statistics.median(v) for k, v in samples.items()}
+
+    # A jitted program that holds a logging effect leaves JAX's C++ fast
+    # dispatch path, even when the gated branch is never taken.
+    probe = async_logger.template("bench dispatch probe {i:d}")
+
+    @jax.jit
+    def plain(x: jax.Array) -> jax.Array:
+        return x * 2
+
+    @jax.jit
+    def with_effect(x: jax.Array) -> jax.Array:
+        probe(i=x[0], verbose=1)  # x[0] = 1.5: the cond's logging branch never runs
+        return x * 2
+
+    x = jnp.full(3, 1.5)
+    timed = {"plain": plain, "with_effect": with_effect}
+    for f in timed.values():
+        jax.block_until_ready(f(x))
+    dispatch: dict[str, list[float]] = {k: [] for k in timed}
+    for _ in range(repeats):
+        for k, f in timed.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x))
+            dispatch[k].append(time.perf_counter() - t0)
+    out["jit_call_no_effect_us"] = 1e6 * statistics.median(dispatch["plain"])
+    out["jit_call_with_logging_effect_us"] = 1e6 * statistics.median(dispatch["with_effect"])
+    return out
+
+
 def _pct(x: float) -> str:
     return f"{x:+.1f} %"
 
@@ -303,6 +353,8 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
                 bench_size(n, repeats_for(n, quick), routes, ring, printed)
                 for n in sizes_for(quick)
             ]
+            fixed = fixed_costs(50 if quick else 500)
+            ring.read()
             ring_stats = async_logger.stats()
         finally:
             async_logger.configure()
@@ -324,6 +376,7 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "default_route": default_route,
         "sizes": sizes,
         "checks": checks,
+        "fixed_costs_us": fixed,
         "ring_stats": {k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
         "backend": jax.default_backend(),
     }
@@ -338,14 +391,20 @@ def plot(result: dict[str, Any], png: Path) -> None:
     labels = list(sizes[0]["variants"])
     fig, (ax_t, ax_o) = plt.subplots(1, 2, figsize=(13, 5))
     styles = {1: ":", 2: "-"}
+    colors: dict[str, str] = {}
     for label in labels:
         rows = [s["variants"][label] for s in sizes]
         ms = [1e3 * r["median_s"] for r in rows]
         verbose = rows[0]["verbose"]
         ls = styles.get(verbose, "-") if rows[0]["route"] else "--"
-        ax_t.plot(ns, ms, ls, marker="o", label=label)
+        # One colour per logger (verbose 1 dotted, 2 solid).
+        logger = label.split(",")[0]
+        color = colors.setdefault(logger, f"C{len(colors)}")
+        ax_t.plot(ns, ms, ls, marker="o", color=color, label=label)
         if rows[0]["route"] is not None:
-            ax_o.plot(ns, [r["overhead_pct"] for r in rows], ls, marker="o", label=label)
+            ax_o.plot(
+                ns, [r["overhead_pct"] for r in rows], ls, marker="o", color=color, label=label
+            )
     ax_t.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
     ax_t.set_title("Time per curve_fit call", fontsize=10)
     ax_t.legend(fontsize=7)

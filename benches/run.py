@@ -84,6 +84,42 @@ def run_one(name: str, quick: bool, out: Path) -> dict:
     return result
 
 
+def write_summary(out: Path, quick: bool) -> Path:
+    """``<platform>-summary.md``: every bench's table found in ``out``, in BENCHES order.
+
+    Built from the JSON files, so re-running one bench (``--only``) keeps the others.
+    """
+    tag = platform_tag()
+    tables = []
+    machines = {}
+    for name in BENCHES:
+        path = out / f"{tag}-{name}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        info = result["machine"]
+        machines[name] = info
+        png = f"{tag}-{name}.png"
+        plot = f"\n![{name}]({png})\n" if (out / png).is_file() else ""
+        quick_note = " *(quick run)*" if result.get("quick") else ""
+        tables.append(
+            f"### {result.get('title', name)}{quick_note}\n\n`{name}` · commit "
+            f"{info['commit']} · {info['date']} · {result.get('wall_s', 0):.0f} s\n\n"
+            f"{result['table']}\n{plot}"
+        )
+    info = machine_info()
+    header = (
+        f"Measured on {info['cpu']} ({info['cores']} cores), backend {info['backend']} "
+        f"({info['device']}), Python {info['python']}, JAX {info['jax']} (jaxlib "
+        f"{info['jaxlib']}), NumPy {info['numpy']}, SciPy {info['scipy']}. "
+        "Reproduce: `JAX_PLATFORMS=cpu .venv/bin/python benches/run.py` (or `make bench`)."
+        + (" Quick run: smoke test only, not for quoting." if quick else "")
+    )
+    path = out / f"{tag}-summary.md"
+    path.write_text(f"# Benchmark summary ({tag})\n\n{header}\n\n" + "\n".join(tables))
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats")
@@ -101,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     failed = []
-    tables = []
     for name in names:
         print(f"\n## {name}\n", flush=True)
+        for stale in (out / f"{platform_tag()}-{name}.json", out / f"{platform_tag()}-{name}.png"):
+            stale.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--in-process", "--out", str(out), "--only", name]
         if args.quick:
             cmd.append("--quick")
@@ -112,17 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = json.loads((out / f"{platform_tag()}-{name}.json").read_text())
         print(result["table"], flush=True)
-        tables.append(f"### {result.get('title', name)}\n\n{result['table']}\n")
 
-    info = machine_info()
-    header = (
-        f"Measured on {info['cpu']} ({info['cores']} cores), backend {info['backend']} "
-        f"({info['device']}), Python {info['python']}, JAX {info['jax']}, commit "
-        f"{info['commit']}, {info['date']}."
-        + (" Quick run: smoke test only, not for quoting." if args.quick else "")
-    )
-    summary = f"# Benchmark summary ({platform_tag()})\n\n{header}\n\n" + "\n".join(tables)
-    (out / f"{platform_tag()}-summary.md").write_text(summary)
+    write_summary(out, args.quick)
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
