@@ -88,7 +88,7 @@ def sizes_for(quick: bool) -> list[int]:
 def repeats_for(n: int, quick: bool) -> int:
     if quick:
         return 3
-    return {1_000: 31, 10_000: 21, 100_000: 9}.get(n, 5)
+    return {1_000: 31, 10_000: 21, 100_000: 15}.get(n, 9)
 
 
 def available_routes() -> list[str]:

@@ -336,7 +336,7 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     _blocking_print.register()
     default_route = _log_emit.make_backend(None).name
     n_iter = 100 if quick else 500
-    repeats = 2 if quick else 5
+    repeats = 2 if quick else 9
     with tempfile.TemporaryDirectory(prefix="bench_slow_sink_") as tmpdir:
         tmp = Path(tmpdir)
         try:
