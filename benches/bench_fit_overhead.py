@@ -16,7 +16,8 @@ as well when JAX runs on a GPU), the same data and start for every variant:
 
 Each logging variant traces its own copy of the model, so each compiled
 program keeps the route it was traced with; the variants then run
-interleaved (A B C ... A B C ...) and every figure is the median over the
+interleaved, the order rotated every round (A B C, B C A, C A B, ...), and
+every figure is the median over the
 repeats of one whole ``curve_fit`` call (which, at verbose > 0, returns only
 when its table is written).  Overheads are against ``verbose=0`` measured in
 the same loop.
@@ -179,8 +180,11 @@ def bench_size(
     popt_scipy = np.asarray(variants[-1].run()[0])
     _settle(ring, printed)
 
-    for _ in range(repeats):
-        for v in variants:
+    for r in range(repeats):
+        # Rotate the order every round: each variant follows each other one
+        # equally often (scipy's large allocations slow whichever fit comes next).
+        k = r % len(variants)
+        for v in variants[k:] + variants[:k]:
             t0 = time.perf_counter()
             v.run()
             v.samples.append(time.perf_counter() - t0)
