@@ -20,7 +20,8 @@ from nlsq.utils.async_logger import (
 )
 
 N_ITER = 500
-EMIT_PRIMITIVES = {"nlsq_log_emit", "debug_callback", "io_callback"}
+# ffi_call: the native route (the default where the FFI target registers).
+EMIT_PRIMITIVES = {"nlsq_log_emit", "debug_callback", "io_callback", "ffi_call"}
 ITER_LINE = re.compile(
     r"^iter (?P<i>[ \d]{6})  cost (?P<cost>[ -]\d\.\d{6}e[+-]\d\d)"
     r"  \|grad\| (?P<g>[ -]\d\.\d{3}e[+-]\d\d)(?:  (?P<msg>.*))?$"
@@ -188,7 +189,7 @@ def test_verbose1_gates_with_cond_verbose2_does_not() -> None:
                 names += [e.primitive.name for e in all_eqns(eqn.params["branches"][1])]
         return names
 
-    assert "nlsq_log_emit" in parents(1) or "debug_callback" in parents(1)
+    assert EMIT_PRIMITIVES & set(parents(1))
     assert parents(2) == []
     jaxpr2 = jax.make_jaxpr(_loop(2))(jnp.float32(1.0))
     assert len(emit_eqns(jaxpr2)) == 1
@@ -393,7 +394,9 @@ def test_log_array_summary_and_operands(log: LogFile) -> None:
     jax.jit(f)(big)
     log_array_async("weights", big)  # eager, concrete: the jitted summary path
     log_array_async("host", np.array([[1.0, -2.0], [np.nan, 4.0]]))
-    lines = log.lines()
+    # The eager device summary is dispatched asynchronously; the host summary
+    # is pushed at once, so on the FFI route it may be written first.
+    lines = sorted(log.lines(), key=lambda line: line.startswith("array host"))
     finite = np.asarray(big, dtype=np.float64)
     finite = finite[np.isfinite(finite)]
     head = "array weights  shape (400, 500)  dtype float32  "
@@ -510,7 +513,8 @@ def test_float32_and_float64(log: LogFile) -> None:
 
 
 def test_push_failure_does_not_break_a_jitted_loop(tmp_path: Path, capfd: Any) -> None:
-    async_logger.configure(sink=str(tmp_path / "a.txt"))
+    # Callback-route semantics (the FFI route counts these in its own stats).
+    async_logger.configure(sink=str(tmp_path / "a.txt"), backend="callback")
     run = jax.jit(_loop(2, n=50))
     run(jnp.float32(1.0))
     before = async_logger.stats()["callback_errors"]
@@ -523,5 +527,5 @@ def test_push_failure_does_not_break_a_jitted_loop(tmp_path: Path, capfd: Any) -
         err = capfd.readouterr().err
         assert err.count("nlsq.utils.async_logger: a log record could not be pushed") <= 1
     finally:
-        async_logger.configure(sink=str(tmp_path / "b.txt"))
+        async_logger.configure(sink=str(tmp_path / "b.txt"), backend=None)
     assert async_logger.stats()["callback_errors"] - before == 50

@@ -398,6 +398,27 @@ def test_forward_mode_differentiation_logs_primal_values(tmp_path: Path) -> None
     assert path.read_text() == "x 3.00\n"
 
 
+def test_closed_logger_does_not_break_a_jitted_loop(tmp_path: Path) -> None:
+    fmt = async_logger.template("k {k:d}")
+    async_logger.configure(sink=str(tmp_path / "a.log"), backend="ffi")
+
+    @jax.jit
+    def run(x: jax.Array) -> jax.Array:
+        def body(c: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            fmt(k=c[0], verbose=2)
+            return c[0] + 1, c[1]
+
+        return lax.while_loop(lambda c: c[0] < 40, body, (jnp.int32(0), x))[0]
+
+    run(jnp.float32(0))
+    async_logger.flush()
+    before = _ffi_backend.stats()["orphaned"]
+    async_logger.get_logger().close()  # every routed push now finds it closed
+    assert int(run(jnp.float32(0))) == 40
+    jax.effects_barrier()
+    assert _ffi_backend.stats()["orphaned"] - before == 40
+
+
 def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
     log = RingLogger(sink=None)
     tid = log.register("{x:.1f}")
