@@ -12,8 +12,9 @@
 //! - A failing sink or a panicking formatter is counted in `sink_errors` and
 //!   reported once on stderr; the drain keeps running.
 
+use crate::clock;
 use crate::logger::{lock, Shared, CLOSING, RUNNING};
-use crate::record::{now_ns, Record};
+use crate::record::Record;
 use crate::sink::Sink;
 use crate::value::{Value, MAX_VALUES};
 use std::io;
@@ -151,9 +152,15 @@ impl Drain<'_> {
             Ok(()) => {
                 self.dirty = true;
                 let c = &self.shared.counters;
-                let now = now_ns();
-                for &ts in &self.stamps {
-                    c.latency.record(now.saturating_sub(ts));
+                let now = clock::stamp();
+                if let Some(&first) = self.stamps.first() {
+                    // One conversion ratio per batch, not per record.
+                    let span = now.saturating_sub(first).max(1);
+                    let scale = clock::elapsed_ns(first, now) as f64 / span as f64;
+                    for &ts in &self.stamps {
+                        c.latency
+                            .record((now.saturating_sub(ts) as f64 * scale) as u64);
+                    }
                 }
                 c.written.fetch_add(self.stamps.len() as u64, Relaxed);
             }

@@ -5,13 +5,14 @@
 //! I/O. Strings never travel through the ring; a template is registered once
 //! and travels as a `u32` id.
 //!
-//! Files, one concept each: `record` (the fixed-size record), `ring` (bounded
+//! Files, one concept each: `clock` (cheap push timestamps), `record` (the fixed-size record), `ring` (bounded
 //! queue and full-ring policies), `wake` (parking the drain), `drain` (the
 //! thread that formats and writes), `sink` (destinations), `stats`
 //! (counters, latency histogram), `templates` (a logger's template table),
 //! `logger` (the handle and the registry of live loggers), `template` and
 //! `value` (formatting and numbers).
 
+pub mod clock;
 mod drain;
 pub mod logger;
 pub mod record;

@@ -15,8 +15,9 @@
 //!   pause around `fork`).
 //! - The last `Logger` handle to go closes the logger (drains and joins).
 
+use crate::clock::stamp;
 use crate::drain;
-use crate::record::{now_ns, Record};
+use crate::record::Record;
 use crate::ring::{Policy, Pushed, Ring};
 use crate::sink::Sink;
 use crate::stats::{Counters, Stats};
@@ -238,6 +239,7 @@ impl Logger {
     /// Builds a logger writing to `sink` and starts its drain thread.
     pub fn new(sink: Box<dyn Sink>, config: Config) -> Logger {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        crate::clock::init();
         let id = NEXT_ID.fetch_add(1, Relaxed);
         let shared = Arc::new(Shared {
             id,
@@ -327,7 +329,7 @@ impl Logger {
     pub fn push(&self, tid: u32, values: &[Value]) -> Result<(), PushError> {
         self.check(tid, values.len())?;
         let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_values(tid, seq, now_ns(), values), true) {
+        match self.enqueue(Record::from_values(tid, seq, stamp(), values), true) {
             Pushed::GaveUp => Err(PushError::Closed),
             _ => Ok(()),
         }
@@ -339,7 +341,7 @@ impl Logger {
     pub fn push_f64(&self, tid: u32, values: &[f64]) -> Result<(), PushError> {
         self.check(tid, values.len())?;
         let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_f64(tid, seq, now_ns(), values), true) {
+        match self.enqueue(Record::from_f64(tid, seq, stamp(), values), true) {
             Pushed::GaveUp => Err(PushError::Closed),
             _ => Ok(()),
         }
@@ -352,7 +354,7 @@ impl Logger {
     pub fn try_push(&self, tid: u32, values: &[Value]) -> Result<bool, PushError> {
         self.check(tid, values.len())?;
         let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_values(tid, seq, now_ns(), values), false) {
+        match self.enqueue(Record::from_values(tid, seq, stamp(), values), false) {
             Pushed::GaveUp if self.is_closed() => Err(PushError::Closed),
             Pushed::GaveUp => Ok(false),
             _ => Ok(true),

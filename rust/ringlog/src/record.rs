@@ -10,8 +10,6 @@
 //!   record is never counted as pushed or written.
 
 use crate::value::{Value, MAX_VALUES};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 /// Template id reserved for flush markers; `Logger::register` never hands it out.
 pub const FLUSH_MARKER: u32 = u32::MAX;
@@ -27,7 +25,8 @@ pub struct Record {
     pub float_mask: u16,
     /// Producer sequence number (logger-wide push order), or a flush ticket.
     pub seq: u64,
-    /// Monotonic push time, nanoseconds since the process's first record.
+    /// Monotonic push time as a `clock::stamp()` (TSC ticks or ns; the
+    /// drain converts with `clock::elapsed_ns`).
     pub ts_ns: u64,
     /// Raw value bits, interpreted through `float_mask`.
     pub bits: [u64; MAX_VALUES],
@@ -112,14 +111,6 @@ impl Record {
         }
         n
     }
-}
-
-/// Monotonic nanoseconds since the first call in this process.
-#[inline]
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    epoch.elapsed().as_nanos() as u64
 }
 
 #[cfg(test)]
