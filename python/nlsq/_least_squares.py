@@ -206,6 +206,11 @@ def run_solver(
     out, pcov = jax.device_get((out, pcov))
     status = int(out.status)
     if status == BAD_START:
+        if verbose:
+            # The header and row 0 are already in the ring: write them before raising.
+            from .utils import async_logger
+
+            async_logger.flush()
         raise ValueError("Residuals are not finite in the initial point.")
     message = TERMINATION_MESSAGES[status]
     log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
