@@ -42,7 +42,16 @@ def git_commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The results folder is rewritten by the run itself: not a source change.
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benches/results",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
