@@ -42,7 +42,16 @@ def git_commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # The results folder is rewritten by the run itself: not a source change.
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":!benches/results",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -56,6 +65,8 @@ def machine_info() -> dict[str, Any]:
     """What the figures were measured on."""
     import jax
     import jaxlib
+    import numpy
+    import scipy
 
     device = jax.devices()[0]
     return {
@@ -64,6 +75,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
         "backend": jax.default_backend(),
         "device": getattr(device, "device_kind", str(device)),
         "commit": git_commit(),

@@ -165,6 +165,25 @@ def main(quick: bool = False) -> dict[str, Any]:
     }
 
 
+def plot(result: dict[str, Any], png: Path) -> None:
+    """Horizontal bars: µs per logged iteration, the callback floor marked."""
+    import matplotlib.pyplot as plt
+
+    med = result["medians_us"]
+    names = list(med)
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.3))
+    ax.barh(names, [med[k] for k in names], color="tab:blue")
+    ax.invert_yaxis()
+    ax.axvline(result["floor_us"], color="tab:red", linestyle="--", label="callback floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("µs per logged iteration (median, log scale)")
+    ax.set_title(result["title"], fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--quick", action="store_true")

@@ -17,8 +17,6 @@ import statistics
 import time
 from pathlib import Path
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import nlsq  # noqa: E402
@@ -121,6 +119,23 @@ def main(quick: bool, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fit_vs_scipy.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def plot(result: dict, png: Path) -> None:
+    """Time per fit against n for both libraries (log-log)."""
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    ns = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot(ns, [1e3 * r["nlsq_s"] for r in rows], "o-", label="nlsq.curve_fit (compiled)")
+    ax.plot(ns, [1e3 * r["scipy_s"] for r in rows], "s--", label="scipy curve_fit (trf)")
+    ax.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
+    ax.set_title(f"Time per fit, {result['model']} ({result['device']})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

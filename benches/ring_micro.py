@@ -197,6 +197,31 @@ def main(quick: bool = False, out: Path = RESULTS) -> dict:
     return res
 
 
+def plot(res: dict, png: Path) -> None:
+    """Push latency (median and p99) per variant; drain throughput beside it."""
+    import matplotlib.pyplot as plt
+
+    push, drain = res["push"], res["drain"]
+    names = list(push)
+    fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
+    y = range(len(names))
+    ax_p.barh([i - 0.2 for i in y], [push[k]["median_ns"] for k in names], 0.4, label="median")
+    ax_p.barh([i + 0.2 for i in y], [push[k]["p99_ns"] for k in names], 0.4, label="p99")
+    ax_p.set_yticks(list(y), names, fontsize=8)
+    ax_p.invert_yaxis()
+    ax_p.set_xlabel("ns per push")
+    ax_p.set_title("Push latency from Python", fontsize=9)
+    ax_p.legend(fontsize=8)
+    dn = list(drain)
+    ax_d.barh(dn, [drain[k]["records_per_s"] / 1e6 for k in dn], color="tab:green")
+    ax_d.invert_yaxis()
+    ax_d.set_xlabel("M records/s formatted and written to a file")
+    ax_d.set_title("Drain throughput", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")

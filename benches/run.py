@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -26,20 +29,48 @@ from _harness import machine_info, platform_tag, write_json  # noqa: E402
 
 # In the order the README presents them.
 BENCHES = (
-    "bench_callback",  # cost per logged iteration inside a jitted while_loop
-    "bench_fit_overhead",  # curve_fit at verbose 0/1/2: ring vs blocking print, and scipy
-    "bench_fit_vs_scipy",  # time per fit after compilation against scipy
-    "ring_micro",  # push latency and drain throughput
-    "bench_slow_sink",  # a sink that sleeps per write
+    "bench_callback",  # 1: cost per logged iteration inside a jitted while_loop (FFI row too)
+    "bench_ffi",  # 1: the FFI route against the callback floor, and its direct form
+    "bench_fit_overhead",  # 2: curve_fit at verbose 0/1/2: ring vs blocking print, and scipy
+    "bench_fit_vs_scipy",  # 2: time per fit after compilation against scipy
+    "ring_micro",  # 3: push latency and drain throughput
+    "bench_slow_sink",  # 4: a sink that sleeps per line
 )
+
+
+def _call_main(module: Any, quick: bool, scratch: Path) -> dict:
+    """``module.main`` with the arguments it takes.
+
+    ``out`` is a scratch folder: the harness alone writes into the results
+    folder (``<platform>-<name>.json``); files a module writes on its own (its
+    standalone ``__main__`` outputs) would only be stale duplicates there.
+    """
+    params = inspect.signature(module.main).parameters
+    kwargs: dict[str, Any] = {"quick": quick}
+    if "out" in params:
+        kwargs["out"] = scratch
+    return module.main(**kwargs)
+
+
+def _normalise(module: Any, name: str, result: dict) -> dict:
+    """Fill ``name``, ``title`` and ``table`` for modules that spell them differently."""
+    result.setdefault("name", name)
+    if "title" not in result:
+        result["title"] = (module.__doc__ or name).strip().splitlines()[0].rstrip(".")
+    if "table" not in result:
+        if "markdown" in result:
+            result["table"] = result["markdown"]
+        elif hasattr(module, "table"):
+            result["table"] = module.table(result)
+    return result
 
 
 def run_one(name: str, quick: bool, out: Path) -> dict:
     """Import ``name`` and run it in this process; write its JSON and plot."""
     module = importlib.import_module(name)
     t0 = time.perf_counter()
-    result = module.main(quick=quick, out=out)
-    result.setdefault("name", name)
+    with tempfile.TemporaryDirectory(prefix=f"{name}_") as scratch:
+        result = _normalise(module, name, _call_main(module, quick, Path(scratch)))
     result["quick"] = quick
     result["wall_s"] = time.perf_counter() - t0
     result["machine"] = machine_info()
@@ -51,6 +82,42 @@ def run_one(name: str, quick: bool, out: Path) -> dict:
         matplotlib.use("Agg")
         module.plot(result, out / f"{stem}.png")
     return result
+
+
+def write_summary(out: Path, quick: bool) -> Path:
+    """``<platform>-summary.md``: every bench's table found in ``out``, in BENCHES order.
+
+    Built from the JSON files, so re-running one bench (``--only``) keeps the others.
+    """
+    tag = platform_tag()
+    tables = []
+    machines = {}
+    for name in BENCHES:
+        path = out / f"{tag}-{name}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        info = result["machine"]
+        machines[name] = info
+        png = f"{tag}-{name}.png"
+        plot = f"\n![{name}]({png})\n" if (out / png).is_file() else ""
+        quick_note = " *(quick run)*" if result.get("quick") else ""
+        tables.append(
+            f"### {result.get('title', name)}{quick_note}\n\n`{name}` · commit "
+            f"{info['commit']} · {info['date']} · {result.get('wall_s', 0):.0f} s\n\n"
+            f"{result['table']}\n{plot}"
+        )
+    info = machine_info()
+    header = (
+        f"Measured on {info['cpu']} ({info['cores']} cores), backend {info['backend']} "
+        f"({info['device']}), Python {info['python']}, JAX {info['jax']} (jaxlib "
+        f"{info['jaxlib']}), NumPy {info['numpy']}, SciPy {info['scipy']}. "
+        "Reproduce: `JAX_PLATFORMS=cpu .venv/bin/python benches/run.py` (or `make bench`)."
+        + (" Quick run: smoke test only, not for quoting." if quick else "")
+    )
+    path = out / f"{tag}-summary.md"
+    path.write_text(f"# Benchmark summary ({tag})\n\n{header}\n\n" + "\n".join(tables))
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     failed = []
-    tables = []
     for name in names:
         print(f"\n## {name}\n", flush=True)
+        for stale in (out / f"{platform_tag()}-{name}.json", out / f"{platform_tag()}-{name}.png"):
+            stale.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--in-process", "--out", str(out), "--only", name]
         if args.quick:
             cmd.append("--quick")
@@ -81,17 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = json.loads((out / f"{platform_tag()}-{name}.json").read_text())
         print(result["table"], flush=True)
-        tables.append(f"### {result.get('title', name)}\n\n{result['table']}\n")
 
-    info = machine_info()
-    header = (
-        f"Measured on {info['cpu']} ({info['cores']} cores), backend {info['backend']} "
-        f"({info['device']}), Python {info['python']}, JAX {info['jax']}, commit "
-        f"{info['commit']}, {info['date']}."
-        + (" Quick run: smoke test only, not for quoting." if args.quick else "")
-    )
-    summary = f"# Benchmark summary ({platform_tag()})\n\n{header}\n\n" + "\n".join(tables)
-    (out / f"{platform_tag()}-summary.md").write_text(summary)
+    write_summary(out, args.quick)
     if failed:
         print(f"\nFAILED: {', '.join(failed)}", file=sys.stderr)
         return 1
