@@ -94,7 +94,7 @@ def curve_fit(
         Reject non-finite inputs (default True unless ``nan_policy`` is given).
     bounds : 2-tuple or scipy.optimize.Bounds
         Bounds on the parameters.
-    method : {None, 'trf', 'lm'}
+    method : {None, 'trf', 'dogbox', 'lm'}
         None means 'trf' (with or without bounds); 'lm' refuses bounds.
     jac : callable, str or None
         ``jac(x, *params) -> (m, n)``; None or 'cs' for JAX autodiff;
@@ -148,8 +148,6 @@ class CurveFit:
             raise TypeError("`f` must be callable.")
         if method is not None:
             check_method(method)
-        if method == "dogbox":
-            raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
         check_jac(jac)
         self.f = f
         self.jac = jac
@@ -198,7 +196,7 @@ class CurveFit:
             method = "trf"
         if method == "lm" and bounded:
             raise ValueError(
-                "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
+                "Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead."
             )
         if check_finite is None:
             check_finite = nan_policy is None

@@ -67,8 +67,9 @@ def least_squares(
         is used as given; '2-point'/'3-point' are scipy's finite differences.
     bounds : 2-tuple or scipy.optimize.Bounds
         Lower and upper bounds (scalars broadcast).
-    method : {'trf', 'lm'}
-        Trust Region Reflective (default, bounds allowed) or Levenberg-Marquardt
+    method : {'trf', 'dogbox', 'lm'}
+        Trust Region Reflective (default, bounds allowed), dogleg with
+        rectangular trust regions (bounds allowed) or Levenberg-Marquardt
         (no bounds, linear loss).
     ftol, xtol, gtol : float or None
         scipy's termination tolerances.
@@ -98,8 +99,6 @@ def least_squares(
         ``x cost fun jac grad optimality active_mask nfev njev status message success``.
     """
     check_method(method)
-    if method == "dogbox":
-        raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
     jac_mode, user_jac = check_jac(jac)
     if tr_solver not in (None, "exact"):
         raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")

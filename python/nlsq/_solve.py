@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import OptimizeResult
 
 from ._common import BAD_START, TERMINATION_MESSAGES
+from ._dogbox import DOGBOX
 from ._driver import Method, SolveResult, run
 from ._lm import LM
 from ._problem import Problem
@@ -29,7 +30,7 @@ from ._residual import TRACE_ERRORS, HostFallbackWarning, HostResidual
 from ._trf import TRF
 from ._verbose import log_closing, log_header
 
-METHODS: dict[str, Method] = {"trf": TRF, "lm": LM}
+METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
 
 @jax.jit
