@@ -1,9 +1,14 @@
-"""nlsq.curve_fit versus scipy.optimize.curve_fit(method='trf'), side by side.
+"""nlsq.curve_fit versus scipy.optimize.curve_fit, per method, side by side.
 
 Exponential model ``a exp(-b x) + c`` (3 parameters) on n = 1e3 ... 1e6 noisy
-points, same data and starting point for both.  nlsq is timed after
-compilation (the first call, which traces and compiles, is reported apart as
-``compile_s``); every timing is the median of several repeats in this process.
+points, same data and starting point for all.  Variants: nlsq with its default
+method, nlsq ``'trf'``, ``'lm'`` and ``'dogbox'``, scipy ``'trf'`` and ``'lm'``
+(MINPACK).  nlsq is timed after compilation (the first call, which traces and
+compiles, is reported apart as ``compile_s``).  The variants run interleaved,
+the order rotated every round, and every timing is the median of the repeats
+in this process, as wall time (``*_s``) and as this process's CPU time
+(``*_cpu_s``; steadier than wall time on a shared machine, where other
+processes take the cores).
 Run: ``python benches/bench_fit_vs_scipy.py [--quick] [--out DIR]``.
 """
 
@@ -44,53 +49,75 @@ def _data(n: int, seed: int = 0):
     return x, y
 
 
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def _repeats(n: int, quick: bool) -> int:
     if quick:
         return 3
     return {1_000: 51, 10_000: 21, 100_000: 9, 1_000_000: 5}.get(n, 5)
 
 
+def _variants(x, y) -> dict:
+    def nlsq_fit(method):
+        return lambda: nlsq.curve_fit(model_jax, x, y, p0=P0, method=method)
+
+    def scipy_fit(method):
+        return lambda: so.curve_fit(model_np, x, y, p0=P0, method=method)
+
+    return {
+        "nlsq": nlsq_fit(None),
+        "nlsq_trf": nlsq_fit("trf"),
+        "nlsq_lm": nlsq_fit("lm"),
+        "nlsq_dogbox": nlsq_fit("dogbox"),
+        "scipy": scipy_fit("trf"),
+        "scipy_lm": scipy_fit("lm"),
+    }
+
+
 def bench_size(n: int, quick: bool) -> dict:
     x, y = _data(n)
-    t0 = time.perf_counter()
-    nlsq.curve_fit(model_jax, x, y, p0=P0)
-    first = time.perf_counter() - t0
+    variants = _variants(x, y)
+    compile_s = {}
+    for name, fit in variants.items():
+        t0 = time.perf_counter()
+        fit()
+        compile_s[name] = time.perf_counter() - t0
     reps = _repeats(n, quick)
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    popt = {}
+    names = list(variants)
     # New data of the same shape on every repeat would not recompile either; the
-    # same arrays keep the two libraries on identical problems.
-    t_nlsq, (popt, _) = _median_time(lambda: nlsq.curve_fit(model_jax, x, y, p0=P0), reps)
-    t_scipy, (popt_s, _) = _median_time(
-        lambda: so.curve_fit(model_np, x, y, p0=P0, method="trf"), reps
-    )
-    return {
-        "n": n,
-        "repeats": reps,
-        "nlsq_s": t_nlsq,
-        "scipy_s": t_scipy,
-        "speedup": t_scipy / t_nlsq,
-        "compile_s": max(first - t_nlsq, 0.0),
-        "max_rel_diff_popt": float(np.max(np.abs(popt / popt_s - 1))),
-    }
+    # same arrays keep the libraries on identical problems.
+    for r in range(reps):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            w0, c0 = time.perf_counter(), time.process_time()
+            popt[name], _ = variants[name]()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - w0)
+    row = {"n": n, "repeats": reps}
+    for name in names:
+        row[f"{name}_s"] = statistics.median(wall[name])
+        row[f"{name}_cpu_s"] = statistics.median(cpu[name])
+    row["speedup"] = row["scipy_s"] / row["nlsq_s"]
+    row["lm_over_trf"] = row["nlsq_lm_s"] / row["nlsq_trf_s"]
+    row["lm_over_trf_cpu"] = row["nlsq_lm_cpu_s"] / row["nlsq_trf_cpu_s"]
+    row["compile_s"] = max(compile_s["nlsq"] - row["nlsq_s"], 0.0)
+    row["max_rel_diff_popt"] = float(np.max(np.abs(popt["nlsq"] / popt["scipy"] - 1)))
+    return row
 
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| n | nlsq (ms) | scipy trf (ms) | scipy / nlsq | nlsq compile (s) | max rel diff popt |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| n | nlsq (ms) | nlsq trf | nlsq lm | nlsq dogbox | scipy trf | scipy lm "
+        "| scipy trf / nlsq | lm / trf (wall, cpu) | compile (s) | max rel diff popt |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        ms = [f"{1e3 * r[k + '_s']:.2f}" for k in
+              ("nlsq", "nlsq_trf", "nlsq_lm", "nlsq_dogbox", "scipy", "scipy_lm")]  # fmt: skip
         lines.append(
-            f"| {r['n']:.0e} | {1e3 * r['nlsq_s']:.2f} | {1e3 * r['scipy_s']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['compile_s']:.2f} | {r['max_rel_diff_popt']:.1e} |"
+            f"| {r['n']:.0e} | " + " | ".join(ms) + f" | {r['speedup']:.2f}x | "
+            f"{r['lm_over_trf']:.2f}, {r['lm_over_trf_cpu']:.2f} | {r['compile_s']:.2f} | "
+            f"{r['max_rel_diff_popt']:.1e} |"
         )
     return "\n".join(lines)
 
@@ -128,8 +155,14 @@ def plot(result: dict, png: Path) -> None:
     rows = result["rows"]
     ns = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.plot(ns, [1e3 * r["nlsq_s"] for r in rows], "o-", label="nlsq.curve_fit (compiled)")
-    ax.plot(ns, [1e3 * r["scipy_s"] for r in rows], "s--", label="scipy curve_fit (trf)")
+    for key, style, label in (
+        ("nlsq_trf_s", "o-", "nlsq trf (compiled)"),
+        ("nlsq_lm_s", "^-", "nlsq lm (compiled)"),
+        ("nlsq_dogbox_s", "v-", "nlsq dogbox (compiled)"),
+        ("scipy_s", "s--", "scipy trf"),
+        ("scipy_lm_s", "D--", "scipy lm (MINPACK)"),
+    ):
+        ax.plot(ns, [1e3 * r[key] for r in rows], style, label=label)
     ax.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
     ax.set_title(f"Time per fit, {result['model']} ({result['device']})", fontsize=9)
     ax.legend(fontsize=8)
