@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize as so
 from nlsq._common import RUNNING
 from nlsq._dogbox import DOGBOX
 from nlsq._problem import make_problem
@@ -271,3 +272,36 @@ def test_dogbox_step_equals_scipy_iteration(case):
         if status in (2, 3, 4) and norm(x_new - before.x) < 1e-8 * norm(x_new):
             expected |= {2, 3, 4}
         assert int(after.status) in expected
+
+
+def test_lm_steps_equal_minpack_in_the_gauss_newton_regime():
+    """Every LM step lands on the trial point MINPACK (scipy's 'lm') accepts.
+
+    From this start every step is the Gauss-Newton step (``par == 0``), which both
+    compute exactly.  Where the radius binds (``par > 0``) nlsq solves the secular
+    equation by SVD and MINPACK by ``lmpar`` on its QR, both to MINPACK's 10 % of
+    the radius, so the trial points differ inside that tolerance and are not
+    compared here (whole fits are, in test_curve_fit / test_least_squares).
+    """
+    from nlsq._lm import LM
+
+    x0 = [1.0, 1.0, 1.0]
+    states = trajectory(LM, make("lm", x0))
+    calls = []
+
+    def fun(p):
+        calls.append(p.copy())
+        return exp_residual_np(p)
+
+    def jac(p):
+        e = np.exp(-p[1] * T)
+        return np.stack([e, -p[0] * T * e, np.ones_like(T)], axis=1)
+
+    ref = so.least_squares(fun, x0, jac=jac, method="lm")
+    assert len(states) > 3
+    for state in states[1:]:
+        assert float(state.par) == 0.0
+        # MINPACK evaluates fun once per trial: the k-th call is the k-th point.
+        np.testing.assert_allclose(state.x, calls[int(state.nfev) - 1], rtol=1e-12)
+    assert int(states[-1].nfev) == ref.nfev
+    assert int(states[-1].status) == ref.status

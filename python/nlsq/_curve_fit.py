@@ -95,7 +95,9 @@ def curve_fit(
     bounds : 2-tuple or scipy.optimize.Bounds
         Bounds on the parameters.
     method : {None, 'trf', 'dogbox', 'lm'}
-        None means 'trf' (with or without bounds); 'lm' refuses bounds.
+        None follows scipy: 'lm' without bounds, 'trf' with bounds (and, unlike
+        scipy, which would fail there, 'trf' with a robust ``loss``); 'lm'
+        refuses bounds.
     jac : callable, str or None
         ``jac(x, *params) -> (m, n)``; None or 'cs' for JAX autodiff;
         '2-point'/'3-point' for finite differences.
@@ -193,7 +195,10 @@ class CurveFit:
             p0 = _initialize_feasible(lb, ub)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
         if method is None:
-            method = "trf"
+            # scipy's rule: 'lm' without bounds, 'trf' with them.  A robust loss also
+            # takes 'trf' (scipy's 'lm' is leastsq, which would reject `loss`).
+            robust = kwargs.get("loss", "linear") != "linear"
+            method = "trf" if bounded or robust else "lm"
         if method == "lm" and bounded:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead."
