@@ -31,15 +31,15 @@ DEVICE, so on a GPU the default backend stays ``"callback"`` until it is.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nlsq import _jax_compat as compat
 
 TARGET = "nlsq_ringlog_push"
 """Name of the custom-call target in the lowered HLO."""
@@ -81,7 +81,7 @@ _state: Registration | None = None
 
 
 def runtime_api_version() -> tuple[int, int] | None:
-    """XLA FFI API version of the installed jaxlib, read from its C header.
+    """XLA FFI API version of the installed jaxlib (see :mod:`nlsq._jax_compat`).
 
     Returns
     -------
@@ -89,19 +89,7 @@ def runtime_api_version() -> tuple[int, int] | None:
         ``(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)``, or ``None`` when the
         header is missing or does not define them.
     """
-    import jax.ffi
-
-    try:
-        text = (Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h").read_text()
-    except OSError:
-        return None
-    found = {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"#define\s+XLA_FFI_API_(MAJOR|MINOR)\s+(\d+)", text)
-    }
-    if "MAJOR" not in found or "MINOR" not in found:
-        return None
-    return found["MAJOR"], found["MINOR"]
+    return compat.jaxlib_ffi_api_version()
 
 
 def abi_mismatch(built: tuple[int, int], runtime: tuple[int, int] | None) -> str | None:
@@ -135,7 +123,6 @@ def _cuda_backend_present() -> bool:
 
 
 def _register_locked() -> Registration:
-    import jax.ffi
 
     try:
         from nlsq import _ringlog
@@ -149,7 +136,7 @@ def _register_locked() -> Registration:
     if mismatch is not None:
         return Registration(ok=False, reason=mismatch, built_api=built, runtime_api=runtime)
     try:
-        jax.ffi.register_ffi_target(TARGET, targets["cpu"], platform="cpu", api_version=1)
+        compat.register_ffi_target(TARGET, targets["cpu"], platform="cpu")
     except Exception as exc:  # jax raises several types here; all mean "refused"
         return Registration(
             ok=False,
@@ -169,7 +156,7 @@ def _register_locked() -> Registration:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
         if cuda_note is None:
             try:
-                jax.ffi.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA", api_version=1)
+                compat.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA")
                 platforms.append("CUDA")
             except Exception as exc:  # the CPU path stays usable
                 cuda_note = f"jax refused the CUDA target: {exc}"

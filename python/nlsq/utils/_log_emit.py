@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from nlsq import _jax_compat as compat
 from nlsq.utils import _log_runtime as runtime
 
 __all__ = [
@@ -97,21 +98,15 @@ class DebugCallbackBackend:
 def _make_primitive() -> Any:
     """The ``nlsq_log_emit`` primitive, or ``None`` when JAX lacks the hooks."""
     try:
-        from jax._src.debugging import debug_effect
-        from jax.extend.core import Primitive
-        from jax.interpreters import ad, mlir
-
-        emit_python_callback = mlir.emit_python_callback
-    except (ImportError, AttributeError):
+        effect = compat.debug_effect()
+        prim = compat.new_primitive("nlsq_log_emit")
+    except compat.JaxInternalsChanged:
         return None
-
-    prim = Primitive("nlsq_log_emit")
-    prim.multiple_results = True
 
     def abstract_eval(packed: Any, *, callback: Callable[[np.ndarray], None]) -> Any:
         # The debug effect is what keeps the equation alive through DCE and
         # what JAX already allows inside while_loop / cond / scan / remat.
-        return [], {debug_effect}
+        return [], {effect}
 
     def impl(packed: Any, *, callback: Callable[[np.ndarray], None]) -> list[Any]:
         callback(np.asarray(packed))
@@ -122,9 +117,7 @@ def _make_primitive() -> Any:
             callback(buf)
             return ()
 
-        emit_python_callback(
-            ctx, host, None, [packed], ctx.avals_in, [], has_side_effect=True, returns_token=False
-        )
+        compat.emit_host_callback(ctx, host, [packed])
         return []
 
     def jvp(primals: Any, tangents: Any, *, callback: Callable[[np.ndarray], None]) -> Any:
@@ -133,8 +126,11 @@ def _make_primitive() -> Any:
 
     prim.def_effectful_abstract_eval(abstract_eval)
     prim.def_impl(impl)
-    mlir.register_lowering(prim, lowering)
-    ad.primitive_jvps[prim] = jvp
+    try:
+        compat.register_lowering(prim, lowering)
+        compat.register_jvp_rule(prim, jvp)
+    except compat.JaxInternalsChanged:
+        return None
     return prim
 
 

@@ -39,8 +39,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.interpreters import ad, batching, mlir
 
+from nlsq import _jax_compat as compat
 from nlsq.utils import _ffi_backend, _log_emit, _log_runtime
 
 __all__ = ["available", "emit_row"]
@@ -48,11 +48,7 @@ __all__ = ["available", "emit_row"]
 
 @functools.cache
 def _primitive() -> Any:
-    from jax._src.interpreters import partial_eval as pe
-    from jax.extend.core import Primitive
-
-    prim = Primitive("nlsq_log_inline")
-    prim.multiple_results = True
+    prim = compat.new_primitive("nlsq_log_inline")
 
     def abstract_eval(packed: Any, **params: Any) -> list[Any]:
         return []
@@ -61,9 +57,6 @@ def _primitive() -> Any:
         # Eager use: stage the same custom call through a jitted wrapper.
         jax.jit(lambda r: prim.bind(r, **params))(packed)
         return []
-
-    def keep_always(used_outputs: list[bool], eqn: Any) -> tuple[list[bool], Any]:
-        return [True] * len(eqn.invars), eqn
 
     def batch(args: Any, dims: Any, **params: Any) -> tuple[list[Any], list[Any]]:
         (packed,), (dim,) = args, dims
@@ -76,11 +69,11 @@ def _primitive() -> Any:
 
     prim.def_abstract_eval(abstract_eval)
     prim.def_impl(impl)
-    pe.dce_rules[prim] = keep_always
-    batching.primitive_batchers[prim] = batch
-    ad.primitive_jvps[prim] = jvp
-    mlir.register_lowering(
-        prim, jax.ffi.ffi_lowering(_ffi_backend.TARGET, has_side_effect=True), platform="cpu"
+    compat.register_always_live(prim)
+    compat.register_batching_rule(prim, batch)
+    compat.register_jvp_rule(prim, jvp)
+    compat.register_lowering(
+        prim, compat.ffi_lowering(_ffi_backend.TARGET, has_side_effect=True), platform="cpu"
     )
     return prim
 
