@@ -315,10 +315,10 @@ def configure(
     RuntimeError
         The requested backend cannot be set up on this machine.
     """
-    route = _routes.select(backend)
+    route, reason = _routes.select(backend)
     jax.effects_barrier()
     _log_runtime.configure_logger(sink, capacity, policy)
-    _routes.set_route(route)
+    _routes.set_route(route, reason)
 
 
 def flush(timeout: float | None = None) -> bool:
