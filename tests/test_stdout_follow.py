@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -180,3 +181,45 @@ def test_terminal_pipe_redirect_and_back_in_a_fresh_process(tmp_path: Path) -> N
     at = lines.index(captured)
     assert len(tables("\n".join(lines[1:at]))) == 1
     assert len(tables("\n".join(lines[at + 1 : -1]))) == 1
+
+
+def test_rows_of_a_long_fit_reach_a_pipe_while_it_runs(tmp_path: Path) -> None:
+    # The terminal/pipe path: the drain writes the descriptor from Rust while
+    # the fit's thread waits in XLA. The first fit compiles; the second is read.
+    script = tmp_path / "long_fit.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            import jax.numpy as jnp, numpy as np
+            from nlsq import curve_fit
+            def model(x, a, b, c):
+                return a * jnp.exp(-b * x) + c * jnp.cos(b * x)
+            x = np.linspace(0.0, 5.0, 1_000_000)
+            y = 2.5 * np.exp(-1.3 * x) + 0.5 * np.cos(1.3 * x)
+            kw = dict(p0=[1.0, 0.1, 3.0], verbose=2, ftol=1e-15, xtol=1e-15, gtol=1e-15,
+                      max_nfev=40)
+            curve_fit(model, x, y, **kw)
+            print("START", flush=True)
+            start = time.time()
+            curve_fit(model, x, y * 1.01, **kw)
+            print("RETURNED", time.time() - start, time.time(), flush=True)
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    arrivals: list[tuple[float, str]] = []
+    for line in proc.stdout:  # read as the lines come, with the time each arrived
+        arrivals.append((time.time(), line.rstrip("\n")))
+    assert proc.wait(timeout=300) == 0
+    start = next(i for i, (_, line) in enumerate(arrivals) if line == "START")
+    second = arrivals[start + 1 :]
+    fit_seconds, returned_at = map(float, second[-1][1].split()[1:])
+    assert len(tables("\n".join(line for _, line in second[:-1]))) == 1
+    rows_before = [t for t, line in second[1:-3] if t < returned_at - 0.2 * fit_seconds]
+    assert fit_seconds > 0.5, "the fit was too short to show progress"
+    assert len(rows_before) >= 2, (fit_seconds, returned_at, [t for t, _ in second])

@@ -232,7 +232,9 @@ impl RingLogger {
         };
         if let Some(stdout) = &self.stdout {
             // A flush is a point where output must be where `print` puts it.
-            stdout.follow(py, &self.logger)?;
+            // If `sys.stdout` cannot be read (deleted), the records go to the
+            // previous target: a flush never fails because of it.
+            let _ = stdout.follow(py, &self.logger);
             // Prints made before this call precede the records written next.
             stdout.flush_python_buffer(py);
         }

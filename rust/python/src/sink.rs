@@ -122,8 +122,10 @@ impl StdoutTarget {
                 .and_then(|fd| fd.extract::<i32>())
             {
                 Ok(fd) if fd >= 0 => {
-                    // Earlier prints still in Python's buffer go out first.
-                    stdout.call_method0(intern!(py, "flush"))?;
+                    // Earlier prints still in Python's buffer go out first. A
+                    // stream that cannot flush (a closed pipe) is no reason to
+                    // fail a fit: its writes will fail and be counted.
+                    let _ = stdout.call_method0(intern!(py, "flush"));
                     Route::Fd(FdSink::new(fd))
                 }
                 _ => Route::Stream,
@@ -210,15 +212,17 @@ impl StdoutFollower {
         }
         let next = StdoutTarget::resolve(py, &stdout)?;
         py.detach(|| logger.flush(None));
-        let previous = std::mem::replace(
-            &mut *self
+        let previous = {
+            let mut target = self
                 .target
                 .lock_py_attached(py)
-                .unwrap_or_else(PoisonError::into_inner),
-            next,
-        );
-        self.seen.store(address, Ordering::Release);
-        // Dropped here, attached: the previous stream's reference is released now.
+                .unwrap_or_else(PoisonError::into_inner);
+            // Stored under the lock, so that of two threads that follow at
+            // once, `seen` ends up naming the object the target holds.
+            self.seen.store(address, Ordering::Release);
+            std::mem::replace(&mut *target, next)
+        };
+        // Dropped after the lock, attached: the previous stream is released here.
         drop(previous);
         Ok(true)
     }
