@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import nlsq
 import numpy as np
 from _harness import bars, bench_result, interleaved_medians, markdown_table
-from nlsq.utils import _log_emit, async_logger
+from nlsq.utils import _routes, async_logger
 
 DELAY_S = 1e-3
 CAPACITY = 16
@@ -179,7 +179,7 @@ def _configure(v: Variant) -> None:
     if v.route is not None:
         # configure() picks the default route again; a variant's first run traces
         # its program, and the route in force then is the one it keeps.
-        _log_emit.set_backend(_log_emit.make_backend(v.route))
+        _routes.set_route(_routes.make_route(v.route))
 
 
 def _measure(variants: list[Variant], expected: int, repeats: int) -> None:
@@ -346,7 +346,7 @@ def _table(loop: dict[str, Any], fit: dict[str, Any]) -> str:
 def main(quick: bool, out: Path) -> dict[str, Any]:
     """Run both workloads and return the result (``out`` unused)."""
     _blocking_print.register()
-    default_route = _log_emit.make_backend(None).name
+    default_route = _routes.make_route(None).name
     n_iter = 100 if quick else 500
     repeats = 2 if quick else 9
     with tempfile.TemporaryDirectory(prefix="bench_slow_sink_") as tmpdir:
