@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from _harness import bars, bench_result, markdown_table
+from _harness import bars, bench_result, interleaved_medians, markdown_table
 from nlsq._ringlog import RingLogger
 
 ROW = "{it:^15d}{nfev:^15d}{cost:^15.4e}{reduction:^15.2e}{step:^15.2e}{optimality:^15.2e}"
@@ -43,61 +43,62 @@ def _percentiles(per_push_ns: list[float]) -> dict[str, float]:
     }
 
 
-def _time_batches(
-    push: Callable[[], None], samples: int, between: Callable[[], None]
-) -> list[float]:
-    out = []
-    clock = time.perf_counter_ns
-    for s in range(samples):
-        t0 = clock()
+def _batch(push: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
         for _ in range(BATCH):
             push()
-        out.append((clock() - t0) / BATCH)
-        if s % 100 == 99:
-            between()
-    return out
+
+    return run
 
 
 def bench_push(samples: int) -> dict[str, dict[str, float]]:
-    """Per-push latency of the ring logger and of the references."""
-    results: dict[str, dict[str, float]] = {}
+    """Per-push latency of the ring logger and of the references, interleaved.
+
+    A sample is one batch of ``BATCH`` calls; every 100 samples of a variant the
+    ring is written out (or the queue emptied), untimed, so it never fills.
+    """
     with tempfile.TemporaryDirectory() as d:
         log = RingLogger(sink=Path(d) / "push.log", capacity=1 << 16)
         tid = log.register(ROW)
         arr = np.array(VALUES, dtype=np.float64)
         push, push_array, v = log.push, log.push_array, VALUES
 
-        def flush() -> None:
-            log.flush()
+        def noop(tid: int, *values: float) -> None:
+            return None
 
-        results["ringlogger_push_6"] = _percentiles(
-            _time_batches(lambda: push(tid, *v), samples, flush)
-        )
-        results["ringlogger_push_array_6"] = _percentiles(
-            _time_batches(lambda: push_array(tid, arr), samples, flush)
-        )
+        q: queue.SimpleQueue[tuple[int, tuple[float, ...]]] = queue.SimpleQueue()
+
+        def empty_queue() -> None:
+            while not q.empty():
+                q.get_nowait()
+
+        variants = {
+            "ringlogger_push_6": _batch(lambda: push(tid, *v)),
+            "ringlogger_push_array_6": _batch(lambda: push_array(tid, arr)),
+            "noop_python_call_6": _batch(lambda: noop(tid, *v)),
+            "simplequeue_put_tuple": _batch(lambda: q.put((tid, v))),
+        }
+        between = {
+            "ringlogger_push_6": log.flush,
+            "ringlogger_push_array_6": log.flush,
+            "simplequeue_put_tuple": empty_queue,
+        }
+        runs = dict.fromkeys(variants, 0)
+
+        def after(name: str, seconds: float) -> None:
+            runs[name] += 1
+            if runs[name] % 100 == 0 and name in between:
+                between[name]()
+
+        timing = interleaved_medians(variants, samples, after=after)
         st = log.stats()
         log.close()
         assert st["dropped"] == 0, "the ring overflowed: push latency would include drops"
-
-    def noop(tid: int, *values: float) -> None:
-        return None
-
-    results["noop_python_call_6"] = _percentiles(
-        _time_batches(lambda: noop(tid, *v), samples, lambda: None)
-    )
-    q: queue.SimpleQueue[tuple[int, tuple[float, ...]]] = queue.SimpleQueue()
-
-    def empty_queue() -> None:
-        while not q.empty():
-            q.get_nowait()
-
-    results["simplequeue_put_tuple"] = _percentiles(
-        _time_batches(lambda: q.put((tid, v)), samples, empty_queue)
-    )
-    # Each sample also paid for one lambda call: subtract nothing, but report
-    # it so the ratio to the no-op floor is the honest overhead.
-    return results
+    # Each sample also paid for one lambda call per push: subtract nothing, but
+    # report the no-op call so the ratio to it is the honest overhead.
+    return {
+        name: _percentiles([s / BATCH * 1e9 for s in t["samples_s"]]) for name, t in timing.items()
+    }
 
 
 def bench_drain(n: int) -> dict[str, dict[str, float]]:
