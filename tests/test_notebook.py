@@ -8,7 +8,9 @@ fit, while the fit runs, and none of it into the next cell.
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import nbclient
 import nbformat
 import nlsq
+import pytest
 
 HEADER = "{:^15}{:^15}{:^15}{:^15}{:^15}{:^15}".format(
     "Iteration", "Total nfev", "Cost", "Cost reduction", "Step norm", "Optimality"
@@ -55,10 +58,26 @@ class TimedClient(nbclient.NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
+KERNEL = "nlsq-test-python"
+
+
+@pytest.fixture(autouse=True)
+def _kernel_of_this_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A kernel spec of our own name, run by this interpreter: a "python3" spec
+    # installed elsewhere on the machine (another Python) cannot be picked.
+    spec = tmp_path / "jupyter" / "kernels" / KERNEL
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec.joinpath("kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": KERNEL, "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+
+
 def run_notebook(*cells: str) -> tuple[Any, TimedClient]:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in (SETUP, *cells)]
-    client = TimedClient(nb, timeout=600, kernel_name="python3", allow_errors=False)
+    client = TimedClient(nb, timeout=600, kernel_name=KERNEL, allow_errors=False)
     client.execute()
     return nb, client
 
