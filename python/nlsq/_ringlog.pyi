@@ -40,8 +40,11 @@ class RingLogger:
     Parameters
     ----------
     sink
-        ``None`` (``sys.stdout``: its file descriptor when it has a working
-        ``fileno()``, else the stream), an ``int`` file descriptor (not
+        ``None`` (where ``print`` writes: the current ``sys.stdout``,
+        re-resolved by :meth:`flush` and :meth:`follow_stdout` when it is
+        another object; written through its descriptor only when it is
+        ``sys.__stdout__`` with a working ``fileno()``, else through its
+        ``write``), an ``int`` file descriptor (not
         closed by the logger), a path (opened for appending), a text stream
         (anything with ``write``; one call per batch), or a
         ``logging.Logger`` (one INFO record per line).
@@ -77,7 +80,14 @@ class RingLogger:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record pushed before the call is written.
 
-        Returns ``False`` if ``timeout`` seconds pass first.
+        Returns ``False`` if ``timeout`` seconds pass first. With
+        ``sink=None`` it first follows ``sys.stdout`` (:meth:`follow_stdout`).
+        """
+    def follow_stdout(self) -> bool:
+        """With ``sink=None``: if ``sys.stdout`` is another object than when the
+        sink was last resolved, write what is queued to the old one and send
+        later records to the new one. Returns whether the sink changed (always
+        ``False`` for an explicit sink).
         """
     def close(self) -> None:
         """Write everything queued, stop the drain thread, close the sink (idempotent)."""

@@ -295,7 +295,11 @@ def configure(
     Parameters
     ----------
     sink : None, int, str, path, text stream or logging.Logger
-        Where lines go (``None``: ``sys.stdout`` as it is at this call).
+        Where lines go.  ``None`` follows ``sys.stdout`` as ``print`` does: each
+        eager log call (so each fit's header) and each :func:`flush` re-resolve
+        it when it is another object, so a notebook cell, ``redirect_stdout``
+        or pytest's capture gets the lines; the process's own stdout is written
+        from Rust through its descriptor.
     capacity : int
         Ring capacity in records.
     policy : {"drop_new", "block", ...}
