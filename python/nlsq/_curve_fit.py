@@ -11,6 +11,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import Bounds, OptimizeWarning
 
+from ._cache import code_keyed, enable_persistent_cache
 from ._common import make_strictly_feasible_np
 from ._least_squares import (
     check_tolerance,
@@ -294,10 +295,11 @@ class CurveFit:
         x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
         jac_mode, user_jac = jacobian_mode(self.jac)
 
+        enable_persistent_cache()
         with jax.enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
-            residual = ModelResidual(f, user_jac, kind)
+            residual = ModelResidual(code_keyed(f), code_keyed(user_jac), kind)
             res, pcov = run_solver(
                 residual,
                 fn_for_fallback=f,

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from scipy.optimize import Bounds, OptimizeResult
 
+from ._cache import code_keyed, enable_persistent_cache
 from ._common import BAD_START, EPS, TERMINATION_MESSAGES, make_strictly_feasible_np
 from ._loss import validate_loss
 from ._residual import (
@@ -350,10 +351,11 @@ def least_squares(
         x0 = make_strictly_feasible_np(x0, lb, ub)
     kwargs = {} if kwargs is None else kwargs
     jac_mode, user_jac = jacobian_mode(jac)
+    enable_persistent_cache()
     with jax.enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
-        residual = FunResidual(fun, user_jac, treedef, static, dyn_idx)
+        residual = FunResidual(code_keyed(fun), code_keyed(user_jac), treedef, static, dyn_idx)
         result, _ = run_solver(
             residual,
             fn_for_fallback=fun,

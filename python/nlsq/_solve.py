@@ -12,12 +12,12 @@ JAX's own jit cache keys on (spec, shapes, dtypes), which is exactly
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from ._cache import solver_compiler_options
 from ._common import EPS
 from ._lm import lm
 from ._residual import HostResidual, autodiff_jacobian, fd_jacobian_jax
@@ -67,8 +67,7 @@ def pcov_from_R(R, m: int, n: int):
     return (VT.T * w) @ VT
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def solve(
+def _solve(
     spec: SolverSpec, x0, lb, ub, x_scale, ftol, xtol, gtol, max_nfev, f_scale, diff_step, data
 ) -> tuple[SolveResult, jax.Array | None]:
     res = spec.residual
@@ -121,3 +120,28 @@ def solve(
         )
     pcov = pcov_from_R(out.R, m, n) if spec.want_pcov else None
     return out, pcov
+
+
+class _SolverJit:
+    """``jax.jit(_solve)`` made on first use, when ``solver_compiler_options()`` can be
+    checked against the backend (``trace``/``lower`` etc. are the jitted function's)."""
+
+    def __init__(self):
+        self._jitted = None
+
+    def _get(self):
+        if self._jitted is None:
+            self._jitted = jax.jit(
+                _solve, static_argnames=("spec",), compiler_options=solver_compiler_options()
+            )
+        return self._jitted
+
+    def __call__(self, spec: SolverSpec, *args):
+        jitted = self._jitted or self._get()
+        return jitted(spec, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+
+solve = _SolverJit()
