@@ -11,6 +11,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import Bounds, OptimizeWarning
 
+from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
 from ._cache import code_keyed, enable_persistent_cache
 from ._common import make_strictly_feasible_np
 from ._least_squares import (
@@ -77,6 +78,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     verbose: int = 0,
+    buckets: bool | None = None,
     **kwargs,
 ):
     """Fit ``f(xdata, *params)`` to ``ydata`` by nonlinear least squares (scipy-compatible).
@@ -113,6 +115,10 @@ def curve_fit(
         What to do with NaNs in the data.
     verbose : {0, 1, 2}
         Iteration table through the ring logger (see ``least_squares``).
+    buckets : bool, optional
+        Pad the data with zero-weight rows to a ladder of sizes so that fits of
+        nearby lengths share one compiled program (``nlsq._buckets``; results are
+        unchanged).  Default: on unless ``NLSQ_BUCKETS=off``.
     **kwargs
         ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
 
@@ -135,6 +141,7 @@ def curve_fit(
         full_output=full_output,
         nan_policy=nan_policy,
         verbose=verbose,
+        buckets=buckets,
         _stacklevel=3,
         **kwargs,
     )
@@ -177,6 +184,7 @@ class CurveFit:
         full_output: bool = False,
         nan_policy: str | None = None,
         verbose: int = 0,
+        buckets: bool | None = None,
         _stacklevel: int = 2,
         **kwargs,
     ):
@@ -299,11 +307,28 @@ class CurveFit:
         with jax.enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
-            residual = ModelResidual(code_keyed(f), code_keyed(user_jac), kind)
+            model = code_keyed(f)
+            m = ydata.size
+            padded = (
+                buckets_enabled(buckets)
+                and kind in (0, 1)
+                and user_jac is None
+                and not callable(loss)
+                and ydata.ndim == 1
+                and np.ndim(xdata) == 1
+                and np.shape(xdata)[0] == m
+                and model_is_rowwise(model, n)
+            )
+            if padded:
+                residual = PaddedModelResidual(model, None, 1)
+                data = pad(xdata, ydata, transform, kind)
+            else:
+                residual = ModelResidual(model, code_keyed(user_jac), kind)
+                data = (xdata, ydata, transform)
             res, pcov = run_solver(
                 residual,
                 fn_for_fallback=f,
-                data=(xdata, ydata, transform),
+                data=data,
                 x0=x0,
                 lb=lb,
                 ub=ub,
@@ -320,6 +345,8 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
+        if padded:
+            res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x

@@ -85,6 +85,7 @@ def lm(
     *,
     jac_scale: bool,
     log_row: Callable | None = None,
+    m_true=None,
 ) -> SolveResult:
     """Run MINPACK-style LM from ``x0`` (no bounds, linear loss)."""
     n = x0.shape[0]
@@ -142,7 +143,9 @@ def lm(
 
         def trial(c):
             delta, par, nfev, x, f, fnorm, xnorm, acc, info, step_norm, ared_cost, _ = c
-            p_h, par_new = solve_lsq_trust_region(n, m, uf, s, V, delta, par, rtol=0.1)
+            p_h, par_new = solve_lsq_trust_region(
+                n, m, uf, s, V, delta, par, rtol=0.1, m_true=m_true
+            )
             p = p_h / diag
             pnorm = norm(p_h)
             delta = jnp.where(st.accepted_any | acc, delta, jnp.minimum(delta, pnorm))

@@ -61,7 +61,7 @@ def _jacobian(spec: SolverSpec, fun, data, lb, ub, diff_step, m: int):
 def pcov_from_R(R, m: int, n: int):
     """Moore-Penrose ``(J^T J)^+`` discarding tiny singular values (scipy's curve_fit rule)."""
     _, s, VT = jnp.linalg.svd(R, full_matrices=False)
-    threshold = EPS * max(m, n) * s[0]
+    threshold = EPS * jnp.maximum(m, n) * s[0]
     keep = s > threshold
     w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     return (VT.T * w) @ VT
@@ -85,6 +85,8 @@ def _solve(
     def fun(x):
         return res(x, data)
 
+    # Padded data (nlsq._buckets): the true number of residuals, traced.
+    m_true = res.true_m(data) if hasattr(res, "true_m") else None
     jac = _jacobian(spec, fun, data, lb, ub, diff_step, m)
     log_row = make_log_row(spec.verbose)
     if spec.method == "lm":
@@ -99,6 +101,7 @@ def _solve(
             x_scale,
             jac_scale=spec.jac_scale,
             log_row=log_row,
+            m_true=m_true,
         )
     else:
         out = trf(
@@ -117,8 +120,9 @@ def _solve(
             bounded=spec.bounded,
             jac_scale=spec.jac_scale,
             log_row=log_row,
+            m_true=m_true,
         )
-    pcov = pcov_from_R(out.R, m, n) if spec.want_pcov else None
+    pcov = pcov_from_R(out.R, m if m_true is None else m_true, n) if spec.want_pcov else None
     return out, pcov
 
 

@@ -203,8 +203,10 @@ def trf(
     bounded: bool,
     jac_scale: bool,
     log_row: LogRow | None = None,
+    m_true=None,
 ) -> SolveResult:
-    """Run TRF from ``x0``; all array arguments may be traced, keywords are static."""
+    """Run TRF from ``x0``; all array arguments may be traced, keywords are static
+    (except ``m_true``, the traced count of real residuals when padded)."""
     n = x0.shape[0]
     f0 = fun(x0)
     m = f0.shape[0]
@@ -277,7 +279,7 @@ def trf(
 
         def trial(c):
             Delta, alpha, nfev, ared, status, x_new, f_new, cost_new, step_norm = c
-            p_h, alpha_new = solve_lsq_trust_region(n, m, uf, s, V, Delta, alpha)
+            p_h, alpha_new = solve_lsq_trust_region(n, m, uf, s, V, Delta, alpha, m_true=m_true)
             if bounded:
                 p = d * p_h
                 stp, stp_h, pred, inside, p_value = select_step(
