@@ -48,7 +48,8 @@ import numpy as np
 
 from ._residual import ModelResidual
 
-__all__ = ["PaddedModelResidual", "bucket_size", "buckets_enabled", "model_is_rowwise", "pad"]
+__all__ = ["PaddedModelResidual", "bucket_size", "buckets_enabled", "model_is_rowwise", "pad",
+           "true_m"]  # fmt: skip
 
 MIN_BUCKET = 32
 FINE_FROM = 1 << 16
@@ -139,11 +140,18 @@ class PaddedModelResidual(ModelResidual):
         return data[3]
 
 
+def true_m(problem):
+    """The traced number of real residuals of a padded problem, else None (use the shape)."""
+    residual = problem.residual
+    return residual.true_m(problem.data) if hasattr(residual, "true_m") else None
+
+
 def pad(xdata, ydata, transform, kind: int):
     """Padded ``data`` ``(x, y, weights, m)`` for :class:`PaddedModelResidual`.
 
     Data whose size is on the ladder get the same form (with no extra row), so
-    they share the bucket's program.  ``transform`` and ``kind`` are ``curve_fit``'s (``kind`` 0: none, 1: ``1/sigma``).
+    they share the bucket's program.  ``transform`` and ``kind`` are ``curve_fit``'s
+    (``kind`` 0: none, 1: ``1/sigma``).
     """
     m = ydata.shape[0]
     extra = bucket_size(m) - m
