@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._jax_compat import enable_x64
 from ._residual import ModelResidual
 
 __all__ = ["PaddedModelResidual", "bucket_size", "buckets_enabled", "model_is_rowwise", "pad",
@@ -106,7 +107,7 @@ def _rowwise(model, n_params: int) -> bool:
     x = jax.ShapeDtypeStruct((MIN_BUCKET + 1,), jnp.float64)
     p = [jax.ShapeDtypeStruct((), jnp.float64)] * n_params
     try:
-        with jax.enable_x64(True):
+        with enable_x64(True):
             closed = jax.make_jaxpr(model)(x, *p)
     except Exception:  # noqa: BLE001 - untraceable (NumPy model, shape error): don't pad
         return False

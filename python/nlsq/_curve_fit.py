@@ -13,6 +13,7 @@ from scipy.optimize import OptimizeWarning
 
 from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
 from ._cache import code_keyed, enable_persistent_cache
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._solve import fit
@@ -271,7 +272,7 @@ class CurveFit:
         jac_mode, user_jac = check_jac(self.jac)
 
         enable_persistent_cache()
-        with jax.enable_x64(True):
+        with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
             model = code_keyed(f)

@@ -15,6 +15,7 @@ import numpy as np
 from scipy.optimize import OptimizeResult
 
 from ._cache import code_keyed, enable_persistent_cache
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
 from ._solve import fit
@@ -112,7 +113,7 @@ def least_squares(
         raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
     enable_persistent_cache()
-    with jax.enable_x64(True):
+    with enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
         problem = make_problem(

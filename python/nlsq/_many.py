@@ -38,6 +38,7 @@ from ._cache import code_keyed, enable_persistent_cache, solver_compiler_options
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._driver import SolveResult
+from ._jax_compat import enable_x64
 from ._lm import LM
 from ._problem import check_jac, make_problem, prepare_bounds
 from ._reduce import pcov_from_R
@@ -269,7 +270,7 @@ def curve_fit_many(
         W[i, :n] = w
 
     enable_persistent_cache()
-    with jax.enable_x64(True):
+    with enable_x64(True):
         # One problem checks the shared options; its traced leaves are then replaced
         # by per-dataset stacks (checked the same way, vectorized).
         template = make_problem(
