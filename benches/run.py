@@ -36,6 +36,7 @@ BENCHES = (
     "bench_fit_vs_scipy",  # 2: time per fit after compilation against scipy
     "ring_micro",  # 3: push latency and drain throughput
     "bench_slow_sink",  # 4: a sink that sleeps per line
+    "bench_many_fits",  # 5: buckets, persistent cache and curve_fit_many (issue 13)
 )
 
 
