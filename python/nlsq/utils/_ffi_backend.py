@@ -23,9 +23,12 @@ path is used instead when the extension lacks the handlers, when the XLA FFI
 API version of the installed jaxlib differs from the one the handlers were
 built for, or when jax rejects the target.
 
-The CUDA handler is registered only when a CUDA backend exists, the CUDA
-driver library loads, and ``NLSQ_FFI_CUDA=1`` is set: it is NOT VERIFIED ON A
-DEVICE, so on a GPU the default backend stays ``"callback"`` until it is.
+The CUDA handler (the staging route: async copy and stream write into pinned
+host-mapped memory, a Rust poller pushes; ``rust/xla_ffi/README.md``) is
+registered only when a CUDA backend exists, ``NLSQ_FFI_CUDA=1`` is set, and the
+driver loads with stream memory operations (else one warning, counted as
+``cuda_fallback``). It is not yet measured on a GPU, so on a GPU the default
+backend stays ``"callback"`` until it is.
 """
 
 from __future__ import annotations
@@ -167,7 +170,9 @@ def _register_locked() -> Registration:
         )
     else:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
-        if cuda_note is None:
+        if cuda_note is not None:
+            _note_cuda_fallback(cuda_note)
+        else:
             try:
                 jax.ffi.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA", api_version=1)
                 platforms.append("CUDA")
@@ -180,6 +185,40 @@ def _register_locked() -> Registration:
         runtime_api=runtime,
         cuda_note=cuda_note,
     )
+
+
+_cuda_fallbacks = 0
+
+
+def _note_cuda_fallback(reason: str) -> None:
+    """The CUDA staging route was asked for but cannot run: warn once, count."""
+    global _cuda_fallbacks
+    _cuda_fallbacks += 1
+    if _cuda_fallbacks == 1:
+        warnings.warn(
+            f"nlsq: the CUDA staging log route is unavailable, GPU records take the "
+            f"callback route: {reason}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def cuda_registered() -> bool:
+    """Whether the CUDA staging handler is registered (never registers)."""
+    state = _state
+    return state is not None and "CUDA" in state.platforms
+
+
+def wait_cuda_delivered(timeout: float | None = None) -> bool:
+    """Wait until the CUDA route's poller pushed every staged record.
+
+    ``True`` at once when the CUDA handler is not registered.
+    """
+    if not cuda_registered():
+        return True
+    from nlsq import _ringlog
+
+    return bool(_ringlog.ffi_cuda_wait_delivered(timeout))
 
 
 def register() -> Registration:
@@ -350,11 +389,21 @@ def stats() -> dict[str, int]:
 
     ``orphaned`` (no live logger / no route), ``unrouted`` (template key
     without a ring id), ``push_failed`` (the ring refused the values),
-    ``unreportable``, and for CUDA ``no_slot`` and ``host_failed``.
+    ``unreportable``, and for CUDA ``staging_full``, ``staging_block_timeout``,
+    ``enqueue_failed``, ``cuda_unavailable``, ``staging_setup_failed``, ``poller_failed``.
     """
-    from nlsq import _ringlog
+    try:
+        from nlsq import _ringlog
 
-    return dict(_ringlog.ffi_stats())
+        counts = dict(_ringlog.ffi_stats())
+    except (ImportError, AttributeError):
+        return {}
+    counts["cuda_lost"] = sum(
+        counts.get(k, 0)
+        for k in ("staging_full", "staging_block_timeout", "enqueue_failed", "cuda_unavailable")
+    )
+    counts["cuda_fallback"] = _cuda_fallbacks
+    return counts
 
 
 class FfiBackend:
@@ -374,17 +423,9 @@ class FfiBackend:
         if "CUDA" not in reg.platforms and _cuda_backend_present():
             # A program lowered for the GPU would find no CUDA target.
             raise RuntimeError(f"nlsq FFI target has no CUDA handler here: {reg.cuda_note}")
-        self._rows_by_callback = "CUDA" in reg.platforms
 
     def emit(self, key: int, packed: Any) -> None:
         """Stage the transfer of ``packed`` for template ``key`` (trace time)."""
-        if self._rows_by_callback and getattr(packed, "ndim", 1) == 2:
-            # The CUDA handler stages one record per call; vmap rows take the
-            # callback route there.
-            from nlsq.utils import _log_emit
-
-            _log_emit.make_backend("callback").emit(key, packed)
-            return
         sync_route()
         emit_routed(key, packed)
 

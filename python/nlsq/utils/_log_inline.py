@@ -28,7 +28,9 @@ The price of having no effect: ``jax.effects_barrier()`` does not wait for these
 rows. They are pushed while the computation runs, so they are all in the ring
 once any of its results is ready. Use this route only where the caller blocks on
 a result before flushing (the solvers do); user code gets the effectful routes of
-:mod:`nlsq.utils.async_logger`.
+:mod:`nlsq.utils.async_logger`. On CUDA (opt-in ``NLSQ_FFI_CUDA=1``) the rows are
+staged by the GPU and pushed by a poller thread after the stream ran;
+``async_logger.flush()`` waits for that poller too.
 """
 
 from __future__ import annotations
@@ -79,15 +81,21 @@ def _primitive() -> Any:
     pe.dce_rules[prim] = keep_always
     batching.primitive_batchers[prim] = batch
     ad.primitive_jvps[prim] = jvp
-    mlir.register_lowering(
-        prim, jax.ffi.ffi_lowering(_ffi_backend.TARGET, has_side_effect=True), platform="cpu"
-    )
+    lowering = jax.ffi.ffi_lowering(_ffi_backend.TARGET, has_side_effect=True)
+    mlir.register_lowering(prim, lowering, platform="cpu")
+    # The CUDA staging handler takes the same keep-flagged rows: the filter
+    # runs in its poller, so verbose=1 reads no predicate on the host.
+    mlir.register_lowering(prim, lowering, platform="cuda")
     return prim
 
 
 def available() -> bool:
-    """Whether rows can take this route: the FFI route is active and the device is a CPU."""
-    if jax.default_backend() != "cpu" or not _ffi_backend.available():
+    """Whether rows can take this route: the FFI route is active and the device is a
+    CPU, or a GPU with the CUDA staging handler registered (opt-in)."""
+    if not _ffi_backend.available():
+        return False
+    backend = jax.default_backend()
+    if backend != "cpu" and not (backend == "gpu" and _ffi_backend.cuda_registered()):
         return False
     return _log_emit.active_backend().name == "ffi"
 

@@ -73,7 +73,7 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-from nlsq.utils import _log_emit, _log_runtime
+from nlsq.utils import _ffi_backend, _log_emit, _log_runtime
 
 __all__ = [
     "LogTemplate",
@@ -623,6 +623,10 @@ def configure(
     """
     route = _log_emit.make_backend(backend)
     jax.effects_barrier()
+    # Records already staged on the CUDA route go to the sink they were
+    # logged for (bounded wait: a staged record whose stream never runs is
+    # not waited for forever).
+    _ffi_backend.wait_cuda_delivered(timeout=10.0)
     _log_runtime.configure_logger(sink, capacity, policy)
     _log_emit.set_backend(route)
 
@@ -635,13 +639,22 @@ def flush(timeout: float | None = None) -> bool:
     ``timeout`` seconds passed first.
     """
     jax.effects_barrier()
+    # Records the CUDA route staged are pushed by its poller thread after the
+    # stream ran: wait for it (GIL released) before the ring's own flush.
+    if not _ffi_backend.wait_cuda_delivered(timeout):
+        return False
     return bool(get_logger().flush(timeout=timeout))
 
 
 def stats() -> dict[str, Any]:
-    """The ring's statistics plus ``callback_errors`` (pushes that raised)."""
+    """The ring's statistics plus ``callback_errors`` (pushes that raised),
+    ``route`` (the active backend) and ``ffi`` (records the native handlers
+    could not deliver, by reason; ``ffi["cuda_lost"]`` sums the CUDA route's
+    losses)."""
     result = dict(get_logger().stats())
     result["callback_errors"] = _log_runtime.callback_errors()
+    result["route"] = _log_emit.active_backend().name
+    result["ffi"] = _ffi_backend.stats()
     return result
 
 
