@@ -54,7 +54,7 @@ from _harness import (  # noqa: E402
     write_json,
 )
 from nlsq import curve_fit  # noqa: E402
-from nlsq.utils import _ffi_backend, async_logger  # noqa: E402
+from nlsq.utils import _native, _routes, async_logger  # noqa: E402
 
 NAME = "gpu_check"
 TITLE = "Device check: routes, drops, per-iteration cost, curve_fit at large n"
@@ -67,7 +67,7 @@ def versions() -> dict[str, Any]:
     import scipy
     from nlsq import _ringlog
 
-    reg = _ffi_backend.register()
+    reg = _native.register()
     return {
         "python": platform.python_version(),
         "jax": jax.__version__,
@@ -87,14 +87,18 @@ def versions() -> dict[str, Any]:
 
 
 def routes() -> list[str]:
-    """Routes this machine can run: the native one when registered for the device."""
+    """Routes this machine can run, the native one first when it can be set up:
+    ``ffi`` on a CPU, ``cuda_staging`` on CUDA (opt-in: ``NLSQ_FFI_CUDA=1``)."""
     _blocking_print.register()
     names = ["callback", "debug_callback"]
-    try:
-        async_logger.configure(sink=os.devnull, backend="ffi")
-        names.insert(0, "ffi")
-    except (ValueError, RuntimeError):
-        pass
+    native = {"cpu": "ffi", "cuda": "cuda_staging"}.get(_routes.backend_platform())
+    if native is not None:
+        try:
+            async_logger.configure(sink=os.devnull, backend=native)
+            if async_logger.stats()["route"] == native:
+                names.insert(0, native)
+        except (ValueError, RuntimeError) as exc:
+            print(f"route {native} unavailable: {exc}")
     return names
 
 

@@ -12,6 +12,7 @@ from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import Bounds, OptimizeWarning
 
 from ._common import make_strictly_feasible_np
+from ._jax_compat import enable_x64
 from ._least_squares import (
     check_tolerance,
     check_x_scale,
@@ -294,7 +295,7 @@ class CurveFit:
         x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
         jac_mode, user_jac = jacobian_mode(self.jac)
 
-        with jax.enable_x64(True):
+        with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
             residual = ModelResidual(f, user_jac, kind)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import Bounds, OptimizeResult
 
 from ._common import BAD_START, EPS, TERMINATION_MESSAGES, make_strictly_feasible_np
+from ._jax_compat import enable_x64
 from ._loss import validate_loss
 from ._residual import (
     TRACE_ERRORS,
@@ -350,7 +351,7 @@ def least_squares(
         x0 = make_strictly_feasible_np(x0, lb, ub)
     kwargs = {} if kwargs is None else kwargs
     jac_mode, user_jac = jacobian_mode(jac)
-    with jax.enable_x64(True):
+    with enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
         residual = FunResidual(fun, user_jac, treedef, static, dyn_idx)

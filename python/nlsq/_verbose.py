@@ -31,9 +31,16 @@ CLOSING = (
 
 @functools.cache
 def _template(text: str):
-    from .utils import async_logger
+    from .utils import _emit
 
-    return async_logger.template(text)
+    return _emit.LogTemplate(text)
+
+
+@functools.cache
+def _row_emitter(text: str):
+    from .utils import _emit
+
+    return _emit.inline_row_emitter(text)
 
 
 def _constant(text: str):
@@ -44,11 +51,10 @@ def _constant(text: str):
 def make_log_row(verbose: int):
     """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
 
-    On CPU with the FFI route active, rows take the effect-free inline route
-    (:mod:`nlsq.utils._log_inline`): the fit keeps JAX's fast dispatch path, and
-    the rows are in the ring once the solver's results are ready, which
-    ``log_closing`` waits for. Elsewhere they go through the async_logger
-    templates.
+    Rows go through :func:`nlsq.utils._emit.inline_row_emitter`: on CPU with
+    the FFI route they take the effect-free inline route (the fit keeps JAX's
+    fast dispatch path, and the rows are in the ring once the solver's results
+    are ready, which ``log_closing`` waits for); elsewhere the route table's.
     """
     if verbose == 0:
         return None
@@ -67,14 +73,8 @@ def make_log_row(verbose: int):
                 step_norm=st.step_norm,
                 optimality=st.g_norm,
             )
-        from .utils import _log_inline
-
-        if not _log_inline.available():
-            _template(text)(verbose=verbose, **fields)
-            return
-        fmt = _template(text)
         keep = True if verbose >= 2 else st.iteration % 10 == 0
-        _log_inline.emit_row(fmt._key, keep, [fields[name] for name in fmt.fields])
+        _row_emitter(text)(keep, verbose, **fields)
 
     return log_row
 
