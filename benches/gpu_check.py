@@ -44,6 +44,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+try:
+    import nlsq  # noqa: F401 - an installed nlsq wins
+except ImportError:  # a checkout with the built extension copied in (GPU machines: no Rust)
+    sys.path.insert(0, str(HERE.parent / "python"))
 
 import _blocking_print  # noqa: E402
 from _harness import (  # noqa: E402
