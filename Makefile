@@ -37,6 +37,8 @@ rust-test:
 	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) under loom's
 	# model checker; its own target dir keeps the normal build's cache.
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib wake
+	# The CUDA staging ring's slot protocol (rust/xla_ffi/src/staging.rs), likewise.
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-xla-ffi --release --lib staging
 
 py-test:
 	$(PY) -m pytest -q

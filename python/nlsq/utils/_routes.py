@@ -246,13 +246,8 @@ class CudaStagingRoute(FfiRoute):
             raise RuntimeError(f"the CUDA staging route is unavailable: {note}")
         super().__init__()
 
-    def emit(self, key: int, packed: jax.Array) -> None:
-        if packed.ndim == 2:
-            # The CUDA handler stages one record per call; vmap rows take the
-            # callback route there.
-            CallbackRoute().emit(key, packed)
-            return
-        super().emit(key, packed)
+    # Rows (vmap, and the solvers' keep-flagged rows) go through the handler
+    # too: it stages one slot per row and its poller drops keep-0 rows.
 
 
 # -- the table ----------------------------------------------------------------------------

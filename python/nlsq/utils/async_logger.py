@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nlsq.utils import _log_runtime, _routes
+from nlsq.utils import _log_runtime, _native, _routes
 from nlsq.utils._emit import (
     _ALWAYS,
     LogTemplate,
@@ -321,6 +321,10 @@ def configure(
     """
     route, reason = _routes.select(backend)
     jax.effects_barrier()
+    # Records already staged on the CUDA route go to the sink they were
+    # logged for (bounded wait: a staged record whose stream never runs is
+    # not waited for forever).
+    _native.wait_cuda_delivered(timeout=10.0)
     _log_runtime.configure_logger(sink, capacity, policy)
     _routes.set_route(route, reason)
 
@@ -333,11 +337,18 @@ def flush(timeout: float | None = None) -> bool:
     ``timeout`` seconds passed first.
     """
     jax.effects_barrier()
+    # Records the CUDA route staged are pushed by its poller thread after the
+    # stream ran: wait for it (GIL released) before the ring's own flush.
+    if not _native.wait_cuda_delivered(timeout):
+        return False
     return bool(get_logger().flush(timeout=timeout))
 
 
 def stats() -> dict[str, Any]:
-    """The ring's statistics, ``callback_errors`` (pushes that raised), and the route.
+    """The ring's statistics, ``callback_errors`` (pushes that raised), the route,
+    and ``ffi``: records the native handlers could not deliver, by reason
+    (``ffi["cuda_lost"]`` sums the CUDA staging route's losses,
+    ``ffi["cuda_fallback"]`` counts when that route could not be used).
 
     ``route`` (the route records traced from now on take), ``route_reason`` (why
     it was chosen), ``route_platform`` and ``route_failures`` (route set-ups or
@@ -346,6 +357,7 @@ def stats() -> dict[str, Any]:
     result = dict(get_logger().stats())
     result["callback_errors"] = _log_runtime.callback_errors()
     result.update(_routes.describe())
+    result["ffi"] = _native.stats()
     return result
 
 
