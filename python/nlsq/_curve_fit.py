@@ -11,6 +11,9 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
+from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
+from ._cache import code_keyed, enable_persistent_cache
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._solve import fit
@@ -69,6 +72,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     verbose: int = 0,
+    buckets: bool | None = None,
     **kwargs,
 ):
     """Fit ``f(xdata, *params)`` to ``ydata`` by nonlinear least squares (scipy-compatible).
@@ -107,6 +111,10 @@ def curve_fit(
         What to do with NaNs in the data.
     verbose : {0, 1, 2}
         Iteration table through the ring logger (see ``least_squares``).
+    buckets : bool, optional
+        Pad the data with zero-weight rows to a ladder of sizes so that fits of
+        nearby lengths share one compiled program (``nlsq._buckets``; results are
+        unchanged).  Default: on unless ``NLSQ_BUCKETS=off``.
     **kwargs
         ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
 
@@ -129,6 +137,7 @@ def curve_fit(
         full_output=full_output,
         nan_policy=nan_policy,
         verbose=verbose,
+        buckets=buckets,
         _stacklevel=3,
         **kwargs,
     )
@@ -168,6 +177,7 @@ class CurveFit:
         full_output: bool = False,
         nan_policy: str | None = None,
         verbose: int = 0,
+        buckets: bool | None = None,
         _stacklevel: int = 2,
         **kwargs,
     ):
@@ -264,12 +274,31 @@ class CurveFit:
             raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
         jac_mode, user_jac = check_jac(self.jac)
 
-        with jax.enable_x64(True):
+        enable_persistent_cache()
+        with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
+            model = code_keyed(f)
+            m = ydata.size
+            padded = (
+                buckets_enabled(buckets)
+                and kind in (0, 1)
+                and user_jac is None
+                and not callable(kwargs.get("loss"))
+                and ydata.ndim == 1
+                and np.ndim(xdata) == 1
+                and np.shape(xdata)[0] == m
+                and model_is_rowwise(model, n)
+            )
+            if padded:
+                residual = PaddedModelResidual(model, None, 1)
+                data = pad(xdata, ydata, transform, kind)
+            else:
+                residual = ModelResidual(model, code_keyed(user_jac), kind)
+                data = (xdata, ydata, transform)
             problem = make_problem(
-                ModelResidual(f, user_jac, kind),
-                (xdata, ydata, transform),
+                residual,
+                data,
                 p0,
                 jac_mode=jac_mode,
                 bounds=(lb, ub),
@@ -286,6 +315,8 @@ class CurveFit:
                 want_pcov=True,
             )
             res, pcov = fit(problem, f)
+        if padded:
+            res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x

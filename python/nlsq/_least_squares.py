@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from ._cache import code_keyed, enable_persistent_cache
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
 from ._solve import fit
@@ -109,11 +111,12 @@ def least_squares(
     if workers is not None:
         raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
-    with jax.enable_x64(True):
+    enable_persistent_cache()
+    with enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
         problem = make_problem(
-            FunResidual(fun, user_jac, treedef, static, dyn_idx),
+            FunResidual(code_keyed(fun), code_keyed(user_jac), treedef, static, dyn_idx),
             dyn,
             x0,
             jac_mode=jac_mode,

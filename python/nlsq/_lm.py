@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._buckets import true_m
 from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
@@ -145,7 +146,9 @@ def step(problem: Problem, state: LMState) -> LMState:
     fn2 = state.fnorm**2
 
     def trial(t: Trial) -> Trial:
-        p_h, par = solve_lsq_trust_region(n, m, uf, s, V, t.delta, t.par, rtol=0.1)
+        p_h, par = solve_lsq_trust_region(
+            n, m, uf, s, V, t.delta, t.par, rtol=0.1, m_true=true_m(problem)
+        )
         p = p_h / diag
         pnorm = norm(p_h)
         # MINPACK: on the first iteration, shrink the initial radius to the first step.
