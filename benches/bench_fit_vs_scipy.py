@@ -9,8 +9,9 @@ the variants run interleaved, the order rotated every round, and every timing
 is the median of the repeats in this process, as wall time (``*_s``) and as
 this process's CPU time (``*_cpu_s``: steadier than wall time on a shared
 machine, where other processes take the cores).  Checked: every nlsq method
-finds scipy's parameters (relative difference below ``POPT_RTOL``) and ``lm``
-is not slower than ``trf`` (the condition for it being the default).
+finds scipy's parameters (relative difference below ``POPT_RTOL``).  The
+``lm / trf`` column is the condition for ``lm`` being the default (at most 1);
+it is reported, not checked (timings are not pass/fail on a shared machine).
 
 Run: ``python benches/run.py --only bench_fit_vs_scipy [--quick]``.
 """
@@ -141,18 +142,11 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
         "a*exp(-b*x)+c (median of interleaved repeats)",
         table=table,
         checks={
-            **{
-                f"n={r['n']}: every method finds scipy's parameters (rtol {POPT_RTOL:g})": max(
-                    r[m + "_max_rel_diff_popt"] for m in NLSQ_METHODS
-                )
-                < POPT_RTOL
-                for r in rows
-            },
-            **{
-                f"n={r['n']}: lm (the default) not slower than trf (CPU time)": r["lm_over_trf_cpu"]
-                <= 1.0
-                for r in rows
-            },
+            f"n={r['n']}: every method finds scipy's parameters (rtol {POPT_RTOL:g})": max(
+                r[m + "_max_rel_diff_popt"] for m in NLSQ_METHODS
+            )
+            < POPT_RTOL
+            for r in rows
         },
         plot=[
             lines(

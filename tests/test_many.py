@@ -44,7 +44,9 @@ def test_sequences_of_different_lengths_with_sigma():
     many = curve_fit_many(exp_model, xs, ys, p0=[1, 0.5, 0.1], sigma=sig)
     assert many.popt.shape == (5, 3) and many.pcov.shape == (5, 3, 3) and len(many.message) == 5
     for i in range(5):
-        alone = curve_fit(exp_model, xs[i], ys[i], p0=[1, 0.5, 0.1], sigma=sig[i], full_output=True)
+        alone = curve_fit(
+            exp_model, xs[i], ys[i], p0=[1, 0.5, 0.1], sigma=sig[i], method="trf", full_output=True
+        )
         _check_equal(many, i, alone)
 
 
@@ -74,7 +76,9 @@ def test_fits_stop_on_their_own_criteria():
     assert many.nfev[1] < many.nfev[0]
     for i in range(3):
         try:
-            ref = curve_fit(exp_model, xs[i], ys[i], p0=p0[i], max_nfev=7, full_output=True)
+            ref = curve_fit(
+                exp_model, xs[i], ys[i], p0=p0[i], max_nfev=7, method="trf", full_output=True
+            )
         except RuntimeError as err:  # max_nfev reached: curve_fit raises, the batch reports
             assert many.status[i] == 0 and not many.success[i]
             assert many.message[i] in str(err)
