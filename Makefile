@@ -1,6 +1,6 @@
 # Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.10):
 #   make demo  -- set up, build the extension in release mode, run the main job
-#   make test  -- set up, build, then cargo test (workspace) and pytest
+#   make test  -- set up, build, lint (rustfmt, clippy, ruff), then cargo test (workspace) and pytest
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -15,7 +15,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 demo: build
 	$(PY) -m nlsq.demo
 
-test: build rust-test py-test
+test: build lint rust-test py-test
 
 venv: $(STAMP)
 

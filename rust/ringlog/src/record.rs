@@ -34,15 +34,25 @@ pub struct Record {
 
 const _: () = assert!(MAX_VALUES <= 16, "float_mask has 16 bits");
 
-impl Record {
-    /// Builds a record from typed values. The caller has checked
-    /// `values.len() <= MAX_VALUES`.
+/// What a record's values can be given as: [`Value`]s, or plain `f64`s
+/// (every field a float; a `d` field formats its float as an integer).
+pub trait Values {
+    /// How many values there are.
+    fn count(&self) -> usize;
+    /// Writes value `i`'s bits to `bits[i]`; returns the float mask.
+    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16;
+}
+
+impl Values for [Value] {
     #[inline]
-    pub fn from_values(tid: u32, seq: u64, ts_ns: u64, values: &[Value]) -> Record {
-        debug_assert!(values.len() <= MAX_VALUES);
-        let mut bits = [0u64; MAX_VALUES];
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    #[inline]
+    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16 {
         let mut float_mask = 0u16;
-        for (i, (slot, v)) in bits.iter_mut().zip(values).enumerate() {
+        for (i, (slot, v)) in bits.iter_mut().zip(self).enumerate() {
             *slot = match *v {
                 Value::Int(x) => x as u64,
                 Value::Float(x) => {
@@ -51,29 +61,35 @@ impl Record {
                 }
             };
         }
-        Record {
-            tid,
-            len: values.len() as u8,
-            float_mask,
-            seq,
-            ts_ns,
-            bits,
-        }
+        float_mask
+    }
+}
+
+impl Values for [f64] {
+    #[inline]
+    fn count(&self) -> usize {
+        self.len()
     }
 
-    /// Builds a record whose values are all floats. The caller has checked
-    /// `values.len() <= MAX_VALUES`.
     #[inline]
-    pub fn from_f64(tid: u32, seq: u64, ts_ns: u64, values: &[f64]) -> Record {
-        debug_assert!(values.len() <= MAX_VALUES);
-        let mut bits = [0u64; MAX_VALUES];
-        for (slot, v) in bits.iter_mut().zip(values) {
+    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16 {
+        for (slot, v) in bits.iter_mut().zip(self) {
             *slot = v.to_bits();
         }
-        let float_mask = ((1u32 << values.len()) - 1) as u16;
+        ((1u32 << self.len().min(MAX_VALUES)) - 1) as u16
+    }
+}
+
+impl Record {
+    /// Builds a record. The caller has checked `values.count() <= MAX_VALUES`.
+    #[inline]
+    pub fn new<V: Values + ?Sized>(tid: u32, seq: u64, ts_ns: u64, values: &V) -> Record {
+        debug_assert!(values.count() <= MAX_VALUES);
+        let mut bits = [0u64; MAX_VALUES];
+        let float_mask = values.encode(&mut bits);
         Record {
             tid,
-            len: values.len() as u8,
+            len: values.count() as u8,
             float_mask,
             seq,
             ts_ns,
@@ -125,7 +141,7 @@ mod tests {
             Value::Float(f64::NAN),
             Value::Int(i64::MAX),
         ];
-        let r = Record::from_values(7, 1, 2, &vals);
+        let r = Record::new(7, 1, 2, &vals[..]);
         let mut out = [Value::Int(0); MAX_VALUES];
         let n = r.decode(&mut out);
         assert_eq!(n, 4);
@@ -138,17 +154,17 @@ mod tests {
     #[test]
     fn f64_records_are_all_float_even_when_full() {
         let vals = [1.5f64; MAX_VALUES];
-        let r = Record::from_f64(0, 0, 0, &vals);
+        let r = Record::new(0, 0, 0, &vals[..]);
         let mut out = [Value::Int(0); MAX_VALUES];
         assert_eq!(r.decode(&mut out), MAX_VALUES);
         assert!(out.iter().all(|v| *v == Value::Float(1.5)));
-        assert_eq!(Record::from_f64(0, 0, 0, &[]).float_mask, 0);
+        assert_eq!(Record::new(0, 0, 0, &[] as &[f64]).float_mask, 0);
     }
 
     #[test]
     fn record_stays_small_and_markers_are_distinct() {
         assert!(std::mem::size_of::<Record>() <= 128);
         assert!(Record::marker(3).is_marker());
-        assert!(!Record::from_f64(0, 0, 0, &[1.0]).is_marker());
+        assert!(!Record::new(0, 0, 0, &[1.0][..]).is_marker());
     }
 }
