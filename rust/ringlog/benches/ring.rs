@@ -27,6 +27,20 @@ fn row(i: i64) -> [Value; 6] {
     ]
 }
 
+/// A logger on `sink` with a ring of `capacity` records.
+fn logger(sink: impl Sink, capacity: usize, policy: Policy) -> Logger {
+    Logger::new(Box::new(sink), Config { capacity, policy })
+}
+
+/// A fresh, empty file for a bench to write, in a directory of its own.
+fn bench_file(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 struct Discard;
 
 impl Sink for Discard {
@@ -60,13 +74,7 @@ fn timed_pushes(log: &Logger, tid: u32, iters: u64) -> Duration {
 }
 
 fn push_latency(c: &mut Criterion) {
-    let log = Logger::new(
-        Box::new(Discard),
-        Config {
-            capacity: 65536,
-            policy: Policy::DropNew,
-        },
-    );
+    let log = logger(Discard, 65536, Policy::DropNew);
     let tid = log.register(ROW).unwrap();
     let mut g = c.benchmark_group("push");
     g.throughput(Throughput::Elements(1));
@@ -79,9 +87,7 @@ fn push_latency(c: &mut Criterion) {
 
 fn drain_to_file(c: &mut Criterion) {
     const N: u64 = 200_000;
-    let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("drain.log");
+    let path = bench_file("drain.log");
     let mut g = c.benchmark_group("drain");
     g.throughput(Throughput::Elements(N));
     g.sample_size(10);
@@ -91,13 +97,7 @@ fn drain_to_file(c: &mut Criterion) {
             for _ in 0..iters {
                 let _ = std::fs::remove_file(&path);
                 let sink = PathSink::open(&path).unwrap();
-                let log = Logger::new(
-                    Box::new(sink),
-                    Config {
-                        capacity: 65536,
-                        policy: Policy::Block,
-                    },
-                );
+                let log = logger(sink, 65536, Policy::Block);
                 let tid = log.register(ROW).unwrap();
                 let t = Instant::now();
                 for i in 0..N as i64 {
@@ -111,19 +111,13 @@ fn drain_to_file(c: &mut Criterion) {
         })
     });
     g.finish();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(&path);
 }
 
 /// Median and p99 of the per-push time, each sample a batch of 64 pushes
 /// (one push is too short for the clock).
 fn push_percentiles(quick: bool) {
-    let log = Logger::new(
-        Box::new(Discard),
-        Config {
-            capacity: 65536,
-            policy: Policy::DropNew,
-        },
-    );
+    let log = logger(Discard, 65536, Policy::DropNew);
     let tid = log.register(ROW).unwrap();
     let values = row(3);
     let samples = if quick { 2_000 } else { 20_000 };
@@ -245,22 +239,13 @@ struct Released {
 /// released; the clock runs from the release until `flush` returns (all
 /// `n` formatted and written to a file).
 fn released_drain_rate(template: &str, row: RowMaker, n: usize) -> Released {
-    let dir = std::env::temp_dir().join(format!("ringlog-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("released.log");
-    let _ = std::fs::remove_file(&path);
+    let path = bench_file("released.log");
     let gate: Gate = Arc::default();
     let sink = HeldSink {
         inner: PathSink::open(&path).unwrap(),
         gate: gate.clone(),
     };
-    let log = Logger::new(
-        Box::new(sink),
-        Config {
-            capacity: n + 1,
-            policy: Policy::Block,
-        },
-    );
+    let log = logger(sink, n + 1, Policy::Block);
     let tid = log.register(template).unwrap();
     // One record to catch the drain in its first write.
     log.push(tid, &row(0)).unwrap();
@@ -287,7 +272,7 @@ fn released_drain_rate(template: &str, row: RowMaker, n: usize) -> Released {
     let stats = log.stats();
     log.close();
     assert_eq!(stats.written, n as u64 + 1, "{stats:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    let _ = std::fs::remove_file(&path);
     Released {
         wall: n as f64 / wall,
         cpu: cpu.map(|c| n as f64 / c),

@@ -18,7 +18,7 @@
 
 use crate::clock::stamp;
 use crate::live::{self, Handle};
-use crate::record::{Record, Values};
+use crate::record::{Field, Record};
 use crate::ring::{Policy, Pushed, Ring};
 use crate::shared::Shared;
 use crate::sink::Sink;
@@ -181,12 +181,7 @@ impl Logger {
     /// the drain. `Ok(false)`: a `block` ring stayed full and the record was
     /// taken back.
     #[inline]
-    fn offer<V: Values + ?Sized>(
-        &self,
-        tid: u32,
-        values: &V,
-        wait: bool,
-    ) -> Result<bool, PushError> {
+    fn offer<F: Field>(&self, tid: u32, values: &[F], wait: bool) -> Result<bool, PushError> {
         let s = self.shared();
         if s.closed.load(Relaxed) {
             return Err(PushError::Closed);
@@ -195,10 +190,10 @@ impl Logger {
             .templates
             .get(tid)
             .ok_or(PushError::UnknownTemplate(tid))?;
-        if entry.arity != values.count() {
+        if entry.arity != values.len() {
             return Err(PushError::WrongArity {
                 expected: entry.arity,
-                got: values.count(),
+                got: values.len(),
             });
         }
         let seq = s.pushed.fetch_add(1, Relaxed);

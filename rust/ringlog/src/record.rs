@@ -34,62 +34,45 @@ pub struct Record {
 
 const _: () = assert!(MAX_VALUES <= 16, "float_mask has 16 bits");
 
-/// What a record's values can be given as: [`Value`]s, or plain `f64`s
-/// (every field a float; a `d` field formats its float as an integer).
-pub trait Values {
-    /// How many values there are.
-    fn count(&self) -> usize;
-    /// Writes value `i`'s bits to `bits[i]`; returns the float mask.
-    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16;
+/// One value as a record stores it: [`Value`] (an int or a float), or a
+/// plain `f64` (a `d` field formats it as an integer).
+pub trait Field: Copy {
+    /// The raw bits, and whether they are an `f64`'s.
+    fn bits(self) -> (u64, bool);
 }
 
-impl Values for [Value] {
+impl Field for Value {
     #[inline]
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    #[inline]
-    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16 {
-        let mut float_mask = 0u16;
-        for (i, (slot, v)) in bits.iter_mut().zip(self).enumerate() {
-            *slot = match *v {
-                Value::Int(x) => x as u64,
-                Value::Float(x) => {
-                    float_mask |= 1 << i;
-                    x.to_bits()
-                }
-            };
+    fn bits(self) -> (u64, bool) {
+        match self {
+            Value::Int(x) => (x as u64, false),
+            Value::Float(x) => (x.to_bits(), true),
         }
-        float_mask
     }
 }
 
-impl Values for [f64] {
+impl Field for f64 {
     #[inline]
-    fn count(&self) -> usize {
-        self.len()
-    }
-
-    #[inline]
-    fn encode(&self, bits: &mut [u64; MAX_VALUES]) -> u16 {
-        for (slot, v) in bits.iter_mut().zip(self) {
-            *slot = v.to_bits();
-        }
-        ((1u32 << self.len().min(MAX_VALUES)) - 1) as u16
+    fn bits(self) -> (u64, bool) {
+        (self.to_bits(), true)
     }
 }
 
 impl Record {
-    /// Builds a record. The caller has checked `values.count() <= MAX_VALUES`.
+    /// Builds a record. The caller has checked `values.len() <= MAX_VALUES`.
     #[inline]
-    pub fn new<V: Values + ?Sized>(tid: u32, seq: u64, ts_ns: u64, values: &V) -> Record {
-        debug_assert!(values.count() <= MAX_VALUES);
+    pub fn new<F: Field>(tid: u32, seq: u64, ts_ns: u64, values: &[F]) -> Record {
+        debug_assert!(values.len() <= MAX_VALUES);
         let mut bits = [0u64; MAX_VALUES];
-        let float_mask = values.encode(&mut bits);
+        let mut float_mask = 0u16;
+        for (i, (slot, v)) in bits.iter_mut().zip(values).enumerate() {
+            let (b, is_float) = v.bits();
+            *slot = b;
+            float_mask |= u16::from(is_float) << i;
+        }
         Record {
             tid,
-            len: values.count() as u8,
+            len: values.len() as u8,
             float_mask,
             seq,
             ts_ns,

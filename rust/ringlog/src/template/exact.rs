@@ -40,7 +40,7 @@ const POW10: [u64; MAX_SIGNIFICANT + 1] = {
 };
 
 /// `a` as `(m, e)` with `a == m * 2^e` and `m` odd (or `(0, 0)` for zero).
-fn decompose(a: f64) -> (u64, i32) {
+pub(super) fn decompose(a: f64) -> (u64, i32) {
     let bits = a.to_bits();
     let biased = ((bits >> 52) & 0x7ff) as i32;
     let frac = bits & ((1u64 << 52) - 1);

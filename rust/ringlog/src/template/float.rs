@@ -148,18 +148,10 @@ fn repr_tie_to_even(a: f64, d: &mut Decimal) {
 /// False when `a`'s exact decimal expansion is too long for a tie at the
 /// last digit of a shortest (at most 17-digit) string; see `repr_tie_to_even`.
 fn may_tie(a: f64) -> bool {
-    let bits = a.to_bits();
-    let biased = ((bits >> 52) & 0x7ff) as i32;
-    let frac = bits & ((1u64 << 52) - 1);
-    let (m, q) = if biased == 0 {
-        (frac, -1074)
-    } else {
-        (frac | (1u64 << 52), biased - 1075)
-    };
+    let (m, q) = exact::decompose(a);
     if m == 0 {
         return false;
     }
-    let q = q + m.trailing_zeros() as i32;
     // k = -q fractional bits give at least min(k + 1, 0.69 k) significant
     // decimal digits: over 18 once k > 25. Integers below 2^53 are printed
     // exactly, never rounded.
