@@ -3,26 +3,24 @@
 Exponential model ``a exp(-b x) + c`` (3 parameters) on n = 1e3 ... 1e6 noisy
 points, same data and starting point for both.  nlsq is timed after
 compilation (the first call, which traces and compiles, is reported apart as
-``compile_s``); every timing is the median of several repeats in this process.
-Run: ``python benches/bench_fit_vs_scipy.py [--quick] [--out DIR]``.
+``compile_s``); the two libraries run interleaved and every timing is the
+median of the repeats in this process.  Checked: both find the same
+parameters (relative difference below ``POPT_RTOL``).
+
+Run: ``python benches/run.py --only bench_fit_vs_scipy [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import statistics
 import time
 from pathlib import Path
+from typing import Any
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import nlsq  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import scipy.optimize as so  # noqa: E402
+import jax.numpy as jnp
+import nlsq
+import numpy as np
+import scipy.optimize as so
+from _harness import bench_result, interleaved_medians, lines, markdown_table
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 P_TRUE = (2.5, 1.3, 0.5)
@@ -44,103 +42,89 @@ def _data(n: int, seed: int = 0):
     return x, y
 
 
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def _repeats(n: int, quick: bool) -> int:
     if quick:
         return 3
     return {1_000: 51, 10_000: 21, 100_000: 9, 1_000_000: 5}.get(n, 5)
 
 
-def bench_size(n: int, quick: bool) -> dict:
+POPT_RTOL = 1e-5
+
+
+def bench_size(n: int, quick: bool) -> dict[str, Any]:
     x, y = _data(n)
     t0 = time.perf_counter()
     nlsq.curve_fit(model_jax, x, y, p0=P0)
     first = time.perf_counter() - t0
-    reps = _repeats(n, quick)
-    # New data of the same shape on every repeat would not recompile either; the
-    # same arrays keep the two libraries on identical problems.
-    t_nlsq, (popt, _) = _median_time(lambda: nlsq.curve_fit(model_jax, x, y, p0=P0), reps)
-    t_scipy, (popt_s, _) = _median_time(
-        lambda: so.curve_fit(model_np, x, y, p0=P0, method="trf"), reps
-    )
+    fits = {
+        "nlsq": lambda: nlsq.curve_fit(model_jax, x, y, p0=P0),
+        "scipy": lambda: so.curve_fit(model_np, x, y, p0=P0, method="trf"),
+    }
+    # The same arrays on every repeat keep the two libraries on identical problems
+    # (new data of the same shape would not recompile nlsq either).
+    timing = interleaved_medians(fits, _repeats(n, quick), warmup=0)
+    popt, popt_s = fits["nlsq"]()[0], fits["scipy"]()[0]
+    t_nlsq, t_scipy = timing["nlsq"]["median_s"], timing["scipy"]["median_s"]
     return {
         "n": n,
-        "repeats": reps,
+        "repeats": timing["nlsq"]["repeats"],
         "nlsq_s": t_nlsq,
         "scipy_s": t_scipy,
         "speedup": t_scipy / t_nlsq,
         "compile_s": max(first - t_nlsq, 0.0),
-        "max_rel_diff_popt": float(np.max(np.abs(popt / popt_s - 1))),
+        "max_rel_diff_popt": float(np.max(np.abs(np.asarray(popt) / popt_s - 1))),
+        "timing": timing,
     }
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| n | nlsq (ms) | scipy trf (ms) | scipy / nlsq | nlsq compile (s) | max rel diff popt |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['n']:.0e} | {1e3 * r['nlsq_s']:.2f} | {1e3 * r['scipy_s']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['compile_s']:.2f} | {r['max_rel_diff_popt']:.1e} |"
-        )
-    return "\n".join(lines)
-
-
-def main(quick: bool, out: Path) -> dict:
-    """Run the comparison, print the markdown table, write ``fit_vs_scipy.json`` into ``out``."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the comparison (``out`` unused: nothing beyond the result to keep)."""
     sizes = SIZES[:3] if quick else SIZES
     rows = [bench_size(n, quick) for n in sizes]
-    result = {
-        "bench": "fit_vs_scipy",
-        "model": "a*exp(-b*x)+c",
-        "quick": quick,
-        "device": str(jax.devices()[0]),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "nlsq": nlsq.__version__,
-            "jax": jax.__version__,
-            "scipy": scipy.__version__,
-            "numpy": np.__version__,
-        },
-        "rows": rows,
-        "markdown": markdown(rows),
-    }
-    print(result["markdown"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_vs_scipy.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def plot(result: dict, png: Path) -> None:
-    """Time per fit against n for both libraries (log-log)."""
-    import matplotlib.pyplot as plt
-
-    rows = result["rows"]
+    table = markdown_table(
+        [
+            "n",
+            "nlsq (ms)",
+            "scipy trf (ms)",
+            "scipy / nlsq",
+            "nlsq compile (s)",
+            "max rel diff popt",
+        ],
+        [
+            [
+                f"{r['n']:.0e}",
+                f"{1e3 * r['nlsq_s']:.2f}",
+                f"{1e3 * r['scipy_s']:.2f}",
+                f"{r['speedup']:.2f}x",
+                f"{r['compile_s']:.2f}",
+                f"{r['max_rel_diff_popt']:.1e}",
+            ]
+            for r in rows
+        ],
+    )
     ns = [r["n"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.plot(ns, [1e3 * r["nlsq_s"] for r in rows], "o-", label="nlsq.curve_fit (compiled)")
-    ax.plot(ns, [1e3 * r["scipy_s"] for r in rows], "s--", label="scipy curve_fit (trf)")
-    ax.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
-    ax.set_title(f"Time per fit, {result['model']} ({result['device']})", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ns = parser.parse_args()
-    main(ns.quick, ns.out)
+    return bench_result(
+        "bench_fit_vs_scipy",
+        title="Time per fit after compilation: nlsq.curve_fit vs scipy curve_fit(method='trf'), "
+        "a*exp(-b*x)+c (median of interleaved repeats)",
+        table=table,
+        checks={
+            f"n={r['n']}: same parameters as scipy (rtol {POPT_RTOL:g})": r["max_rel_diff_popt"]
+            < POPT_RTOL
+            for r in rows
+        },
+        plot=[
+            lines(
+                "Time per fit",
+                "n (points)",
+                "ms per fit (median)",
+                ns,
+                {
+                    "nlsq.curve_fit (compiled)": [1e3 * r["nlsq_s"] for r in rows],
+                    "scipy curve_fit (trf)": [1e3 * r["scipy_s"] for r in rows],
+                },
+            )
+        ],
+        model="a*exp(-b*x)+c",
+        rows=rows,
+    )

@@ -9,18 +9,14 @@ from collections.abc import Callable
 import jax
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky
-from scipy.optimize import Bounds, OptimizeWarning
+from scipy.optimize import OptimizeWarning
 
-from ._common import make_strictly_feasible_np
-from ._least_squares import (
-    check_tolerance,
-    check_x_scale,
-    jacobian_mode,
-    prepare_bounds,
-    run_solver,
-)
-from ._loss import validate_loss
+from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
+from ._cache import code_keyed, enable_persistent_cache
+from ._jax_compat import enable_x64
+from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
+from ._solve import fit
 
 __all__ = ["curve_fit", "CurveFit"]
 
@@ -76,6 +72,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     verbose: int = 0,
+    buckets: bool | None = None,
     **kwargs,
 ):
     """Fit ``f(xdata, *params)`` to ``ydata`` by nonlinear least squares (scipy-compatible).
@@ -112,6 +109,10 @@ def curve_fit(
         What to do with NaNs in the data.
     verbose : {0, 1, 2}
         Iteration table through the ring logger (see ``least_squares``).
+    buckets : bool, optional
+        Pad the data with zero-weight rows to a ladder of sizes so that fits of
+        nearby lengths share one compiled program (``nlsq._buckets``; results are
+        unchanged).  Default: on unless ``NLSQ_BUCKETS=off``.
     **kwargs
         ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
 
@@ -134,6 +135,7 @@ def curve_fit(
         full_output=full_output,
         nan_policy=nan_policy,
         verbose=verbose,
+        buckets=buckets,
         _stacklevel=3,
         **kwargs,
     )
@@ -153,12 +155,11 @@ class CurveFit:
     def __init__(self, f: Callable, *, jac=None, method: str | None = None):
         if not callable(f):
             raise TypeError("`f` must be callable.")
-        if method not in (None, "trf", "lm", "dogbox"):
-            raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+        if method is not None:
+            check_method(method)
         if method == "dogbox":
             raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
-        if jac is not None and not callable(jac) and jac not in ("2-point", "3-point", "cs"):
-            raise ValueError("`jac` must be None, '2-point', '3-point', 'cs' or callable.")
+        check_jac(jac)
         self.f = f
         self.jac = jac
         self.method = method
@@ -176,6 +177,7 @@ class CurveFit:
         full_output: bool = False,
         nan_policy: str | None = None,
         verbose: int = 0,
+        buckets: bool | None = None,
         _stacklevel: int = 2,
         **kwargs,
     ):
@@ -186,8 +188,6 @@ class CurveFit:
         unknown = set(kwargs) - _LSQ_KWARGS
         if unknown:
             raise TypeError(f"curve_fit() got unexpected keyword argument(s) {sorted(unknown)}")
-        if verbose not in (0, 1, 2):
-            raise ValueError("`verbose` must be in [0, 1, 2].")
         if p0 is None:
             n = _n_params(f)
         else:
@@ -195,17 +195,12 @@ class CurveFit:
             if p0.ndim > 1:
                 raise ValueError("`p0` must have at most 1 dimension.")
             n = p0.size
-        if isinstance(bounds, Bounds):
-            lb, ub = prepare_bounds(bounds, n)
-        else:
-            lb, ub = prepare_bounds(bounds, n)
+        lb, ub = prepare_bounds(bounds, n)
         if lb.shape != (n,) or ub.shape != (n,):
             raise ValueError(
                 f"Inconsistent shapes between bounds and `p0`: bounds have shapes {lb.shape} "
                 f"and {ub.shape}, there are {n} parameters."
             )
-        if np.any(lb >= ub):
-            raise ValueError("Each lower bound must be strictly less than each upper bound.")
         if p0 is None:
             p0 = _initialize_feasible(lb, ub)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
@@ -215,12 +210,6 @@ class CurveFit:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
             )
-        if not np.all((p0 >= lb) & (p0 <= ub)):
-            bad = np.flatnonzero((p0 < lb) | (p0 > ub))
-            raise ValueError(
-                f"Initial guess is outside of provided bounds (`p0` index {bad.tolist()})"
-            )
-
         if check_finite is None:
             check_finite = nan_policy is None
         if nan_policy not in (None, "raise", "omit"):
@@ -278,46 +267,53 @@ class CurveFit:
                     f"({ydata.size}, {ydata.size})."
                 )
 
-        loss = kwargs.get("loss", "linear")
-        validate_loss(loss)
-        if method == "lm" and loss != "linear":
-            raise ValueError("method='lm' supports only 'linear' loss function.")
         if kwargs.get("tr_solver") not in (None, "exact"):
             raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
-        max_nfev = kwargs.get("max_nfev", kwargs.get("maxfev"))
-        if max_nfev is not None and max_nfev <= 0:
-            raise ValueError("`max_nfev` must be None or positive integer.")
-        x_scale = check_x_scale(kwargs.get("x_scale"), p0, method)
-        ftol, xtol, gtol = check_tolerance(
-            kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8), kwargs.get("gtol", 1e-8), method
-        )
-        x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
-        jac_mode, user_jac = jacobian_mode(self.jac)
+        jac_mode, user_jac = check_jac(self.jac)
 
-        with jax.enable_x64(True):
+        enable_persistent_cache()
+        with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
-            residual = ModelResidual(f, user_jac, kind)
-            res, pcov = run_solver(
+            model = code_keyed(f)
+            m = ydata.size
+            padded = (
+                buckets_enabled(buckets)
+                and kind in (0, 1)
+                and user_jac is None
+                and not callable(kwargs.get("loss"))
+                and ydata.ndim == 1
+                and np.ndim(xdata) == 1
+                and np.shape(xdata)[0] == m
+                and model_is_rowwise(model, n)
+            )
+            if padded:
+                residual = PaddedModelResidual(model, None, 1)
+                data = pad(xdata, ydata, transform, kind)
+            else:
+                residual = ModelResidual(model, code_keyed(user_jac), kind)
+                data = (xdata, ydata, transform)
+            problem = make_problem(
                 residual,
-                fn_for_fallback=f,
-                data=(xdata, ydata, transform),
-                x0=x0,
-                lb=lb,
-                ub=ub,
+                data,
+                p0,
                 jac_mode=jac_mode,
+                bounds=(lb, ub),
                 method=method,
-                loss=loss,
-                f_scale=float(kwargs.get("f_scale", 1.0)),
-                x_scale=x_scale,
-                ftol=ftol,
-                xtol=xtol,
-                gtol=gtol,
-                max_nfev=max_nfev,
+                loss=kwargs.get("loss", "linear"),
+                f_scale=kwargs.get("f_scale", 1.0),
+                x_scale=kwargs.get("x_scale"),
+                ftol=kwargs.get("ftol", 1e-8),
+                xtol=kwargs.get("xtol", 1e-8),
+                gtol=kwargs.get("gtol", 1e-8),
+                max_nfev=kwargs.get("max_nfev", kwargs.get("maxfev")),
                 diff_step=kwargs.get("diff_step"),
                 verbose=verbose,
                 want_pcov=True,
             )
+            res, pcov = fit(problem, f)
+        if padded:
+            res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x
