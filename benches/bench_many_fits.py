@@ -178,40 +178,39 @@ def main(quick: bool = False, out: Path | None = None) -> dict:
 
 def table(result: dict) -> str:
     v, s = result["varying"], result["small"]
-    lines = [
-        f"(i) {result['varying_count']} fits, n in [200, 2000), fresh process "
-        "(fits only; import apart)",
-        "",
-        "| variant | cold cache: fits s | warm cache: fits s | import s |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, r in v.items():
-        lines.append(
-            f"| {name} | {r['cold']['fits_s']:.3f} | {r['warm']['fits_s']:.3f} | "
-            f"{r['warm']['import_s']:.2f} |"
-        )
+    count = result["varying_count"]
+    rows = []
+    scipy_i = {k: v["scipy"][k]["fits_s"] for k in ("cold", "warm")}
+    for cache in ("cold", "warm"):
+        for name, r in v.items():
+            secs = r[cache]["fits_s"]
+            rows.append(
+                f"| (i) {count} fits, n in [200, 2000), fresh process, {cache} cache | {name} | "
+                f"{secs:.3f} | {secs / scipy_i[cache]:.1f} |"
+            )
     scipy_loop = s["median_s"]["scipy loop"]
-    lines += [
-        "",
-        f"(ii) {s['batch']} fits of n = {s['n']} after compilation (median; first "
-        f"curve_fit_many call {s['first_call_many_s']:.2f} s)",
-        "",
-        "| variant | median s | min s | vs scipy loop |",
-        "|---|---:|---:|---:|",
-    ]
     for name, med in s["median_s"].items():
-        lines.append(f"| {name} | {med:.3f} | {s['min_s'][name]:.3f} | {med / scipy_loop:.3f} |")
-    lines += [
-        "",
-        "(iii) compile time per bucket (first fit, cache off) and the warm fit",
-        "",
-        "| n | first fit s | warm fit ms |",
-        "|---:|---:|---:|",
-    ]
+        rows.append(
+            f"| (ii) {s['batch']} fits of n = {s['n']}, after compilation (median) | {name} | "
+            f"{med:.3f} | {med / scipy_loop:.3f} |"
+        )
     for r in result["per_bucket"]:
-        lines.append(f"| {r['n']} | {r['first_s']:.3f} | {1e3 * r['warm_s']:.2f} |")
-    lines.append(f"\nLoad average during the run: {result['load_avg'][0]:.1f}")
-    return "\n".join(lines)
+        rows.append(
+            f"| (iii) first fit of bucket n = {r['n']} (cache off); warm fit "
+            f"{1e3 * r['warm_s']:.2f} ms | curve_fit | {r['first_s']:.3f} | |"
+        )
+    return "\n".join(
+        [
+            "| measurement | variant | seconds | vs scipy |",
+            "|---|---|---:|---:|",
+            *rows,
+            "",
+            f"Fits only (import apart; import of nlsq in a fresh process: "
+            f"{v['buckets']['warm']['import_s']:.2f} s). First curve_fit_many call in (ii): "
+            f"{s['first_call_many_s']:.2f} s. Load average during the run: "
+            f"{result['load_avg'][0]:.1f}.",
+        ]
+    )
 
 
 def plot(result: dict, png: Path) -> None:
