@@ -95,15 +95,16 @@ def _subprocess(script: str, *args: str, env: dict[str, str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def varying_sizes(count: int) -> dict:
-    """(i): each variant in fresh processes, cold then warm cache."""
+def varying_sizes(count: int, quick: bool = False) -> dict:
+    """(i): each variant in fresh processes, cold then warm cache (quick: two variants)."""
     rows = {}
-    for mode, env in (
+    variants = (
         ("buckets", {}),
         ("plain loop", {"NLSQ_BUCKETS": "off"}),
         ("many", {}),
         ("scipy", {}),
-    ):
+    )
+    for mode, env in variants[::3] if quick else variants:
         with tempfile.TemporaryDirectory(prefix="nlsq-bench-cache-") as cache:
             env = dict(env, NLSQ_CACHE_DIR=cache)
             arg = "many" if mode == "many" else ("scipy" if mode == "scipy" else "loop")
@@ -157,10 +158,10 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
 
 
 def main(quick: bool = False, out: Path | None = None) -> dict:
-    count = 5 if quick else 20
-    batch, repeats = (50, 2) if quick else (1000, 3)
-    sizes = [300, 500] if quick else [256, 384, 512, 768, 1024, 1536, 2048]
-    varying = varying_sizes(count)
+    count = 3 if quick else 20
+    batch, repeats = (20, 1) if quick else (1000, 3)
+    sizes = [300] if quick else [256, 384, 512, 768, 1024, 1536, 2048]
+    varying = varying_sizes(count, quick)
     small = many_small(batch, 500, repeats)
     per_bucket = _subprocess(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})
     result = {
