@@ -10,12 +10,11 @@ Exponential model ``a exp(-b x) + c``, side by side in one run:
 (iii) compile time per bucket (first fit of each bucket size, cache off) against
       the warm time of the same fit.
 
-Run: ``python benches/bench_many_fits.py [--quick] [--out DIR]``.
+Run: ``python benches/run.py --only bench_many_fits [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _harness import bars, bench_result, lines
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -138,8 +138,10 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
         "scipy loop": lambda: [so.curve_fit(f_np, x, y, p0=[1, 1, 1]) for y in Y],
     }
     t0 = time.perf_counter()
-    variants["curve_fit_many"]()
+    many = variants["curve_fit_many"]()
     compile_many = time.perf_counter() - t0
+    loop = np.array([popt for popt, _ in variants["curve_fit loop"]()])
+    same = bool(np.allclose(many.popt, loop, rtol=1e-10, atol=0))
     samples: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
         fn()
@@ -152,6 +154,7 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
         "batch": batch,
         "n": n,
         "first_call_many_s": compile_many,
+        "many_equals_loop": same,
         "median_s": {k: statistics.median(v) for k, v in samples.items()},
         "min_s": {k: min(v) for k, v in samples.items()},
     }
@@ -164,17 +167,21 @@ def main(quick: bool = False, out: Path | None = None) -> dict:
     varying = varying_sizes(count, quick)
     small = many_small(batch, 500, repeats)
     per_bucket = _subprocess(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})
-    result = {
-        "name": "bench_many_fits",
-        "title": "Many fits: buckets, persistent cache, curve_fit_many",
+    data = {
         "varying": varying,
         "varying_count": count,
         "small": small,
         "per_bucket": per_bucket,
-        "load_avg": os.getloadavg(),
+        "load_avg": list(os.getloadavg()),
     }
-    result["table"] = table(result)
-    return result
+    return bench_result(
+        "bench_many_fits",
+        title="Many fits: buckets, persistent cache, curve_fit_many",
+        table=table(data),
+        checks={"curve_fit_many popt equals the curve_fit loop (1e-10)": small["many_equals_loop"]},
+        plot=panels(data),
+        **data,
+    )
 
 
 def table(result: dict) -> str:
@@ -214,50 +221,32 @@ def table(result: dict) -> str:
     )
 
 
-def plot(result: dict, png: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    v = result["varying"]
+def panels(result: dict) -> list:
+    v, s, pb = result["varying"], result["small"], result["per_bucket"]
     names = list(v)
-    pos = np.arange(len(names))
-    axes[0].bar(pos - 0.2, [v[k]["cold"]["fits_s"] for k in names], 0.4, label="cold cache")
-    axes[0].bar(pos + 0.2, [v[k]["warm"]["fits_s"] for k in names], 0.4, label="warm cache")
-    axes[0].set_xticks(pos, names)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("seconds (fits, fresh process)")
-    axes[0].set_title(f"(i) {result['varying_count']} fits, n in [200, 2000)")
-    axes[0].legend()
-    s = result["small"]
-    names = list(s["median_s"])
-    axes[1].bar(names, [s["median_s"][k] for k in names])
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_title(f"(ii) {s['batch']} fits of n = {s['n']}")
-    pb = result["per_bucket"]
-    axes[2].plot([r["n"] for r in pb], [r["first_s"] for r in pb], "o-", label="first fit")
-    axes[2].plot([r["n"] for r in pb], [r["warm_s"] for r in pb], "s-", label="warm fit")
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("bucket size n")
-    axes[2].set_ylabel("seconds")
-    axes[2].set_title("(iii) compile time per bucket")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
-    res = main(quick=args.quick, out=args.out)
-    print(res["table"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_many_fits.json").write_text(json.dumps(res, indent=2, default=float))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    plot(res, args.out / "bench_many_fits.png")
+    return [
+        bars(
+            f"(i) {result['varying_count']} fits, n in [200, 2000), fresh process",
+            "seconds (fits only)",
+            names,
+            {
+                "cold cache": [v[k]["cold"]["fits_s"] for k in names],
+                "warm cache": [v[k]["warm"]["fits_s"] for k in names],
+            },
+            log=True,
+        ),
+        bars(
+            f"(ii) {s['batch']} fits of n = {s['n']}, after compilation",
+            "seconds (median)",
+            list(s["median_s"]),
+            {"median": list(s["median_s"].values())},
+            log=True,
+        ),
+        lines(
+            "(iii) first fit per bucket (compile) and warm fit",
+            "bucket size n",
+            "seconds",
+            [r["n"] for r in pb],
+            {"first fit": [r["first_s"] for r in pb], "warm fit": [r["warm_s"] for r in pb]},
+        ),
+    ]
