@@ -3,7 +3,7 @@
     python benches/gpu_check.py --out DIR [--quick]
 
 It
-1. prints the versions and the registered FFI targets;
+1. prints the versions and the registered FFI targets (``python -m nlsq.info``);
 2. checks that every route writes the same lines (count and text) for the same
    logged loop and the same ``curve_fit(verbose=2)``;
 3. runs a 20 000-step logged loop on the best route and checks zero drops
@@ -24,6 +24,13 @@ driver (``cargo test -p nlsq-xla-ffi``).
 
 Exit status: 0 when every check passed, 1 otherwise (the files are written
 either way).
+
+Bench contract (``_harness.py``): ``main(quick, out)`` returns
+:func:`_harness.bench_result` (``checks`` by name, a plot panel, the raw data;
+``check_details`` holds each check's counts). Unlike the benches of ``run.py``
+it keeps a ``__main__`` block and writes its own two files, because the device
+check is one command on a machine where nothing else of the harness runs; it is
+not in ``run.BENCHES``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -55,6 +61,8 @@ except ImportError:  # a checkout with the built extension copied in (GPU machin
 
 import _blocking_print  # noqa: E402
 from _harness import (  # noqa: E402
+    bars,
+    bench_result,
     interleaved_medians,
     machine_info,
     markdown_table,
@@ -62,36 +70,21 @@ from _harness import (  # noqa: E402
     write_json,
 )
 from nlsq import curve_fit  # noqa: E402
-from nlsq.utils import _native, _routes, async_logger  # noqa: E402
+from nlsq.utils import _routes, async_logger  # noqa: E402
 
 NAME = "gpu_check"
 TITLE = "Device check: routes, drops, per-iteration cost, curve_fit at large n"
 
 
-# TODO(compat): replace with `python -m nlsq.info` once helper `compat` lands it on main.
 def versions() -> dict[str, Any]:
-    """Versions and the registered native targets (a local stand-in for nlsq.info)."""
-    import jaxlib
-    import scipy
-    from nlsq import _ringlog
+    """``python -m nlsq.info``'s report (versions, devices, route, FFI target),
+    plus why the CUDA staging handler cannot run here, if it cannot."""
+    from nlsq import _ringlog, info
 
-    reg = _native.register()
-    return {
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "ffi_registered": reg.ok,
-        "ffi_platforms": list(reg.platforms),
-        "ffi_reason": reg.reason,
-        "ffi_cuda_note": reg.cuda_note,
-        "ffi_api_built": list(_ringlog.ffi_api_version()),
-        "ffi_api_runtime": list(reg.runtime_api) if reg.runtime_api else None,
-        "cuda_unavailable_reason": _ringlog.ffi_cuda_unavailable_reason(),
-    }
+    report = info.collect()
+    print(info.format_report(report))
+    report["cuda_unavailable_reason"] = _ringlog.ffi_cuda_unavailable_reason()
+    return report
 
 
 def routes() -> list[str]:
@@ -302,7 +295,7 @@ def fit_timings(names: list[str], sizes: list[int], repeats: int) -> dict[str, A
 
 
 def summary(result: dict[str, Any]) -> str:
-    checks = result["checks"]
+    checks = result["checks"]  # the detailed checks (same_lines, zero_drops)
     lines = [f"# {TITLE}", "", f"Device: {result['device']}  ", f"Tag: `{result['tag']}`", ""]
     lines += ["## Checks", ""]
     lines.append(
@@ -353,10 +346,9 @@ def summary(result: dict[str, Any]) -> str:
 
 def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     started = time.perf_counter()
-    info = versions()
     print("versions and targets:")
-    for key, value in info.items():
-        print(f"  {key}: {value}")
+    info = versions()
+    print(f"  CUDA staging handler: {info['cuda_unavailable_reason'] or 'usable'}")
     names = routes()
     print(f"routes: {names}")
     steps_same, n_same = (50, 200) if quick else (500, 2000)
@@ -377,9 +369,7 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             print(f"  {key:28s} {value['us_per_iter']:9.2f} µs/iter")
         fits = fit_timings(names, sizes, fit_repeats)
     tag = platform_tag()
-    result: dict[str, Any] = {
-        "name": NAME,
-        "title": TITLE,
+    data: dict[str, Any] = {
         "tag": tag,
         "device": str(jax.devices()[0]) + f" ({getattr(jax.devices()[0], 'device_kind', '?')})",
         "quick": quick,
@@ -392,7 +382,25 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "stats": async_logger.stats(),
         "ok": same["ok"] and drops["ok"],
     }
-    result["table"] = summary(result)
+    variants = per["variants"]
+    # The bench contract (_harness.py): name, title, table, checks, plot, data.
+    result = bench_result(
+        NAME,
+        title=TITLE,
+        table=summary({**data}),
+        checks={"same lines on every route": same["ok"], "zero drops": drops["ok"]},
+        plot=[
+            bars(
+                "µs per logged iteration",
+                "µs / iteration (median)",
+                list(variants),
+                {"median": [v["us_per_iter"] for v in variants.values()]},
+                log=True,
+            )
+        ],
+        **{k: v for k, v in data.items() if k != "checks"},
+        check_details=data["checks"],
+    )
     result["seconds"] = time.perf_counter() - started
     if out is not None:
         write_json(result, out / f"{tag}-{NAME}.json")
