@@ -34,6 +34,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from ._cache_dir import resolve_cache_dir
+
 __all__ = ["DEFAULT_MAX_BYTES", "cache_dir", "code_keyed", "enable_persistent_cache"]
 
 #: Size limit given to JAX's cache directory when the user has not set one (bytes).
@@ -42,7 +44,6 @@ DEFAULT_MAX_BYTES = 1 << 30
 #: would skip exactly the sub-second solver compilations we want to keep).
 MIN_COMPILE_SECS = 0.05
 
-_OFF = {"off", "0", "false", "no", "none", "disable", "disabled"}
 _LOCK = threading.Lock()
 _DONE = False
 
@@ -50,19 +51,13 @@ _DONE = False
 def cache_dir() -> str | None:
     """The persistent compilation cache directory nlsq uses, or None when disabled.
 
-    ``NLSQ_CACHE_DIR=off`` (or ``0``, ``false``, ``no``, ``none``) disables it;
-    any other non-empty value is the directory; otherwise
-    ``${XDG_CACHE_HOME:-~/.cache}/nlsq``.
+    ``NLSQ_CACHE_DIR=off`` disables it; any other non-empty value is the directory;
+    otherwise ``${XDG_CACHE_HOME:-~/.cache}/nlsq``.  Resolved by
+    ``nlsq._cache_dir.resolve_cache_dir``, the one resolver ``python -m nlsq.info``
+    also prints.
     """
-    env = os.environ.get("NLSQ_CACHE_DIR", "").strip()
-    if env.lower() in _OFF:
-        return None
-    if env:
-        return os.path.abspath(os.path.expanduser(env))
-    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "nlsq")
+    path = resolve_cache_dir().path
+    return None if path is None else os.path.abspath(path)
 
 
 def enable_persistent_cache() -> str | None:

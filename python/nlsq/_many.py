@@ -39,15 +39,12 @@ from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._driver import SolveResult
 from ._jax_compat import enable_x64
-from ._lm import LM
 from ._problem import check_jac, make_problem, prepare_bounds
 from ._reduce import pcov_from_R
-from ._trf import TRF
+from ._solve import METHODS
 from ._verbose import write_many_tables
 
 __all__ = ["ManyFitResult", "curve_fit_many"]
-
-_METHODS = {"trf": TRF, "lm": LM}
 
 
 @dataclasses.dataclass
@@ -68,7 +65,7 @@ class ManyFitResult:
 
 def _run_one(problem, history_len: int):
     """The driver of ``_driver.run`` for one problem, keeping table rows when asked."""
-    method = _METHODS[problem.method]
+    method = METHODS[problem.method]
     state = method.init(problem)
 
     def as_row(state):
@@ -184,8 +181,8 @@ def curve_fit_many(
         raise TypeError("`f` must be callable.")
     if verbose not in (0, 1, 2):
         raise ValueError("`verbose` must be in [0, 1, 2].")
-    if method not in (None, "trf", "lm"):
-        raise ValueError("`method` must be None, 'trf' or 'lm' in curve_fit_many.")
+    if method not in (None, "trf", "dogbox", "lm"):
+        raise ValueError("`method` must be None, 'trf', 'dogbox' or 'lm'.")
     if callable(jac):
         raise ValueError("curve_fit_many does not take a `jac` callable; use None (autodiff).")
     if callable(loss):
@@ -224,7 +221,9 @@ def curve_fit_many(
         x0_b = np.stack([_initialize_feasible(lb_b[i], ub_b[i]) for i in range(batch)])
     else:
         x0_b = _per_fit(p0, batch, p, "p0")
-    method = method or "trf"
+    if method is None:  # curve_fit's rule
+        bounded = bool(np.isfinite(lb_b).any() or np.isfinite(ub_b).any())
+        method = "trf" if bounded or loss != "linear" else "lm"
     if method == "lm" and (np.isfinite(lb_b).any() or np.isfinite(ub_b).any()):
         raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' instead.")
 
