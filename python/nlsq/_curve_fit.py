@@ -254,7 +254,7 @@ class CurveFit:
                         sigma = sigma[keep]
                     elif sigma.ndim == 2:
                         sigma = sigma[keep][:, keep]
-        if ydata.size < n:
+        if ydata.size != 1 and ydata.size < n:  # size 1: broadcast against the model, as scipy
             raise TypeError(
                 f"The number of func parameters={n} must not exceed the number of data "
                 f"points={ydata.size}"

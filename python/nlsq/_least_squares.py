@@ -23,6 +23,10 @@ from ._residual import (
     FunResidual,
     HostFallbackWarning,
     HostResidual,
+    UserTraceFailure,
+    end_fit,
+    new_fit_id,
+    remember_evaluation,
     split_args,
 )
 from ._solve import SolverSpec, solve
@@ -47,6 +51,11 @@ def _mark_host(fn) -> None:
         _HOST_MODELS[fn] = True
     except TypeError:
         _HOST_MODELS_STRONG.add(fn)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
 
 
 def _as_traced_arg(a):
@@ -187,32 +196,54 @@ def run_solver(
         )
 
     def host_spec():
+        # Evaluating the user's function once on the host gives m, and lets a genuine
+        # error in it (ZeroDivisionError, a wrong shape...) surface as itself.
         np_data = jax.tree_util.tree_map(np.asarray, data)
         f0 = np.asarray(residual(x0.copy(), np_data, xp=np), dtype=np.float64)
+        remember_evaluation(fit_id, x0, f0)  # the loop's first evaluation, as in scipy
         return spec_for(HostResidual(residual, int(f0.size)), "host")
 
+    fit_id = new_fit_id()
     log_header(verbose)
+    host_args = args[:-1] + ((np.int64(fit_id), data),)
+    out = pcov = None
     if _known_host(fn_for_fallback):
         spec = host_spec()
     else:
         spec = spec_for(residual, jac_mode)
+        untraceable = None
         try:
             out, pcov = solve(spec, *args)
-        except TRACE_ERRORS as err:
+        except (UserTraceFailure, *TRACE_ERRORS) as err:
+            untraceable = err.original if isinstance(err, UserTraceFailure) else err
+        if untraceable is None:
+            spec = None
+        else:
+            spec = host_spec()  # raises the user's own error if it is not a tracing one
             _mark_host(fn_for_fallback)
             warnings.warn(
-                f"{residual.name!r} cannot be traced by JAX ({type(err).__name__}); it is "
-                "evaluated on the host through jax.pure_callback with a '2-point' "
-                "finite-difference Jacobian (slower). Write it with jax.numpy to fit on the "
-                "device.",
+                f"{residual.name!r} cannot be traced by JAX ({type(untraceable).__name__}: "
+                f"{_first_line(untraceable)}); it is evaluated on the host through "
+                "jax.pure_callback with a '2-point' finite-difference Jacobian unless `jac` "
+                "is given (slower). Write it with jax.numpy to fit on the device.",
                 HostFallbackWarning,
                 stacklevel=4,
             )
-            spec = host_spec()
-        else:
-            spec = None
     if spec is not None:
-        out, pcov = solve(spec, *args)
+        try:
+            out, pcov = jax.device_get(solve(spec, *host_args))
+        except jax.errors.JaxRuntimeError:
+            user_error = end_fit(fit_id)
+            if user_error is None:
+                raise
+            if verbose:
+                # The rows logged before the error are in the ring: write them first.
+                from .utils import async_logger
+
+                async_logger.flush()
+            raise user_error from None
+        finally:
+            end_fit(fit_id)
     out, pcov = jax.device_get((out, pcov))
     status = int(out.status)
     if status == BAD_START:
