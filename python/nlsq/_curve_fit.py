@@ -18,7 +18,7 @@ from ._solve import fit
 __all__ = ["curve_fit", "CurveFit"]
 
 _LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
-               "diff_step", "tr_solver"}  # fmt: skip
+               "diff_step", "tr_solver", "callback"}  # fmt: skip
 
 
 def _n_params(f: Callable) -> int:
@@ -200,6 +200,10 @@ class CurveFit:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
             )
+        if method == "lm" and kwargs.get("callback") is not None:
+            # scipy hands **kwargs to leastsq, which has no callback: a TypeError there too.
+            raise TypeError("curve_fit(method='lm') does not take `callback` (scipy's leastsq "
+                            "has none); use method='trf'.")  # fmt: skip
         if check_finite is None:
             check_finite = nan_policy is None
         if nan_policy not in (None, "raise", "omit"):
@@ -282,7 +286,7 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(problem, f)
+            res, pcov = fit(problem, f, callback=kwargs.get("callback"))
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x

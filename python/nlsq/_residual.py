@@ -342,11 +342,62 @@ def _recall_evaluation(fit_id: int, x):
     return None
 
 
-def end_fit(fit_id: int) -> BaseException | None:
-    """Forget the fit's host state; return the exception its callbacks recorded, if any."""
-    _LAST_EVAL.pop(fit_id, None)
+def take_user_exception(fit_id: int) -> BaseException | None:
+    """The exception the fit's host callbacks recorded, if any (and forget it)."""
     with _ABORTS_LOCK:
         return _ABORTS.pop(fit_id, None)
+
+
+def end_fit(fit_id: int) -> None:
+    """Forget every host-side slot of the fit."""
+    _LAST_EVAL.pop(fit_id, None)
+    _CALLBACKS.pop(fit_id, None)
+    take_user_exception(fit_id)
+
+
+# --- callback(intermediate_result) once per iteration (scipy >= 1.16) ---------------
+#
+# The user's callback is kept host-side under the fit id, so a new callback object
+# does not recompile the loop: the compiled program only knows "call back, yes/no".
+
+_CALLBACKS: dict[int, Callable] = {}
+
+
+def _wrap_callback(callback: Callable) -> Callable:
+    """scipy's rule (``optimize._optimize._wrap_callback``): a callback whose only
+    parameter is named ``intermediate_result`` gets the OptimizeResult, any other
+    gets a copy of ``x``."""
+    import inspect
+
+    try:
+        params = set(inspect.signature(callback).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    if params == {"intermediate_result"}:
+        return lambda res: callback(intermediate_result=res)
+    return lambda res: callback(np.copy(res.x))
+
+
+def register_callback(fit_id: int, callback: Callable) -> None:
+    _CALLBACKS[fit_id] = _wrap_callback(callback)
+
+
+def iteration_callback(fit_id, x, fun, nit, nfev, cost):
+    """One host call: the user's callback on ``OptimizeResult(x, fun, nit, nfev, cost)``;
+    True when it raised ``StopIteration`` (any other exception ends the fit and
+    reaches the caller as itself)."""
+    from scipy.optimize import OptimizeResult
+
+    def cb(fid, x, fun, nit, nfev, cost):
+        result = OptimizeResult(x=np.array(x), fun=np.array(fun), nit=int(nit), nfev=int(nfev))
+        result["cost"] = float(cost)
+        try:
+            _CALLBACKS[fid](result)
+        except StopIteration:
+            return np.float64(1.0)
+        return np.float64(0.0)
+
+    return _host_call(cb, (), fit_id, x, fun, nit, nfev, cost) != 0
 
 
 def _record_user_exception(fit_id: int, err: BaseException) -> None:
@@ -430,7 +481,7 @@ def _host_call(cb, shape, fit_id, *args):
         fid, cb_args = jax.tree_util.tree_unflatten(treedef, restored)
         fid = int(fid)
         try:
-            out = np.ascontiguousarray(cb(fid, *cb_args), dtype=np.float64)
+            out = np.asarray(cb(fid, *cb_args), dtype=np.float64)
             if out.shape != shape:
                 raise ValueError(
                     f"The function returned an array of shape {out.shape} at x = {cb_args[0]}, "
@@ -439,7 +490,8 @@ def _host_call(cb, shape, fit_id, *args):
         except Exception as err:
             _record_user_exception(fid, err)
             raise _FitAborted from None
-        return np.ascontiguousarray(out).view(np.uint32).reshape(shape + (2,))
+        # (0-d arrays cannot change itemsize in a view: go through 1-d.)
+        return np.ascontiguousarray(out.reshape(-1)).view(np.uint32).reshape(shape + (2,))
 
     spec = jax.ShapeDtypeStruct(shape + (2,), jnp.uint32)
     raw = jax.pure_callback(bits, spec, *packed, vmap_method="sequential")

@@ -33,7 +33,9 @@ from ._residual import (
     UserTraceFailure,
     end_fit,
     new_fit_id,
+    register_callback,
     remember_evaluation,
+    take_user_exception,
 )
 from ._trf import TRF
 from ._verbose import log_closing, log_header
@@ -95,12 +97,13 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else ""
 
 
-def _solve_on_host(problem: Problem, fit_id: int):
-    """Run a host problem; an exception of the user's code is re-raised as itself."""
+def _run(problem: Problem, fit_id: int):
+    """Run the compiled loop; an exception of the user's code raised in a host
+    callback (residual, Jacobian, ``callback``) is re-raised as itself."""
     try:
         return jax.device_get(solve(problem))
     except jax.errors.JaxRuntimeError:
-        user_error = end_fit(fit_id)
+        user_error = take_user_exception(fit_id)
         if user_error is None:
             raise
         if problem.verbose:
@@ -109,22 +112,32 @@ def _solve_on_host(problem: Problem, fit_id: int):
 
             async_logger.flush()
         raise user_error from None
+
+
+def fit(
+    problem: Problem, model: Any, callback: Any = None
+) -> tuple[OptimizeResult, np.ndarray | None]:
+    """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
+    remembered when it cannot be traced so later fits go to the host directly;
+    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``)."""
+    fit_id = new_fit_id()
+    if callback is not None:
+        register_callback(fit_id, callback)
+    try:
+        return _fit(problem.with_callback(fit_id, callback is not None), model, fit_id)
     finally:
         end_fit(fit_id)
 
 
-def fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
-    """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
-    remembered when it cannot be traced so later fits go to the host directly."""
+def _fit(problem: Problem, model: Any, fit_id: int):
     verbose = problem.verbose
-    fit_id = new_fit_id()
     log_header(verbose)
     if _known_host(model):
-        out, pcov = _solve_on_host(_on_host(problem, fit_id), fit_id)
+        out, pcov = _run(_on_host(problem, fit_id), fit_id)
     else:
         untraceable = None
         try:
-            out, pcov = solve(problem)
+            out, pcov = _run(problem, fit_id)
         except (UserTraceFailure, *TRACE_ERRORS) as err:
             untraceable = err.original if isinstance(err, UserTraceFailure) else err
         if untraceable is not None:
@@ -139,7 +152,7 @@ def fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None
                 HostFallbackWarning,
                 stacklevel=4,
             )
-            out, pcov = _solve_on_host(host, fit_id)
+            out, pcov = _run(host, fit_id)
     out, pcov = jax.device_get((out, pcov))
     status = int(out.status)
     if status == BAD_START:
