@@ -36,7 +36,7 @@ def pcov_from_R(R, m: int, n: int):
     Jacobian, which ``curve_fit`` turns into scipy's all-``inf`` matrix and warning.
     """
     _, s, VT = jnp.linalg.svd(R, full_matrices=False)
-    threshold = EPS * max(m, n) * s[0]
+    threshold = EPS * jnp.maximum(m, n) * s[0]  # m may be traced (padded data)
     rank_deficient = jnp.any(s <= threshold) | (s.shape[0] < n)
     s_safe = jnp.where(rank_deficient, 1.0, s)
     pcov = (VT.T / s_safe**2) @ VT

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._common import EPS
+from ._jax_compat import callback_logger
 
 #: Errors that mean "this function cannot be traced by JAX" (NumPy on tracers etc.).
 TRACE_ERRORS: tuple[type[BaseException], ...] = (
@@ -316,8 +317,7 @@ class _DropFitAborts(logging.Filter):
         return not isinstance(exc, _FitAborted)
 
 
-# compat: the name of the logger JAX's callback implementation writes to.
-logging.getLogger("jax._src.callback").addFilter(_DropFitAborts())
+callback_logger().addFilter(_DropFitAborts())
 
 
 # The last residual evaluated on the host, per fit: scipy's finite differences reuse

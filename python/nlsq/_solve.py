@@ -21,7 +21,10 @@ import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from ._buckets import true_m
+from ._cache import solver_compiler_options
 from ._common import BAD_START, TERMINATION_MESSAGES
+from ._dogbox import DOGBOX
 from ._driver import Method, SolveResult, run
 from ._lm import LM
 from ._problem import Problem
@@ -38,13 +41,12 @@ from ._residual import (
     take_user_exception,
 )
 from ._trf import TRF
-from ._verbose import log_closing, log_header
+from ._verbose import log_closing, log_header, table_lock
 
-METHODS: dict[str, Method] = {"trf": TRF, "lm": LM}
+METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
 
-@jax.jit
-def solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
+def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
     m, n = problem.m, problem.n
     if problem.method == "lm" and m < n:
         raise ValueError(
@@ -52,8 +54,32 @@ def solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
             f"of variables (m={m} < n={n})."
         )
     out = run(METHODS[problem.method], problem)
-    pcov = pcov_from_R(out.R, m, n) if problem.want_pcov else None
+    m_true = true_m(problem)
+    pcov = pcov_from_R(out.R, m if m_true is None else m_true, n) if problem.want_pcov else None
     return out, pcov
+
+
+class _SolverJit:
+    """``jax.jit(_solve)`` made on first use, when ``solver_compiler_options()`` can be
+    checked against the backend (``trace``/``lower`` etc. are the jitted function's)."""
+
+    def __init__(self):
+        self._jitted = None
+
+    def _get(self):
+        if self._jitted is None:
+            self._jitted = jax.jit(_solve, compiler_options=solver_compiler_options())
+        return self._jitted
+
+    def __call__(self, problem: Problem):
+        jitted = self._jitted or self._get()
+        return jitted(problem)
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+
+solve = _SolverJit()
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
@@ -124,7 +150,8 @@ def fit(
     if callback is not None:
         register_callback(fit_id, callback)
     try:
-        return _fit(problem.with_callback(fit_id, callback is not None), model, fit_id)
+        with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
+            return _fit(problem.with_callback(fit_id, callback is not None), model, fit_id)
     finally:
         end_fit(fit_id)
 
