@@ -1,7 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.11):
 #   make demo  -- set up, build the extension in release mode, run the main job
-#   make test  -- set up, build, then cargo test (workspace), pytest, and pytest in
-#                 every environment of the support matrix (make test-matrix)
+#   make test  -- set up, build, lint (rustfmt, clippy, ruff), then cargo test (workspace),
+#                 pytest, and pytest in every environment of the support matrix (make test-matrix)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,7 +16,7 @@ export PYO3_PYTHON := $(abspath $(PY))
 demo: build
 	$(PY) -m nlsq.demo
 
-test: build rust-test py-test test-matrix
+test: build lint rust-test py-test test-matrix
 
 venv: $(STAMP)
 

@@ -10,15 +10,16 @@ Exponential model ``a exp(-b x) + c``, side by side in one run:
 (iii) compile time per bucket (first fit of each bucket size, cache off) against
       the warm time of the same fit.
 
-Run: ``python benches/bench_many_fits.py [--quick] [--out DIR]``.
+Checked: in (ii), ``curve_fit_many`` and the ``curve_fit`` loop find the same
+parameters for every dataset.
+
+Run: ``python benches/run.py --only bench_many_fits [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _harness import bars, bench_result, interleaved_medians, lines, markdown_table
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -137,127 +139,120 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
         "scipy loop": lambda: [so.curve_fit(f_np, x, y, p0=[1, 1, 1]) for y in Y],
     }
     t0 = time.perf_counter()
-    variants["curve_fit_many"]()
+    many = variants["curve_fit_many"]()
     compile_many = time.perf_counter() - t0
-    samples: dict[str, list[float]] = {k: [] for k in variants}
-    for fn in variants.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            t0 = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - t0)
+    loop = np.array([popt for popt, _ in variants["curve_fit loop"]()])
+    timing = interleaved_medians(variants, repeats)
     return {
         "batch": batch,
         "n": n,
         "first_call_many_s": compile_many,
-        "median_s": {k: statistics.median(v) for k, v in samples.items()},
-        "min_s": {k: min(v) for k, v in samples.items()},
+        "median_s": {k: t["median_s"] for k, t in timing.items()},
+        "min_s": {k: t["min_s"] for k, t in timing.items()},
+        "max_rel_diff_popt_many_vs_loop": float(np.max(np.abs(np.asarray(many.popt) / loop - 1))),
     }
 
 
-def main(quick: bool = False, out: Path | None = None) -> dict:
+POPT_RTOL = 1e-6
+
+
+def main(quick: bool, out: Path) -> dict:
+    """Run (i), (ii) and (iii) and return the result (``out`` unused)."""
     count = 5 if quick else 20
     batch, repeats = (50, 2) if quick else (1000, 3)
     sizes = [300, 500] if quick else [256, 384, 512, 768, 1024, 1536, 2048]
     varying = varying_sizes(count)
     small = many_small(batch, 500, repeats)
     per_bucket = _subprocess(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})
-    result = {
-        "name": "bench_many_fits",
-        "title": "Many fits: buckets, persistent cache, curve_fit_many",
+    data = {
         "varying": varying,
         "varying_count": count,
         "small": small,
         "per_bucket": per_bucket,
         "load_avg": os.getloadavg(),
     }
-    result["table"] = table(result)
-    return result
+    names = list(varying)
+    pb = per_bucket
+    return bench_result(
+        "bench_many_fits",
+        title="Many fits: buckets, persistent cache, curve_fit_many",
+        table=table(data),
+        checks={
+            f"(ii) curve_fit_many finds the curve_fit loop's parameters (rtol {POPT_RTOL:g})": (
+                small["max_rel_diff_popt_many_vs_loop"] < POPT_RTOL
+            )
+        },
+        plot=[
+            bars(
+                f"(i) {count} fits, n in [200, 2000), fresh process",
+                "seconds (fits; log scale)",
+                names,
+                {
+                    "cold cache": [varying[k]["cold"]["fits_s"] for k in names],
+                    "warm cache": [varying[k]["warm"]["fits_s"] for k in names],
+                },
+                log=True,
+            ),
+            bars(
+                f"(ii) {small['batch']} fits of n = {small['n']}",
+                "seconds (median; log scale)",
+                list(small["median_s"]),
+                {"median": list(small["median_s"].values())},
+                log=True,
+            ),
+            lines(
+                "(iii) compile time per bucket",
+                "bucket size n",
+                "seconds",
+                [r["n"] for r in pb],
+                {"first fit": [r["first_s"] for r in pb], "warm fit": [r["warm_s"] for r in pb]},
+            ),
+        ],
+        **data,
+    )
 
 
 def table(result: dict) -> str:
     v, s = result["varying"], result["small"]
-    lines = [
-        f"(i) {result['varying_count']} fits, n in [200, 2000), fresh process "
-        "(fits only; import apart)",
-        "",
-        "| variant | cold cache: fits s | warm cache: fits s | import s |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, r in v.items():
-        lines.append(
-            f"| {name} | {r['cold']['fits_s']:.3f} | {r['warm']['fits_s']:.3f} | "
-            f"{r['warm']['import_s']:.2f} |"
-        )
+    count = result["varying_count"]
+    rows = []
+    scipy_i = {k: v["scipy"][k]["fits_s"] for k in ("cold", "warm")}
+    for cache in ("cold", "warm"):
+        for name, r in v.items():
+            secs = r[cache]["fits_s"]
+            rows.append(
+                [
+                    f"(i) {count} fits, n in [200, 2000), fresh process, {cache} cache",
+                    name,
+                    f"{secs:.3f}",
+                    f"{secs / scipy_i[cache]:.1f}",
+                ]
+            )
     scipy_loop = s["median_s"]["scipy loop"]
-    lines += [
-        "",
-        f"(ii) {s['batch']} fits of n = {s['n']} after compilation (median; first "
-        f"curve_fit_many call {s['first_call_many_s']:.2f} s)",
-        "",
-        "| variant | median s | min s | vs scipy loop |",
-        "|---|---:|---:|---:|",
-    ]
     for name, med in s["median_s"].items():
-        lines.append(f"| {name} | {med:.3f} | {s['min_s'][name]:.3f} | {med / scipy_loop:.3f} |")
-    lines += [
-        "",
-        "(iii) compile time per bucket (first fit, cache off) and the warm fit",
-        "",
-        "| n | first fit s | warm fit ms |",
-        "|---:|---:|---:|",
-    ]
+        rows.append(
+            [
+                f"(ii) {s['batch']} fits of n = {s['n']}, after compilation (median)",
+                name,
+                f"{med:.3f}",
+                f"{med / scipy_loop:.3f}",
+            ]
+        )
     for r in result["per_bucket"]:
-        lines.append(f"| {r['n']} | {r['first_s']:.3f} | {1e3 * r['warm_s']:.2f} |")
-    lines.append(f"\nLoad average during the run: {result['load_avg'][0]:.1f}")
-    return "\n".join(lines)
-
-
-def plot(result: dict, png: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    v = result["varying"]
-    names = list(v)
-    pos = np.arange(len(names))
-    axes[0].bar(pos - 0.2, [v[k]["cold"]["fits_s"] for k in names], 0.4, label="cold cache")
-    axes[0].bar(pos + 0.2, [v[k]["warm"]["fits_s"] for k in names], 0.4, label="warm cache")
-    axes[0].set_xticks(pos, names)
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("seconds (fits, fresh process)")
-    axes[0].set_title(f"(i) {result['varying_count']} fits, n in [200, 2000)")
-    axes[0].legend()
-    s = result["small"]
-    names = list(s["median_s"])
-    axes[1].bar(names, [s["median_s"][k] for k in names])
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_title(f"(ii) {s['batch']} fits of n = {s['n']}")
-    pb = result["per_bucket"]
-    axes[2].plot([r["n"] for r in pb], [r["first_s"] for r in pb], "o-", label="first fit")
-    axes[2].plot([r["n"] for r in pb], [r["warm_s"] for r in pb], "s-", label="warm fit")
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
-    axes[2].set_xlabel("bucket size n")
-    axes[2].set_ylabel("seconds")
-    axes[2].set_title("(iii) compile time per bucket")
-    axes[2].legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
-    res = main(quick=args.quick, out=args.out)
-    print(res["table"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_many_fits.json").write_text(json.dumps(res, indent=2, default=float))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    plot(res, args.out / "bench_many_fits.png")
+        rows.append(
+            [
+                f"(iii) first fit of bucket n = {r['n']} (cache off); warm fit "
+                f"{1e3 * r['warm_s']:.2f} ms",
+                "curve_fit",
+                f"{r['first_s']:.3f}",
+                "",
+            ]
+        )
+    note = (
+        f"Fits only (import apart; import of nlsq in a fresh process: "
+        f"{v['buckets']['warm']['import_s']:.2f} s). First curve_fit_many call in (ii): "
+        f"{s['first_call_many_s']:.2f} s. Load average during the run: "
+        f"{result['load_avg'][0]:.1f}."
+    )
+    table = markdown_table(["measurement", "variant", "seconds", "vs scipy"], rows, align="llrr")
+    return f"{table}\n\n{note}"

@@ -161,3 +161,15 @@ def test_code_key_sees_global_values(value):
     assert first != _cache.code_keyed(ns["f"])  # same object, but it now computes otherwise
     exec("f = lambda x, a: a * x + K", ns)  # noqa: S102
     assert first != _cache.code_keyed(ns["f"])
+
+
+def test_unknown_compiler_option_falls_back(monkeypatch):
+    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_no_such_option_for_nlsq": True})
+    jitted = _cache.SolverJit(lambda x: x * 2.0)
+    assert float(jitted(np.float32(1.5))) == 3.0
+    assert jitted._options_ok is False
+    # A known option is kept.
+    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_cpu_use_fusion_emitters": False})
+    jitted = _cache.SolverJit(lambda x: x * 3.0)
+    assert float(jitted(np.float32(1.5))) == 4.5
+    assert jitted._options_ok is True

@@ -180,22 +180,45 @@ def code_keyed(fn: Callable | None) -> Callable | None:
 #: take about twice as long to compile this solver (many small fusions inside
 #: while loops) with no measurable gain at run time, so the solver uses the
 #: classic emitters (``benches/bench_many_fits.py``, compile time per bucket).
-_SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-_OPTIONS_CHECKED: list[dict] = []
+SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def solver_compiler_options() -> dict:
-    """``_SOLVER_OPTIONS`` if this XLA accepts them (checked once), else ``{}``."""
-    if _OPTIONS_CHECKED:
-        return _OPTIONS_CHECKED[0]
-    with _LOCK:
-        if not _OPTIONS_CHECKED:
+class SolverJit:
+    """``jax.jit(fn, compiler_options=SOLVER_OPTIONS)``, made on first use.
+
+    An XLA that does not know an option refuses it when compiling; the jit is
+    then made again without options (once) and the call retried, so no probe
+    compilation is spent on the first fit.  ``trace``/``lower``/``_cache_size``
+    are the jitted function's.
+    """
+
+    def __init__(self, fn: Callable, **jit_kwargs: Any):
+        self._fn = fn
+        self._jit_kwargs = jit_kwargs
+        self._jitted = None
+        self._options_ok: bool | None = None
+
+    def _get(self):
+        if self._jitted is None:
             import jax
 
-            try:
-                jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=_SOLVER_OPTIONS)
-                options = dict(_SOLVER_OPTIONS)
-            except Exception:  # noqa: BLE001 - an XLA without the option: use defaults
-                options = {}
-            _OPTIONS_CHECKED.append(options)
-    return _OPTIONS_CHECKED[0]
+            options = SOLVER_OPTIONS if self._options_ok is not False else {}
+            self._jitted = jax.jit(self._fn, compiler_options=options, **self._jit_kwargs)
+        return self._jitted
+
+    def __call__(self, *args: Any):
+        jitted = self._jitted or self._get()
+        if self._options_ok:
+            return jitted(*args)
+        try:
+            out = jitted(*args)
+        except Exception as err:
+            if self._options_ok is not None or "compile option" not in str(err):
+                raise
+            self._options_ok, self._jitted = False, None
+            return self._get()(*args)
+        self._options_ok = True
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)

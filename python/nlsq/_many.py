@@ -34,7 +34,7 @@ from jax import lax
 from scipy.optimize import OptimizeWarning
 
 from ._buckets import PaddedModelResidual, bucket_size, buckets_enabled, model_is_rowwise
-from ._cache import code_keyed, enable_persistent_cache, solver_compiler_options
+from ._cache import SolverJit, code_keyed, enable_persistent_cache
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._driver import SolveResult
@@ -93,19 +93,14 @@ def _run_one(problem, history_len: int):
     return out, pcov, state.iteration, history
 
 
-_JITTED: list = []
+_solve_batch = SolverJit(
+    lambda problem, history_len: jax.vmap(lambda p: _run_one(p, history_len))(problem),
+    static_argnums=1,
+)
 
 
 def _solve_many(problem, history_len: int):
-    if not _JITTED:
-        _JITTED.append(
-            jax.jit(
-                lambda pb, h: jax.vmap(lambda p: _run_one(p, h))(pb),
-                static_argnums=1,
-                compiler_options=solver_compiler_options(),
-            )
-        )
-    return _JITTED[0](problem, history_len)
+    return _solve_batch(problem, history_len)
 
 
 def _as_list(data, what: str) -> list[np.ndarray]:

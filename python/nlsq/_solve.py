@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import OptimizeResult
 
 from ._buckets import true_m
-from ._cache import solver_compiler_options
+from ._cache import SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES
 from ._dogbox import DOGBOX
 from ._driver import Method, SolveResult, run
@@ -59,27 +59,7 @@ def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
     return out, pcov
 
 
-class _SolverJit:
-    """``jax.jit(_solve)`` made on first use, when ``solver_compiler_options()`` can be
-    checked against the backend (``trace``/``lower`` etc. are the jitted function's)."""
-
-    def __init__(self):
-        self._jitted = None
-
-    def _get(self):
-        if self._jitted is None:
-            self._jitted = jax.jit(_solve, compiler_options=solver_compiler_options())
-        return self._jitted
-
-    def __call__(self, problem: Problem):
-        jitted = self._jitted or self._get()
-        return jitted(problem)
-
-    def __getattr__(self, name: str):
-        return getattr(self._get(), name)
-
-
-solve = _SolverJit()
+solve = SolverJit(_solve)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).

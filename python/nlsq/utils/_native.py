@@ -194,16 +194,23 @@ def cuda_registered() -> bool:
     return state is not None and "CUDA" in state.platforms
 
 
+CUDA_DELIVERY_PATIENCE = 60.0
+"""Seconds :func:`wait_cuda_delivered` waits at most when given no timeout: a
+record whose stream never ran (a failed program) must not hang a flush."""
+
+
 def wait_cuda_delivered(timeout: float | None = None) -> bool:
     """Wait until the CUDA route's poller pushed every staged record.
 
-    ``True`` at once when the CUDA handler is not registered.
+    ``True`` at once when the CUDA handler is not registered; ``False`` after
+    ``timeout`` (``None``: :data:`CUDA_DELIVERY_PATIENCE`) seconds.
     """
     if not cuda_registered():
         return True
     from nlsq import _ringlog
 
-    return bool(_ringlog.ffi_cuda_wait_delivered(timeout))
+    limit = CUDA_DELIVERY_PATIENCE if timeout is None else timeout
+    return bool(_ringlog.ffi_cuda_wait_delivered(limit))
 
 
 def register() -> Registration:

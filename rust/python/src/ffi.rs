@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict};
 use xla_ffi::abi;
 
+use crate::logger::counters_dict;
+
 /// jaxlib reads the pointer under whatever name the capsule carries; this
 /// is the name XLA's own custom-call capsules use.
 const CAPSULE_NAME: &CStr = c"xla._CUSTOM_CALL_TARGET";
@@ -91,18 +93,21 @@ fn ffi_clear_route() {
 #[pyfunction]
 fn ffi_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = xla_ffi::stats::snapshot();
-    let d = PyDict::new(py);
-    d.set_item("orphaned", s.orphaned)?;
-    d.set_item("unrouted", s.unrouted)?;
-    d.set_item("push_failed", s.push_failed)?;
-    d.set_item("unreportable", s.unreportable)?;
-    d.set_item("staging_full", s.staging_full)?;
-    d.set_item("staging_block_timeout", s.staging_block_timeout)?;
-    d.set_item("enqueue_failed", s.enqueue_failed)?;
-    d.set_item("cuda_unavailable", s.cuda_unavailable)?;
-    d.set_item("staging_setup_failed", s.staging_setup_failed)?;
-    d.set_item("poller_failed", s.poller_failed)?;
-    Ok(d)
+    counters_dict(
+        py,
+        &[
+            ("orphaned", s.orphaned),
+            ("unrouted", s.unrouted),
+            ("push_failed", s.push_failed),
+            ("unreportable", s.unreportable),
+            ("staging_full", s.staging_full),
+            ("staging_block_timeout", s.staging_block_timeout),
+            ("enqueue_failed", s.enqueue_failed),
+            ("cuda_unavailable", s.cuda_unavailable),
+            ("staging_setup_failed", s.staging_setup_failed),
+            ("poller_failed", s.poller_failed),
+        ],
+    )
 }
 
 /// Sizes and offsets of our mirror of the C API structs, keyed as in the

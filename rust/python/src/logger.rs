@@ -29,6 +29,19 @@ use std::time::Duration;
 /// Largest ring we accept (records); about 4 GiB of ring memory.
 const MAX_CAPACITY: i64 = 1 << 25;
 
+/// A dict of named counters: the one place a Rust counter snapshot
+/// (`RingLogger.stats()`, `ffi_stats()`) becomes Python.
+pub(crate) fn counters_dict<'py>(
+    py: Python<'py>,
+    fields: &[(&str, u64)],
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, value) in fields {
+        d.set_item(name, value)?;
+    }
+    Ok(d)
+}
+
 fn push_error(e: PushError) -> PyErr {
     PyValueError::new_err(e.to_string())
 }
@@ -261,17 +274,7 @@ impl RingLogger {
     /// Counters: pushed, written, dropped, sink_errors, high_water,
     /// capacity, latency_ns_p50, latency_ns_p99.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.logger.stats();
-        let d = PyDict::new(py);
-        d.set_item("pushed", s.pushed)?;
-        d.set_item("written", s.written)?;
-        d.set_item("dropped", s.dropped)?;
-        d.set_item("sink_errors", s.sink_errors)?;
-        d.set_item("high_water", s.high_water)?;
-        d.set_item("capacity", s.capacity)?;
-        d.set_item("latency_ns_p50", s.latency_ns_p50)?;
-        d.set_item("latency_ns_p99", s.latency_ns_p99)?;
-        Ok(d)
+        counters_dict(py, &self.logger.stats().fields())
     }
 
     /// Process-unique id (for the native FFI path's `ringlog::lookup`).

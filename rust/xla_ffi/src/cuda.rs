@@ -34,7 +34,15 @@
 //!   [`crate::poller::BLOCK_PATIENCE`]); any other policy drops and counts.
 //!   The stream itself never waits.
 //! - A slot whose copy was enqueued but whose stream write failed is skipped
-//!   by the poller (committed as not staged).
+//!   by the poller (committed as not staged). Known hazard, not handled: if
+//!   that copy lands only after the ring wrapped around (4096 records later)
+//!   and the slot's new copy, the new record shows the old values.
+//! - Records are delivered in ticket order. A record whose stream never runs
+//!   (the program failed after this handler enqueued) holds back every later
+//!   record: they are not lost while the ring has room, then counted as
+//!   `staging_full` / `staging_block_timeout`; `flush` gives up after its
+//!   timeout. Not handled: skipping such a slot would let its late copy land
+//!   in a reused slot.
 //! - The handler declares no command-buffer trait, so XLA does not capture
 //!   it into a CUDA graph (a captured copy would replay into a stale slot).
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
