@@ -59,9 +59,11 @@ class Problem:
     jac_scale: bool  # x_scale='jac'
     verbose: int
     want_pcov: bool
-    # Set by ``_solve.fit`` for one run: the id of the fit's host-side slots (user
-    # callback, user exception) and whether ``callback`` is called every iteration.
-    fit_id: Any = 0
+    # Set by ``_solve.fit`` when a ``callback`` is given: the id of the fit's
+    # host-side slots (callback, user exception) and the switch that makes the
+    # driver call back every iteration.  None (no leaf) otherwise, so batched
+    # problems (``curve_fit_many``'s vmap) carry nothing extra.
+    fit_id: Any = None
     has_callback: bool = False
 
     @property

@@ -129,9 +129,10 @@ def fit(
     fit_id = new_fit_id()
     if callback is not None:
         register_callback(fit_id, callback)
+        problem = problem.with_callback(fit_id)
     try:
         with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
-            return _fit(problem.with_callback(fit_id, callback is not None), model, fit_id)
+            return _fit(problem, model, fit_id)
     finally:
         end_fit(fit_id)
 
