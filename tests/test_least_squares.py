@@ -186,7 +186,7 @@ def test_callable_loss():
         (dict(verbose=5), "verbose"),
         (dict(tr_solver="lsmr"), "tr_solver"),
         (dict(jac="5-point"), "`jac` must be"),
-        (dict(callback=print), "callback"),
+        (dict(callback=1), "`callback` must be callable"),
         (dict(jac=lambda p, t, y: jnp.ones((3, 3))), "`jac` has wrong shape"),
     ],
 )

@@ -21,8 +21,10 @@ RUNNING = -99
 #: Status of a fit whose initial residuals were not finite (never reported to users;
 #: the wrappers raise scipy's ValueError instead).
 BAD_START = -98
+STOPPED_BY_CALLBACK = -2  # scipy's status when ``callback`` raised StopIteration
 
 TERMINATION_MESSAGES = {
+    -2: "Stopped because `callback` function raised `StopIteration` or returned `True`",
     -1: "Improper input parameters status returned from `leastsq`",
     0: "The maximum number of function evaluations is exceeded.",
     1: "`gtol` termination condition is satisfied.",

@@ -21,7 +21,7 @@ from ._solve import fit
 __all__ = ["curve_fit", "CurveFit"]
 
 _LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
-               "diff_step", "tr_solver"}  # fmt: skip
+               "diff_step", "tr_solver", "callback"}  # fmt: skip
 
 
 def _n_params(f: Callable) -> int:
@@ -213,6 +213,10 @@ class CurveFit:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead."
             )
+        if method == "lm" and kwargs.get("callback") is not None:
+            # scipy hands **kwargs to leastsq, which has no callback: a TypeError there too.
+            raise TypeError("curve_fit(method='lm') does not take `callback` (scipy's leastsq "
+                            "has none); use method='trf'.")  # fmt: skip
         if check_finite is None:
             check_finite = nan_policy is None
         if nan_policy not in (None, "raise", "omit"):
@@ -246,7 +250,7 @@ class CurveFit:
                         sigma = sigma[keep]
                     elif sigma.ndim == 2:
                         sigma = sigma[keep][:, keep]
-        if ydata.size < n:
+        if ydata.size != 1 and ydata.size < n:  # size 1: broadcast against the model, as scipy
             raise TypeError(
                 f"The number of func parameters={n} must not exceed the number of data "
                 f"points={ydata.size}"
@@ -314,7 +318,7 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(problem, f)
+            res, pcov = fit(problem, f, callback=kwargs.get("callback"))
         if padded:
             res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:

@@ -296,4 +296,4 @@ def result(problem: Problem, state: DogboxState) -> SolveResult:
     )
 
 
-DOGBOX = Method(init=init, step=step, row=row, result=result)
+DOGBOX = Method(init=init, step=step, row=row, result=result, point=lambda s: (s.x, s.lin.f_true))

@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._common import RUNNING
+from ._common import RUNNING, STOPPED_BY_CALLBACK
 from ._problem import Problem
+from ._residual import iteration_callback
 from ._verbose import make_log_row
 
 
@@ -64,6 +65,8 @@ class Method(NamedTuple):
     step: Callable[[Problem, Any], Any]
     row: Callable[[Any], IterationRow]
     result: Callable[[Problem, Any], SolveResult]
+    #: ``(x, residuals)`` of the current iterate, for ``callback(intermediate_result)``.
+    point: Callable[[Any], tuple[jax.Array, jax.Array]] | None = None
 
 
 def run(method: Method, problem: Problem) -> SolveResult:
@@ -80,10 +83,23 @@ def run(method: Method, problem: Problem) -> SolveResult:
     def body(state):
         state = method.step(problem, state)
         emit(state, first=False)
+        if problem.has_callback:
+            state = _call_back(method, problem, state)
         return state
 
     state = lax.while_loop(lambda state: state.status == RUNNING, body, state)
     return method.result(problem, state)
+
+
+def _call_back(method: Method, problem: Problem, state):
+    """scipy's ``callback(intermediate_result)`` after every iteration: one host call,
+    whose answer (``StopIteration`` raised) flows back as status -2."""
+    if method.point is None:
+        raise NotImplementedError(f"`callback` is not supported by {problem.method!r} yet.")
+    x, fun = method.point(state)
+    row = method.row(state)
+    halt = iteration_callback(problem.fit_id, x, fun, row.iteration, row.nfev, row.cost)
+    return state._replace(status=jnp.where(halt, STOPPED_BY_CALLBACK, state.status))
 
 
 def stop_at_max_nfev(problem: Problem, status, nfev):

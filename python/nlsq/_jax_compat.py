@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -183,6 +184,12 @@ def debug_effect() -> Any:
 
 
 # -- host callbacks ------------------------------------------------------------------
+
+
+def callback_logger() -> logging.Logger:
+    """The logger JAX's ``pure_callback``/``io_callback`` report a failing callback to
+    (with its traceback); nlsq filters out the failures it raises on purpose."""
+    return logging.getLogger("jax._src.callback")
 
 
 def _emit_python_callback() -> Callable[..., Any]:

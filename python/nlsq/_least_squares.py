@@ -8,6 +8,7 @@ solver is cached under the x64 setting it was traced with.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -83,7 +84,13 @@ def least_squares(
         Soft margin between inlier and outlier residuals.
     diff_step : float, optional
         Relative finite-difference step for '2-point'/'3-point' and host models.
-    tr_solver, tr_options, jac_sparsity, callback, workers
+    callback : callable, optional
+        scipy >= 1.16: ``callback(intermediate_result)`` (an ``OptimizeResult``
+        with ``x fun nit nfev cost``) or ``callback(x)``, called after every
+        iteration (one host call each; none without a callback).  Raising
+        ``StopIteration`` ends the fit with status -2.  Ignored with a warning by
+        ``'lm'``, as in scipy.
+    tr_solver, tr_options, jac_sparsity, workers
         Accepted for signature compatibility; only the dense exact solver exists,
         so anything else raises ``ValueError``.
     max_nfev : int, optional
@@ -106,8 +113,14 @@ def least_squares(
         raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
     if jac_sparsity is not None:
         raise ValueError("`jac_sparsity` is not supported by nlsq (dense Jacobians only).")
-    if callback is not None:
-        raise ValueError("`callback` is not supported: the iteration loop runs compiled.")
+    if callback is not None and not callable(callback):
+        raise ValueError("`callback` must be callable or None.")
+    if method == "lm" and callback is not None:
+        # scipy's MINPACK path has no per-iteration hook: it warns and ignores it.
+        warnings.warn(
+            "Callback function specified, but not supported with `lm` method.", stacklevel=2
+        )
+        callback = None
     if workers is not None:
         raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
@@ -132,5 +145,5 @@ def least_squares(
             diff_step=diff_step,
             verbose=verbose,
         )
-        result, _ = fit(problem, fun)
+        result, _ = fit(problem, fun, callback=callback)
     return result

@@ -144,11 +144,23 @@ def step(problem: Problem, state: LMState) -> LMState:
     V = Vt.T
     uf = U.T @ state.qtf
     fn2 = state.fnorm**2
+    # MINPACK's lmpar takes the Gauss-Newton step with negligible singular values
+    # dropped whenever it fits the radius, also for a rank-deficient J; the shared
+    # solver (scipy's TRF rule) never does then, and stretches the step to the
+    # radius along a direction that does not reduce the cost: LM diverged on a
+    # parameter with no effect.  Full-rank J: unchanged.
+    m_true = true_m(problem)  # None when the data are not padded
+    keep = s > EPS * jnp.maximum(m if m_true is None else m_true, n) * s[0]
+    rank_deficient = ~jnp.all(keep)
+    p_gn_h = -V @ jnp.where(keep, uf / jnp.where(keep, s, 1.0), 0.0)
 
     def trial(t: Trial) -> Trial:
         p_h, par = solve_lsq_trust_region(
             n, m, uf, s, V, t.delta, t.par, rtol=0.1, m_true=true_m(problem)
         )
+        gn_fits = rank_deficient & (norm(p_gn_h) <= 1.1 * t.delta)
+        p_h = jnp.where(gn_fits, p_gn_h, p_h)
+        par = jnp.where(gn_fits, 0.0, par)
         p = p_h / diag
         pnorm = norm(p_h)
         # MINPACK: on the first iteration, shrink the initial radius to the first step.

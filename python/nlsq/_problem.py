@@ -59,6 +59,12 @@ class Problem:
     jac_scale: bool  # x_scale='jac'
     verbose: int
     want_pcov: bool
+    # Set by ``_solve.fit`` when a ``callback`` is given: the id of the fit's
+    # host-side slots (callback, user exception) and the switch that makes the
+    # driver call back every iteration.  None (no leaf) otherwise, so batched
+    # problems (``curve_fit_many``'s vmap) carry nothing extra.
+    fit_id: Any = None
+    has_callback: bool = False
 
     @property
     def n(self) -> int:
@@ -93,15 +99,19 @@ class Problem:
             return fd_jacobian_jax(self.fun, x, self.lb, self.ub, self.jac_mode, self.diff_step)
         return autodiff_jacobian(self.fun, x, self.m)
 
+    def with_callback(self, fit_id: int, has_callback: bool = True) -> Problem:
+        """This problem run as fit ``fit_id``, calling its callback or not."""
+        return dataclasses.replace(self, fit_id=np.int64(fit_id), has_callback=has_callback)
+
     def on_host(self, residual: HostResidual) -> Problem:
         """The same problem with its residual evaluated on the host (NumPy)."""
         return dataclasses.replace(self, residual=residual, jac_mode="host")
 
 
 _TRACED = ("x0", "lb", "ub", "x_scale", "ftol", "xtol", "gtol", "max_nfev", "f_scale",
-           "diff_step", "data")  # fmt: skip
+           "diff_step", "data", "fit_id")  # fmt: skip
 _STATIC = ("residual", "jac_mode", "method", "loss", "bounded", "jac_scale", "verbose",
-           "want_pcov")  # fmt: skip
+           "want_pcov", "has_callback")  # fmt: skip
 jax.tree_util.register_dataclass(Problem, data_fields=list(_TRACED), meta_fields=list(_STATIC))
 
 

@@ -24,9 +24,20 @@ def reduce_jacobian(J, f):
 
 
 def pcov_from_R(R, m: int, n: int):
-    """Moore-Penrose ``(J^T J)^+`` discarding tiny singular values (scipy's curve_fit rule)."""
+    """``(J^T J)^{-1}`` from the reduced Jacobian, or NaN where it does not exist.
+
+    scipy's rule for a negligible singular value is ``s <= eps * max(m, n) * s[0]``
+    (the threshold of its Moore-Penrose inverse in ``curve_fit``).  A Jacobian with
+    such a singular value is rank deficient: some combination of parameters has no
+    effect on the residuals, so their variance is unbounded.  scipy's pseudo-inverse
+    would report 0 along that direction (a parameter "known exactly"); its default
+    method ``'lm'`` reports an all-``inf`` matrix with ``OptimizeWarning`` when the
+    pivoted QR of J has an exact zero pivot.  We return NaN for every rank deficient
+    Jacobian, which ``curve_fit`` turns into scipy's all-``inf`` matrix and warning.
+    """
     _, s, VT = jnp.linalg.svd(R, full_matrices=False)
     threshold = EPS * jnp.maximum(m, n) * s[0]  # m may be traced (padded data)
-    keep = s > threshold
-    w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
-    return (VT.T * w) @ VT
+    rank_deficient = jnp.any(s <= threshold) | (s.shape[0] < n)
+    s_safe = jnp.where(rank_deficient, 1.0, s)
+    pcov = (VT.T / s_safe**2) @ VT
+    return jnp.where(rank_deficient | ~jnp.isfinite(s[0]), jnp.nan, pcov)

@@ -15,6 +15,9 @@ parameters) unless the user passes ``jac``; finite differences like scipy's
 
 from __future__ import annotations
 
+import itertools
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._common import EPS
+from ._jax_compat import callback_logger
 
 #: Errors that mean "this function cannot be traced by JAX" (NumPy on tracers etc.).
 TRACE_ERRORS: tuple[type[BaseException], ...] = (
@@ -38,6 +42,39 @@ class HostFallbackWarning(UserWarning):
     """A model could not be traced by JAX and is evaluated on the host instead."""
 
 
+class UserTraceFailure(Exception):
+    """The user's function raised while JAX traced it (``original`` is what it raised).
+
+    Raised out of the jitted solver so the caller can tell "the user's code cannot
+    be traced" (fall back to the host) from errors of nlsq's own checks, which
+    propagate as they are.
+    """
+
+    def __init__(self, original: BaseException):
+        super().__init__(f"{type(original).__name__}: {original}")
+        self.original = original
+
+
+def _traced_call(fn, args, kwargs, convert):
+    """``convert(fn(*args, **kwargs))`` while tracing; any failure is the user's."""
+    try:
+        return convert(fn(*args, **kwargs))
+    except Exception as err:
+        raise UserTraceFailure(err) from err
+
+
+def densify_jacobian(J, n: int):
+    """A Jacobian as scipy accepts it (array, ``scipy.sparse``, ``LinearOperator``) -> ndarray."""
+    import scipy.sparse
+    from scipy.sparse.linalg import LinearOperator
+
+    if scipy.sparse.issparse(J):
+        return J.toarray()
+    if isinstance(J, LinearOperator):
+        return np.asarray(J.matmat(np.eye(n)))
+    return J
+
+
 @dataclass(frozen=True, eq=False)
 class _Unhashable:
     """Wraps a static argument that cannot be hashed: keyed by identity (retraces)."""
@@ -49,6 +86,18 @@ def _as_1d(out, what: str):
     if out.ndim > 1:
         raise ValueError(f"`{what}` must return at most 1-d array_like. f0.shape: {out.shape}")
     return out.reshape(-1)
+
+
+def _to_jnp(out):
+    return jnp.asarray(out, dtype=jnp.float64)
+
+
+def _to_jnp_1d(out):
+    return jnp.atleast_1d(_to_jnp(out))
+
+
+def _to_jnp_2d(out):
+    return jnp.atleast_2d(_to_jnp(out))
 
 
 def _solve_lower(L, b, xp):
@@ -82,12 +131,18 @@ class FunResidual:
 
     def __call__(self, x, data, xp=jnp):
         args, kwargs = self._args(data)
-        out = xp.atleast_1d(xp.asarray(self.fun(x, *args, **kwargs), dtype=xp.float64))
+        if xp is np:
+            out = np.atleast_1d(np.asarray(self.fun(x, *args, **kwargs), dtype=np.float64))
+        else:
+            out = _traced_call(self.fun, (x, *args), kwargs, _to_jnp_1d)
         return _as_1d(out, "fun")
 
     def user_jac(self, x, data, xp=jnp):
         args, kwargs = self._args(data)
-        return xp.atleast_2d(xp.asarray(self.jac(x, *args, **kwargs), dtype=xp.float64))
+        if xp is np:
+            J = densify_jacobian(self.jac(x, *args, **kwargs), x.shape[0])
+            return np.atleast_2d(np.asarray(J, dtype=np.float64))
+        return _traced_call(self.jac, (x, *args), kwargs, _to_jnp_2d)
 
     @property
     def name(self) -> str:
@@ -131,22 +186,32 @@ class ModelResidual:
             return _solve_lower(transform, r, xp)
         return r
 
+    def _params(self, x):
+        return [x[i] for i in range(x.shape[0])]
+
     def __call__(self, x, data, xp=jnp):
         xdata, ydata, transform = data
-        out = xp.asarray(self.model(xdata, *[x[i] for i in range(x.shape[0])]), dtype=xp.float64)
-        if out.shape != ydata.shape and out.size != 1:
+        if xp is np:
+            out = np.asarray(self.model(xdata, *self._params(x)), dtype=np.float64)
+        else:
+            out = _traced_call(self.model, (xdata, *self._params(x)), {}, _to_jnp)
+        try:
+            np.broadcast_shapes(out.shape, ydata.shape)
+        except ValueError:
             raise ValueError(
-                f"The model returned an array of shape {out.shape}, but `ydata` has shape "
-                f"{ydata.shape}."
-            )
+                f"The model returned an array of shape {out.shape}, which does not broadcast "
+                f"against `ydata` of shape {ydata.shape}."
+            ) from None
         r = xp.reshape(out - ydata, (-1,))
         return self._weigh(r, transform, xp)
 
     def user_jac(self, x, data, xp=jnp):
         xdata, _, transform = data
-        J = xp.atleast_2d(
-            xp.asarray(self.jac(xdata, *[x[i] for i in range(x.shape[0])]), dtype=xp.float64)
-        )
+        if xp is np:
+            J = densify_jacobian(self.jac(xdata, *self._params(x)), x.shape[0])
+            J = np.atleast_2d(np.asarray(J, dtype=np.float64))
+        else:
+            J = _traced_call(self.jac, (xdata, *self._params(x)), {}, _to_jnp_2d)
         return self._weigh(J, transform, xp)
 
     @property
@@ -204,10 +269,14 @@ def fd_jacobian_jax(fun, x, lb, ub, method: str, diff_step):
     return jnp.where(one_sided[:, None], one, cen).T
 
 
-def fd_jacobian_np(fun, x, lb, ub, diff_step):
-    """Host '2-point' Jacobian (scipy's scheme) for models evaluated by NumPy."""
+def fd_jacobian_np(fun, x, lb, ub, diff_step, f0=None):
+    """Host '2-point' Jacobian (scipy's scheme) for models evaluated by NumPy.
+
+    ``f0 = fun(x)`` when the caller has it (scipy passes it too: no extra call).
+    """
     h, _ = _fd_steps(x, lb, ub, "2-point", diff_step, np)
-    f0 = fun(x)
+    if f0 is None:
+        f0 = fun(x)
     J = np.empty((f0.size, x.size))
     for j in range(x.size):
         x1 = x.copy()
@@ -221,48 +290,182 @@ def autodiff_jacobian(fun, x, m: int):
     return jax.jacrev(fun)(x) if m < n else jax.jacfwd(fun)(x)
 
 
+# --- Host path: user exceptions stop the compiled loop and surface as themselves ---
+#
+# A host callback that raises makes XLA abort the running executable at once, which
+# is exactly "the fit stops now".  What reaches the caller, though, is a
+# ``JaxRuntimeError`` carrying only the formatted traceback.  So the callback
+# records the user's exception in a per-fit slot (keyed by a fit id that travels
+# into the loop as an operand, so concurrent fits never mix) and raises the private
+# ``_FitAborted`` instead; the driver catches the runtime error, takes the recorded
+# exception from the slot and re-raises it: same object, type, message, attributes.
+
+_ABORTS: dict[int, BaseException] = {}
+_ABORTS_LOCK = threading.Lock()
+_FIT_IDS = itertools.count(1)
+
+
+class _FitAborted(Exception):
+    """Raised inside a host callback to stop XLA; the real exception is in ``_ABORTS``."""
+
+
+class _DropFitAborts(logging.Filter):
+    """JAX logs every failing callback with its traceback; ours are not failures."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _FitAborted)
+
+
+callback_logger().addFilter(_DropFitAborts())
+
+
+# The last residual evaluated on the host, per fit: scipy's finite differences reuse
+# f(x) instead of calling the user's function again at x, and the value found while
+# probing the function at x0 is the solver's first evaluation.  Callers that count
+# their function's calls (lmfit's ``nfev``, its ``iter_cb``) then see scipy's count.
+_LAST_EVAL: dict[int, tuple[bytes, np.ndarray]] = {}
+
+
+def new_fit_id() -> int:
+    return next(_FIT_IDS)
+
+
+def remember_evaluation(fit_id: int, x, f) -> None:
+    _LAST_EVAL[fit_id] = (np.asarray(x, dtype=np.float64).tobytes(), np.array(f, dtype=np.float64))
+
+
+def _recall_evaluation(fit_id: int, x):
+    last = _LAST_EVAL.get(fit_id)
+    if last is not None and last[0] == np.asarray(x, dtype=np.float64).tobytes():
+        return last[1]
+    return None
+
+
+def take_user_exception(fit_id: int) -> BaseException | None:
+    """The exception the fit's host callbacks recorded, if any (and forget it)."""
+    with _ABORTS_LOCK:
+        return _ABORTS.pop(fit_id, None)
+
+
+def end_fit(fit_id: int) -> None:
+    """Forget every host-side slot of the fit."""
+    _LAST_EVAL.pop(fit_id, None)
+    _CALLBACKS.pop(fit_id, None)
+    take_user_exception(fit_id)
+
+
+# --- callback(intermediate_result) once per iteration (scipy >= 1.16) ---------------
+#
+# The user's callback is kept host-side under the fit id, so a new callback object
+# does not recompile the loop: the compiled program only knows "call back, yes/no".
+
+_CALLBACKS: dict[int, Callable] = {}
+
+
+def _wrap_callback(callback: Callable) -> Callable:
+    """scipy's rule (``optimize._optimize._wrap_callback``): a callback whose only
+    parameter is named ``intermediate_result`` gets the OptimizeResult, any other
+    gets a copy of ``x``."""
+    import inspect
+
+    try:
+        params = set(inspect.signature(callback).parameters)
+    except (TypeError, ValueError):
+        params = set()
+    if params == {"intermediate_result"}:
+        return lambda res: callback(intermediate_result=res)
+    return lambda res: callback(np.copy(res.x))
+
+
+def register_callback(fit_id: int, callback: Callable) -> None:
+    _CALLBACKS[fit_id] = _wrap_callback(callback)
+
+
+def iteration_callback(fit_id, x, fun, nit, nfev, cost):
+    """One host call: the user's callback on ``OptimizeResult(x, fun, nit, nfev, cost)``;
+    True when it raised ``StopIteration`` (any other exception ends the fit and
+    reaches the caller as itself)."""
+    from scipy.optimize import OptimizeResult
+
+    def cb(fid, x, fun, nit, nfev, cost):
+        result = OptimizeResult(x=np.array(x), fun=np.array(fun), nit=int(nit), nfev=int(nfev))
+        result["cost"] = float(cost)
+        try:
+            _CALLBACKS[fid](result)
+        except StopIteration:
+            return np.float64(1.0)
+        return np.float64(0.0)
+
+    return _host_call(cb, (), fit_id, x, fun, nit, nfev, cost) != 0
+
+
+def _record_user_exception(fit_id: int, err: BaseException) -> None:
+    with _ABORTS_LOCK:
+        _ABORTS.setdefault(fit_id, err)  # the first one is the cause
+
+
 @dataclass(frozen=True)
 class HostResidual:
-    """A residual evaluated on the host (NumPy) through ``jax.pure_callback``."""
+    """A residual evaluated on the host (NumPy) through ``jax.pure_callback``.
+
+    ``data`` is ``(fit_id, user data)``: the id names the slot where an exception
+    raised by the user's code is kept for the driver to re-raise.
+    """
 
     inner: Any  # FunResidual | ModelResidual
     m: int
 
     def __call__(self, x, data):
-        def cb(x, data):
-            return np.asarray(self.inner(np.asarray(x), _to_np(data), xp=np), dtype=np.float64)
+        fit_id, user_data = data
 
-        return _host_call(cb, (self.m,), x, data)
+        def cb(fid, x, data):
+            f = _recall_evaluation(fid, x)
+            if f is None:
+                f = np.asarray(self.inner(np.asarray(x), _to_np(data), xp=np), dtype=np.float64)
+                remember_evaluation(fid, x, f)
+            return f
+
+        return _host_call(cb, (self.m,), fit_id, x, user_data)
 
     def jacobian(self, x, data, lb, ub, diff_step):
+        fit_id, user_data = data
         n = x.shape[0]
 
-        def cb(x, data, lb, ub, diff_step):
+        def cb(fid, x, data, lb, ub, diff_step):
             x = np.asarray(x)
             d = _to_np(data)
             if self.inner.jac is not None:
-                return np.asarray(self.inner.user_jac(x, d, xp=np), dtype=np.float64)
+                J = np.asarray(self.inner.user_jac(x, d, xp=np), dtype=np.float64)
+                if J.shape != (self.m, n):
+                    raise ValueError(
+                        f"The return value of `jac` has wrong shape: expected {(self.m, n)}, "
+                        f"actual {J.shape}."
+                    )
+                return J
             return fd_jacobian_np(
                 lambda p: np.asarray(self.inner(p, d, xp=np), dtype=np.float64),
                 x,
                 np.asarray(lb),
                 np.asarray(ub),
                 float(diff_step),
+                f0=_recall_evaluation(fid, x),
             )
 
-        return _host_call(cb, (self.m, n), x, data, lb, ub, diff_step)
+        return _host_call(cb, (self.m, n), fit_id, x, user_data, lb, ub, diff_step)
 
 
-def _host_call(cb, shape, *args):
+def _host_call(cb, shape, fit_id, *args):
     """``jax.pure_callback`` that moves float64/int64 across intact in both directions.
 
     ``jax.enable_x64`` is thread-local, and XLA may run a callback on a worker
     thread where it is off: JAX would then hand the callback float32 copies of
     its float64 operands and demand a float32 result.  So every 64-bit operand
     and the result travel as pairs of uint32 (which no x64 setting touches) and
-    are reinterpreted on each side.
+    are reinterpreted on each side.  An exception from ``cb`` (the user's code)
+    is recorded under ``fit_id`` and stops the loop (see ``_ABORTS``).
     """
-    leaves, treedef = jax.tree_util.tree_flatten(args)
+    leaves, treedef = jax.tree_util.tree_flatten((fit_id, args))
     dtypes = [np.dtype(leaf.dtype) for leaf in leaves]
     wide = [dt.itemsize == 8 for dt in dtypes]
     packed = [
@@ -275,8 +478,20 @@ def _host_call(cb, shape, *args):
             np.ascontiguousarray(a).view(dt).reshape(a.shape[:-1]) if w else np.asarray(a)
             for a, dt, w in zip(flat, dtypes, wide, strict=True)
         ]
-        out = np.ascontiguousarray(cb(*jax.tree_util.tree_unflatten(treedef, restored)))
-        return out.astype(np.float64, copy=False).view(np.uint32).reshape(shape + (2,))
+        fid, cb_args = jax.tree_util.tree_unflatten(treedef, restored)
+        fid = int(fid)
+        try:
+            out = np.asarray(cb(fid, *cb_args), dtype=np.float64)
+            if out.shape != shape:
+                raise ValueError(
+                    f"The function returned an array of shape {out.shape} at x = {cb_args[0]}, "
+                    f"but of shape {shape} at the initial point."
+                )
+        except Exception as err:
+            _record_user_exception(fid, err)
+            raise _FitAborted from None
+        # (0-d arrays cannot change itemsize in a view: go through 1-d.)
+        return np.ascontiguousarray(out.reshape(-1)).view(np.uint32).reshape(shape + (2,))
 
     spec = jax.ShapeDtypeStruct(shape + (2,), jnp.uint32)
     raw = jax.pure_callback(bits, spec, *packed, vmap_method="sequential")

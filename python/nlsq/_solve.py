@@ -12,6 +12,7 @@ cannot trace, and scipy's ``OptimizeResult``.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 import weakref
 from typing import Any
@@ -28,7 +29,17 @@ from ._driver import Method, SolveResult, run
 from ._lm import LM
 from ._problem import Problem
 from ._reduce import pcov_from_R
-from ._residual import TRACE_ERRORS, HostFallbackWarning, HostResidual
+from ._residual import (
+    TRACE_ERRORS,
+    HostFallbackWarning,
+    HostResidual,
+    UserTraceFailure,
+    end_fit,
+    new_fit_id,
+    register_callback,
+    remember_evaluation,
+    take_user_exception,
+)
 from ._trf import TRF
 from ._verbose import log_closing, log_header, table_lock
 
@@ -70,39 +81,86 @@ def _mark_host(fn) -> None:
         _HOST_MODELS_STRONG.add(fn)
 
 
-def _on_host(problem: Problem) -> Problem:
+def _on_host(problem: Problem, fit_id: int) -> Problem:
+    """``problem`` with its residual evaluated by NumPy on the host.
+
+    Evaluating the user's function once here gives m, and lets a genuine error in
+    it (ZeroDivisionError, a wrong shape...) surface as itself.  Its data become
+    ``(fit_id, data)``: the id names the slot where an exception the user's code
+    raises mid-fit is kept (``_residual._ABORTS``).
+    """
     residual = problem.residual
     np_data = jax.tree_util.tree_map(np.asarray, problem.data)
-    f0 = np.asarray(residual(np.array(problem.x0), np_data, xp=np), dtype=np.float64)
-    return problem.on_host(HostResidual(residual, int(f0.size)))
+    x0 = np.array(problem.x0)
+    f0 = np.asarray(residual(x0, np_data, xp=np), dtype=np.float64)
+    remember_evaluation(fit_id, x0, f0)  # the loop's first evaluation, as in scipy
+    host = problem.on_host(HostResidual(residual, int(f0.size)))
+    return dataclasses.replace(host, data=(np.int64(fit_id), problem.data))
 
 
-def fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
+
+
+def _run(problem: Problem, fit_id: int):
+    """Run the compiled loop; an exception of the user's code raised in a host
+    callback (residual, Jacobian, ``callback``) is re-raised as itself."""
+    try:
+        return jax.device_get(solve(problem))
+    except jax.errors.JaxRuntimeError:
+        user_error = take_user_exception(fit_id)
+        if user_error is None:
+            raise
+        if problem.verbose:
+            # The rows logged before the error are in the ring: write them first.
+            from .utils import async_logger
+
+            async_logger.flush()
+        raise user_error from None
+
+
+def fit(
+    problem: Problem, model: Any, callback: Any = None
+) -> tuple[OptimizeResult, np.ndarray | None]:
     """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
-    remembered when it cannot be traced so later fits go to the host directly."""
-    with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
-        return _fit(problem, model)
+    remembered when it cannot be traced so later fits go to the host directly;
+    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``)."""
+    fit_id = new_fit_id()
+    if callback is not None:
+        register_callback(fit_id, callback)
+        problem = problem.with_callback(fit_id)
+    try:
+        with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
+            return _fit(problem, model, fit_id)
+    finally:
+        end_fit(fit_id)
 
 
-def _fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
+def _fit(problem: Problem, model: Any, fit_id: int):
     verbose = problem.verbose
     log_header(verbose)
     if _known_host(model):
-        out, pcov = solve(_on_host(problem))
+        out, pcov = _run(_on_host(problem, fit_id), fit_id)
     else:
+        untraceable = None
         try:
-            out, pcov = solve(problem)
-        except TRACE_ERRORS as err:
+            out, pcov = _run(problem, fit_id)
+        except (UserTraceFailure, *TRACE_ERRORS) as err:
+            untraceable = err.original if isinstance(err, UserTraceFailure) else err
+        if untraceable is not None:
+            host = _on_host(problem, fit_id)  # raises the user's own error if genuine
             _mark_host(model)
             warnings.warn(
-                f"{problem.residual.name!r} cannot be traced by JAX ({type(err).__name__}); it "
-                "is evaluated on the host through jax.pure_callback with a '2-point' "
-                "finite-difference Jacobian (slower). Write it with jax.numpy to fit on the "
-                "device.",
+                f"{problem.residual.name!r} cannot be traced by JAX "
+                f"({type(untraceable).__name__}: {_first_line(untraceable)}); it is evaluated "
+                "on the host through jax.pure_callback with a '2-point' finite-difference "
+                "Jacobian unless `jac` is given (slower). Write it with jax.numpy to fit on "
+                "the device.",
                 HostFallbackWarning,
                 stacklevel=4,
             )
-            out, pcov = solve(_on_host(problem))
+            out, pcov = _run(host, fit_id)
     out, pcov = jax.device_get((out, pcov))
     status = int(out.status)
     if status == BAD_START:

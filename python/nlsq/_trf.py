@@ -336,4 +336,4 @@ def result(problem: Problem, state: TRFState) -> SolveResult:
     )
 
 
-TRF = Method(init=init, step=step, row=row, result=result)
+TRF = Method(init=init, step=step, row=row, result=result, point=lambda s: (s.x, s.lin.f_true))
