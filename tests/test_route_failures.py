@@ -22,8 +22,13 @@ P0 = [1.0, 1.0, 0.0]
 
 
 def _fresh_model() -> Callable[..., jax.Array]:
-    # A new function object: the fit is traced (and its route chosen) anew.
+    # A new function: the fit is traced (and its route chosen) anew.  nlsq keys
+    # models by code and captured values (nlsq._cache.code_keyed), so the model
+    # captures a new object to be a different function.
+    token = object()
+
     def model(x, a, b, c):
+        assert token is not None
         return a * jnp.exp(-b * x) + c
 
     return model
