@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import Bounds, OptimizeWarning
@@ -21,11 +22,12 @@ from ._least_squares import (
 )
 from ._loss import validate_loss
 from ._residual import ModelResidual
+from ._sharding import plan_rows
 
 __all__ = ["curve_fit", "CurveFit"]
 
 _LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
-               "diff_step", "tr_solver"}  # fmt: skip
+               "diff_step", "tr_solver", "chunk_size", "mesh"}  # fmt: skip
 
 
 def _n_params(f: Callable) -> int:
@@ -55,10 +57,30 @@ def _initialize_feasible(lb, ub):
 
 
 def _as_float_array(a, check_finite: bool, what: str):
+    if isinstance(a, jax.Array):
+        # Stays where it is (sharded, or spanning processes); checked on the device.
+        if check_finite and not bool(_all_finite(a)):
+            raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+        return a
     a = np.asarray(a, dtype=float)
     if check_finite and not np.all(np.isfinite(a)):
         raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
     return a
+
+
+@jax.jit
+def _all_finite(a):
+    return jnp.all(jnp.isfinite(a))
+
+
+@jax.jit
+def _any_zero(a):
+    return jnp.any(a == 0)
+
+
+def _reciprocal(a):
+    with jax.enable_x64(True):
+        return 1.0 / a.astype(jnp.float64)
 
 
 def curve_fit(
@@ -231,11 +253,10 @@ class CurveFit:
         if isinstance(xdata, (list, tuple, np.ndarray)):
             xdata = _as_float_array(xdata, check_finite, "xdata")
         elif isinstance(xdata, jax.Array):
-            if check_finite and not bool(np.all(np.isfinite(np.asarray(xdata)))):
-                raise ValueError("`xdata` must not contain infs or NaNs (check_finite=True).")
+            xdata = _as_float_array(xdata, check_finite, "xdata")
         if ydata.size == 0:
             raise ValueError("`ydata` must not be empty!")
-        ydata = np.atleast_1d(ydata)
+        ydata = jnp.atleast_1d(ydata) if isinstance(ydata, jax.Array) else np.atleast_1d(ydata)
         if not check_finite and nan_policy is not None:
             x_np = np.asarray(xdata, dtype=float)
             has_nan = np.isnan(x_np)
@@ -261,7 +282,12 @@ class CurveFit:
             )
 
         transform, kind = None, 0
-        if sigma is not None:
+        if isinstance(sigma, jax.Array) and sigma.ndim == 1 and sigma.shape == ydata.shape:
+            # A device (possibly sharded) sigma stays on the device: 1/sigma there.
+            if bool(_any_zero(sigma)):
+                raise ValueError("`sigma` must not contain zeros.")
+            transform, kind = _reciprocal(sigma), 1
+        elif sigma is not None:
             sigma = np.asarray(sigma, dtype=float)
             if sigma.size == 1 or sigma.shape == (ydata.size,):
                 if np.any(sigma == 0):
@@ -297,6 +323,17 @@ class CurveFit:
         with jax.enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
+            if isinstance(ydata, jax.Array) and ydata.dtype != np.float64:
+                ydata = ydata.astype(np.float64)
+            xdata, ydata, transform, kind, layout = plan_rows(
+                xdata,
+                ydata,
+                transform,
+                kind,
+                n,
+                chunk_size=kwargs.get("chunk_size"),
+                mesh=kwargs.get("mesh"),
+            )
             residual = ModelResidual(f, user_jac, kind)
             res, pcov = run_solver(
                 residual,
@@ -317,6 +354,7 @@ class CurveFit:
                 diff_step=kwargs.get("diff_step"),
                 verbose=verbose,
                 want_pcov=True,
+                layout=layout,
             )
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)

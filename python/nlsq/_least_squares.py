@@ -17,6 +17,7 @@ import numpy as np
 from scipy.optimize import Bounds, OptimizeResult
 
 from ._common import BAD_START, EPS, TERMINATION_MESSAGES, make_strictly_feasible_np
+from ._distributed import fetch, table_verbosity
 from ._loss import validate_loss
 from ._residual import (
     TRACE_ERRORS,
@@ -25,6 +26,7 @@ from ._residual import (
     HostResidual,
     split_args,
 )
+from ._sharding import data_mesh
 from ._solve import SolverSpec, solve
 from ._verbose import log_closing, log_header
 
@@ -152,8 +154,14 @@ def run_solver(
     diff_step,
     verbose: int,
     want_pcov: bool,
+    layout=None,
 ):
-    """Validate-free core shared by least_squares and curve_fit (inside enable_x64)."""
+    """Validate-free core shared by least_squares and curve_fit (inside enable_x64).
+
+    ``layout`` (:class:`nlsq._sharding.RowLayout`): chunked / sharded rows.
+    """
+    # One table per fit, written by process 0 under jax.distributed.
+    verbose = table_verbosity(verbose)
     n = x0.size
     bounded = bool(np.any(np.isfinite(lb) | np.isfinite(ub)))
     jac_scale = isinstance(x_scale, str)
@@ -184,6 +192,8 @@ def run_solver(
             jac_scale=jac_scale,
             verbose=verbose,
             want_pcov=want_pcov,
+            layout=layout if mode != "host" else None,
+            mesh=data_mesh(data),
         )
 
     def host_spec():
@@ -213,7 +223,9 @@ def run_solver(
             spec = None
     if spec is not None:
         out, pcov = solve(spec, *args)
-    out, pcov = jax.device_get((out, pcov))
+    out, pcov = fetch((out, pcov))
+    if layout is not None and layout.m_valid != layout.m:
+        out = out._replace(fun=out.fun[: layout.m_valid])
     status = int(out.status)
     if status == BAD_START:
         if verbose:
@@ -227,8 +239,8 @@ def run_solver(
     result = OptimizeResult(
         x=np.asarray(out.x),
         cost=float(out.cost),
-        fun=np.asarray(out.fun),
-        jac=np.asarray(out.jac),
+        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
+        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
         grad=np.asarray(out.grad),
         optimality=float(out.optimality),
         active_mask=np.asarray(out.active_mask, dtype=int),

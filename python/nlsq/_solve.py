@@ -35,6 +35,8 @@ class SolverSpec:
     jac_scale: bool
     verbose: int
     want_pcov: bool
+    layout: Any = None  # nlsq._sharding.RowLayout: chunked / sharded rows (trf)
+    mesh: Any = None  # the data's jax.sharding.Mesh: verbose rows written by one device
 
 
 def _jacobian(spec: SolverSpec, fun, data, lb, ub, diff_step, m: int):
@@ -88,6 +90,17 @@ def solve(
 
     jac = _jacobian(spec, fun, data, lb, ub, diff_step, m)
     log_row = make_log_row(spec.verbose)
+    if spec.mesh is not None and log_row is not None:
+        from ._sharding import log_row_on_mesh
+
+        log_row = log_row_on_mesh(spec.verbose, spec.mesh)
+    linearize_at = None
+    if spec.layout is not None and spec.method == "trf":
+        from ._sharding import make_linearizer
+
+        linearize_at = make_linearizer(
+            spec.layout, res, spec.jac_mode, data, lb, ub, diff_step, spec.loss, f_scale
+        )
     if spec.method == "lm":
         out = lm(
             fun,
@@ -118,6 +131,9 @@ def solve(
             bounded=spec.bounded,
             jac_scale=spec.jac_scale,
             log_row=log_row,
+            linearize_at=linearize_at,
         )
+    if spec.layout is not None:
+        m = spec.layout.m_valid
     pcov = pcov_from_R(out.R, m, n) if spec.want_pcov else None
     return out, pcov

@@ -203,15 +203,24 @@ def trf(
     bounded: bool,
     jac_scale: bool,
     log_row: LogRow | None = None,
+    linearize_at: Callable | None = None,
 ) -> SolveResult:
-    """Run TRF from ``x0``; all array arguments may be traced, keywords are static."""
+    """Run TRF from ``x0``; all array arguments may be traced, keywords are static.
+
+    ``linearize_at(x, f, cost) -> Linearization`` replaces the one-shot
+    ``jac`` + QR when given (chunked or sharded rows, :mod:`nlsq._sharding`).
+    """
     n = x0.shape[0]
     f0 = fun(x0)
     m = f0.shape[0]
     ok0 = jnp.all(jnp.isfinite(f0))
-    J0 = jac(x0)
+    if linearize_at is None:
+
+        def linearize_at(x, f, cost):
+            return linearize(f, jac(x), loss, f_scale, cost)
+
     cost0 = loss_cost(loss, f0, f_scale)
-    lin = linearize(f0, J0, loss, f_scale, cost0)
+    lin = linearize_at(x0, f0, cost0)
 
     if jac_scale:
         scale, scale_inv = compute_jac_scale(lin.J)
@@ -345,7 +354,7 @@ def trf(
         accept = ared > 0
 
         def on_accept(_):
-            new = linearize(f_new, jac(x_new), loss, f_scale, cost_new)
+            new = linearize_at(x_new, f_new, cost_new)
             if jac_scale:
                 sc, sc_inv = compute_jac_scale(new.J, st.scale_inv)
             else:

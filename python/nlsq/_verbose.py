@@ -41,7 +41,7 @@ def _constant(text: str):
     return _template(text.replace("{", "{{").replace("}", "}}"))
 
 
-def make_log_row(verbose: int):
+def make_log_row(verbose: int, gate=None):
     """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
 
     On CPU with the FFI route active, rows take the effect-free inline route
@@ -49,6 +49,10 @@ def make_log_row(verbose: int):
     the rows are in the ring once the solver's results are ready, which
     ``log_closing`` waits for. Elsewhere they go through the async_logger
     templates.
+
+    ``gate``: a zero-argument function traced where the row is emitted and
+    returning a device predicate; the row is written only where it is true (one
+    device of a mesh, :func:`nlsq._sharding.log_row_on_mesh`).
     """
     if verbose == 0:
         return None
@@ -70,10 +74,19 @@ def make_log_row(verbose: int):
         from .utils import _log_inline
 
         if not _log_inline.available():
-            _template(text)(verbose=verbose, **fields)
+            if gate is None:
+                _template(text)(verbose=verbose, **fields)
+            else:
+                import jax
+
+                jax.lax.cond(
+                    gate(), lambda: _template(text)(verbose=verbose, **fields), lambda: None
+                )
             return
         fmt = _template(text)
         keep = True if verbose >= 2 else st.iteration % 10 == 0
+        if gate is not None:
+            keep = gate() & keep
         _log_inline.emit_row(fmt._key, keep, [fields[name] for name in fmt.fields])
 
     return log_row
