@@ -35,6 +35,7 @@ BENCHES = (
     "bench_fit_vs_scipy",  # 2: time per fit after compilation against scipy
     "ring_micro",  # 3: push latency and drain throughput
     "bench_slow_sink",  # 4: a sink that sleeps per line
+    "bench_scale",  # 5: time and peak memory against n (chunked), forced-device scaling
 )
 
 

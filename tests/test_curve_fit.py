@@ -307,20 +307,20 @@ def test_exports():
 
 def _captured_solver_call(monkeypatch, **fit_kwargs):
     """Run a fit while recording the jaxpr of the jitted solver it called."""
-    import nlsq._least_squares as lsq_module
+    import nlsq._solve as solve_module
 
     calls = []
-    original = lsq_module.solve
+    original = solve_module.solve
 
-    def recording(spec, *args):
-        calls.append((spec, args))
-        return original(spec, *args)
+    def recording(problem):
+        calls.append(problem)
+        return original(problem)
 
-    monkeypatch.setattr(lsq_module, "solve", recording)
+    monkeypatch.setattr(solve_module, "solve", recording)
     curve_fit(exp_model, X, Y_EXP, p0=[1, 1, 1], **fit_kwargs)
-    (spec, args), *_ = calls
+    problem, *_ = calls
     with jax.enable_x64(True):
-        return original.trace(spec, *args).jaxpr.jaxpr
+        return original.trace(problem).jaxpr.jaxpr
 
 
 def _primitives(jaxpr, depth=0, out=None):
@@ -357,9 +357,9 @@ def test_verbose_rows_are_pushed_from_inside_the_loop(monkeypatch):
 
         return log_row if verbose else None
 
-    monkeypatch.setattr("nlsq._solve.make_log_row", fake_make_log_row)
-    monkeypatch.setattr("nlsq._least_squares.log_header", lambda verbose: None)
-    monkeypatch.setattr("nlsq._least_squares.log_closing", lambda *a: None)
+    monkeypatch.setattr("nlsq._driver.make_log_row", fake_make_log_row)
+    monkeypatch.setattr("nlsq._solve.log_header", lambda verbose: None)
+    monkeypatch.setattr("nlsq._solve.log_closing", lambda *a: None)
     prims = _primitives(_captured_solver_call(monkeypatch, verbose=2, ftol=1e-9))
     callbacks = [d for d, p in prims if "callback" in p]
     assert 0 in callbacks and max(callbacks) >= 1  # row 0 before the loop, rows inside

@@ -22,7 +22,7 @@ PRELUDE = """
 import json, os, re, io
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-import nlsq._least_squares as lsq
+import nlsq._solve as solve_module
 from nlsq import curve_fit
 from nlsq.utils import async_logger
 
@@ -30,14 +30,14 @@ assert len(jax.devices()) == 4, jax.devices()
 MESH = Mesh(np.array(jax.devices()), ("data",))
 ROWS = NamedSharding(MESH, P("data"))
 COMPILED = []
-_solve = lsq.solve
+_solve = solve_module.solve
 
-def spy(spec, *args):
+def spy(problem):
     # Keep the compiled program of every solve for inspection.
-    COMPILED.append(_solve.lower(spec, *args).compile())
-    return _solve(spec, *args)
+    COMPILED.append(_solve.lower(problem).compile())
+    return _solve(problem)
 
-lsq.solve = spy
+solve_module.solve = spy
 
 def model(x, a, b, c):
     return a * jnp.exp(-b * x) + c

@@ -10,19 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky
-from scipy.optimize import Bounds, OptimizeWarning
+from scipy.optimize import OptimizeWarning
 
-from ._common import make_strictly_feasible_np
-from ._least_squares import (
-    check_tolerance,
-    check_x_scale,
-    jacobian_mode,
-    prepare_bounds,
-    run_solver,
-)
-from ._loss import validate_loss
+from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
-from ._sharding import plan_rows
+from ._sharding import plan_rows, with_rows
+from ._solve import fit
 
 __all__ = ["curve_fit", "CurveFit"]
 
@@ -56,18 +49,6 @@ def _initialize_feasible(lb, ub):
     return p0
 
 
-def _as_float_array(a, check_finite: bool, what: str):
-    if isinstance(a, jax.Array):
-        # Stays where it is (sharded, or spanning processes); checked on the device.
-        if check_finite and not bool(_all_finite(a)):
-            raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
-        return a
-    a = np.asarray(a, dtype=float)
-    if check_finite and not np.all(np.isfinite(a)):
-        raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
-    return a
-
-
 @jax.jit
 def _all_finite(a):
     return jnp.all(jnp.isfinite(a))
@@ -81,6 +62,18 @@ def _any_zero(a):
 def _reciprocal(a):
     with jax.enable_x64(True):
         return 1.0 / a.astype(jnp.float64)
+
+
+def _as_float_array(a, check_finite: bool, what: str):
+    if isinstance(a, jax.Array):
+        # Stays where it is (sharded, or spanning processes); checked on the device.
+        if check_finite and not bool(_all_finite(a)):
+            raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+        return a
+    a = np.asarray(a, dtype=float)
+    if check_finite and not np.all(np.isfinite(a)):
+        raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+    return a
 
 
 def curve_fit(
@@ -135,7 +128,21 @@ def curve_fit(
     verbose : {0, 1, 2}
         Iteration table through the ring logger (see ``least_squares``).
     **kwargs
-        ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
+        ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``, and:
+
+        ``chunk_size`` (int or None): rows per chunk of the Jacobian.  None (default)
+        chunks long problems automatically (about 32 MB of ``[J | f]`` per chunk once
+        the Jacobian would fill four chunks); 0 never chunks.  A chunked fit never
+        holds the ``m x n`` Jacobian: its reduced problem is accumulated by a
+        chunked QR inside the compiled loop, and ``infodict``/``least_squares``'
+        ``jac`` is then the ``n x n`` triangle ``R`` with ``R^T R = J^T J``.
+
+        ``mesh`` (``jax.sharding.Mesh``): shard host data over this mesh's devices
+        (padded with zero-weight rows to a multiple of the device count).  Data
+        already given as ``jax.Array``s sharded over a mesh are fitted where they
+        are without it.  Sharded fits (and fits under ``jax.distributed``) need
+        1-D ``ydata``, ``xdata`` of shape ``(m,)``, ``(m, k)`` or ``(k, m)``, and
+        ``sigma`` as a scalar or 1-D array.
 
     Returns
     -------
@@ -175,12 +182,11 @@ class CurveFit:
     def __init__(self, f: Callable, *, jac=None, method: str | None = None):
         if not callable(f):
             raise TypeError("`f` must be callable.")
-        if method not in (None, "trf", "lm", "dogbox"):
-            raise ValueError("`method` must be 'trf', 'dogbox' or 'lm'.")
+        if method is not None:
+            check_method(method)
         if method == "dogbox":
             raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
-        if jac is not None and not callable(jac) and jac not in ("2-point", "3-point", "cs"):
-            raise ValueError("`jac` must be None, '2-point', '3-point', 'cs' or callable.")
+        check_jac(jac)
         self.f = f
         self.jac = jac
         self.method = method
@@ -208,8 +214,6 @@ class CurveFit:
         unknown = set(kwargs) - _LSQ_KWARGS
         if unknown:
             raise TypeError(f"curve_fit() got unexpected keyword argument(s) {sorted(unknown)}")
-        if verbose not in (0, 1, 2):
-            raise ValueError("`verbose` must be in [0, 1, 2].")
         if p0 is None:
             n = _n_params(f)
         else:
@@ -217,17 +221,12 @@ class CurveFit:
             if p0.ndim > 1:
                 raise ValueError("`p0` must have at most 1 dimension.")
             n = p0.size
-        if isinstance(bounds, Bounds):
-            lb, ub = prepare_bounds(bounds, n)
-        else:
-            lb, ub = prepare_bounds(bounds, n)
+        lb, ub = prepare_bounds(bounds, n)
         if lb.shape != (n,) or ub.shape != (n,):
             raise ValueError(
                 f"Inconsistent shapes between bounds and `p0`: bounds have shapes {lb.shape} "
                 f"and {ub.shape}, there are {n} parameters."
             )
-        if np.any(lb >= ub):
-            raise ValueError("Each lower bound must be strictly less than each upper bound.")
         if p0 is None:
             p0 = _initialize_feasible(lb, ub)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
@@ -237,12 +236,6 @@ class CurveFit:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
             )
-        if not np.all((p0 >= lb) & (p0 <= ub)):
-            bad = np.flatnonzero((p0 < lb) | (p0 > ub))
-            raise ValueError(
-                f"Initial guess is outside of provided bounds (`p0` index {bad.tolist()})"
-            )
-
         if check_finite is None:
             check_finite = nan_policy is None
         if nan_policy not in (None, "raise", "omit"):
@@ -304,21 +297,9 @@ class CurveFit:
                     f"({ydata.size}, {ydata.size})."
                 )
 
-        loss = kwargs.get("loss", "linear")
-        validate_loss(loss)
-        if method == "lm" and loss != "linear":
-            raise ValueError("method='lm' supports only 'linear' loss function.")
         if kwargs.get("tr_solver") not in (None, "exact"):
             raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
-        max_nfev = kwargs.get("max_nfev", kwargs.get("maxfev"))
-        if max_nfev is not None and max_nfev <= 0:
-            raise ValueError("`max_nfev` must be None or positive integer.")
-        x_scale = check_x_scale(kwargs.get("x_scale"), p0, method)
-        ftol, xtol, gtol = check_tolerance(
-            kwargs.get("ftol", 1e-8), kwargs.get("xtol", 1e-8), kwargs.get("gtol", 1e-8), method
-        )
-        x0 = make_strictly_feasible_np(p0, lb, ub) if method == "trf" else p0.copy()
-        jac_mode, user_jac = jacobian_mode(self.jac)
+        jac_mode, user_jac = check_jac(self.jac)
 
         with jax.enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
@@ -334,28 +315,25 @@ class CurveFit:
                 chunk_size=kwargs.get("chunk_size"),
                 mesh=kwargs.get("mesh"),
             )
-            residual = ModelResidual(f, user_jac, kind)
-            res, pcov = run_solver(
-                residual,
-                fn_for_fallback=f,
-                data=(xdata, ydata, transform),
-                x0=x0,
-                lb=lb,
-                ub=ub,
+            problem = make_problem(
+                ModelResidual(f, user_jac, kind),
+                (xdata, ydata, transform),
+                p0,
                 jac_mode=jac_mode,
+                bounds=(lb, ub),
                 method=method,
-                loss=loss,
-                f_scale=float(kwargs.get("f_scale", 1.0)),
-                x_scale=x_scale,
-                ftol=ftol,
-                xtol=xtol,
-                gtol=gtol,
-                max_nfev=max_nfev,
+                loss=kwargs.get("loss", "linear"),
+                f_scale=kwargs.get("f_scale", 1.0),
+                x_scale=kwargs.get("x_scale"),
+                ftol=kwargs.get("ftol", 1e-8),
+                xtol=kwargs.get("xtol", 1e-8),
+                gtol=kwargs.get("gtol", 1e-8),
+                max_nfev=kwargs.get("max_nfev", kwargs.get("maxfev")),
                 diff_step=kwargs.get("diff_step"),
                 verbose=verbose,
                 want_pcov=True,
-                layout=layout,
             )
+            res, pcov = fit(with_rows(problem, layout), f)
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x

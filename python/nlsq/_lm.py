@@ -1,8 +1,6 @@
-"""Levenberg-Marquardt (More 1978, MINPACK ``lmder``) in the TRF framework.
+"""Levenberg-Marquardt (More 1978, MINPACK ``lmder``): ``init`` / ``step`` for the driver.
 
-Same shape as ``_trf``: a NamedTuple state, one ``step`` (one Jacobian
-evaluation followed by an inner ``lax.while_loop`` of trial steps), and one
-``lax.while_loop`` driver.  The algorithmic rules are MINPACK's, which is what
+The algorithmic rules are MINPACK's, which is what
 ``scipy.optimize.least_squares(method='lm')`` calls:
 
 * variable scaling ``diag`` from the Jacobian column norms (``x_scale='jac'``,
@@ -13,24 +11,27 @@ evaluation followed by an inner ``lax.while_loop`` of trial steps), and one
 * MINPACK's convergence tests (``info`` 1-8), reported with scipy's status codes.
 
 The LM step itself comes from the SVD trust-region solver shared with TRF
-(``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius), so the
-QR-reduced Jacobian is reused exactly as in ``_trf``.
+(``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius) on the
+QR-reduced Jacobian.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from ._common import BAD_START, EPS, norm, safe_div, solve_lsq_trust_region
-from ._trf import SolveResult, reduce_jacobian
+from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
+from ._driver import IterationRow, Method, SolveResult
+from ._problem import Problem
+from ._reduce import reduce_jacobian
 
-#: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision).
-_INFO_TO_STATUS = jnp.array([-1, 2, 3, 4, 1, 0, 2, 3, 1])
+#: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
+#: ``info == 0`` (still running) maps to RUNNING.
+_INFO_TO_STATUS = np.array([RUNNING, 2, 3, 4, 1, 0, 2, 3, 1])
 _FACTOR = 100.0
 
 
@@ -48,17 +49,28 @@ class LMState(NamedTuple):
     njev: jax.Array
     iteration: jax.Array
     accepted_any: jax.Array
-    info: jax.Array  # MINPACK code, 0 while running
+    status: jax.Array  # scipy status; RUNNING while MINPACK's ``info`` is 0
     gnorm: jax.Array  # MINPACK's scaled gradient (cosine) norm, for the gtol test
     g_norm: jax.Array  # max |J^T f|, scipy's optimality (the logged one)
     step_norm: jax.Array
     actual_reduction: jax.Array
-    ok0: jax.Array
+    initial_cost: jax.Array
 
-    # ``log_row`` reads these names on both solvers.
-    @property
-    def cost(self):
-        return 0.5 * self.fnorm**2
+
+class Trial(NamedTuple):
+    """Carry of MINPACK's inner loop (trial steps until one has ``ratio >= 1e-4``)."""
+
+    delta: jax.Array
+    par: jax.Array
+    nfev: jax.Array
+    x: jax.Array
+    f: jax.Array
+    fnorm: jax.Array
+    xnorm: jax.Array
+    accepted: jax.Array
+    info: jax.Array
+    step_norm: jax.Array
+    actual_reduction: jax.Array  # of the cost 0.5 ||f||^2, for the table
 
 
 def _colnorms(J):
@@ -73,38 +85,22 @@ def _gnorm(J, f, fnorm):
     return jnp.where(fnorm != 0, jnp.max(cos) / jnp.where(fnorm != 0, fnorm, 1.0), 0.0)
 
 
-def lm(
-    fun: Callable,
-    jac: Callable,
-    x0,
-    ftol,
-    xtol,
-    gtol,
-    max_nfev,
-    x_scale,
-    *,
-    jac_scale: bool,
-    log_row: Callable | None = None,
-) -> SolveResult:
-    """Run MINPACK-style LM from ``x0`` (no bounds, linear loss)."""
-    n = x0.shape[0]
-    dtype = x0.dtype
-    f0 = fun(x0)
-    m = f0.shape[0]
-    ok0 = jnp.all(jnp.isfinite(f0))
+def init(problem: Problem) -> LMState:
+    x0 = problem.x0
+    f0 = problem.fun(x0)
     fnorm0 = norm(f0)
-    J0 = jac(x0)
+    J0 = problem.jac(x0)
     R0, qtf0 = reduce_jacobian(J0, f0)
-    if jac_scale:
+    if problem.jac_scale:
         cn = _colnorms(J0)
         diag = jnp.where(cn == 0, 1.0, cn)
     else:
-        diag = 1.0 / x_scale
+        diag = 1.0 / problem.x_scale
     xnorm = norm(diag * x0)
-    delta = jnp.where(xnorm == 0, _FACTOR, _FACTOR * xnorm)
     gnorm = _gnorm(J0, f0, fnorm0)
-    zero = jnp.zeros((), dtype)
-    st = LMState(
+    status = jnp.where(gnorm <= problem.gtol, 1, RUNNING)
+    zero = jnp.zeros((), x0.dtype)
+    return LMState(
         x=x0,
         f=f0,
         fnorm=fnorm0,
@@ -112,157 +108,159 @@ def lm(
         R=R0,
         qtf=qtf0,
         diag=diag,
-        delta=delta,
+        delta=jnp.where(xnorm == 0, _FACTOR, _FACTOR * xnorm),
         par=zero,
         nfev=jnp.asarray(1),
         njev=jnp.asarray(1),
         iteration=jnp.asarray(0),
         accepted_any=jnp.asarray(False),
-        info=jnp.where(ok0, jnp.where(gnorm <= gtol, 4, 0), -1),
+        status=jnp.where(jnp.all(jnp.isfinite(f0)), status, BAD_START),
         gnorm=gnorm,
         g_norm=jnp.max(jnp.abs(J0.T @ f0)),
         step_norm=zero,
         actual_reduction=zero,
-        ok0=ok0,
+        initial_cost=0.5 * fnorm0**2,
     )
-    if log_row is not None:
-        log_row(st, first=True)
 
-    def step(st: LMState) -> LMState:
-        diag = st.diag
-        if jac_scale:
-            diag = jnp.maximum(diag, _colnorms(st.J))
-        J_h = st.R / diag
-        U, s, Vt = jnp.linalg.svd(J_h, full_matrices=False)
-        V = Vt.T
-        uf = U.T @ st.qtf
 
-        def trial_cond(c):
-            return ~c[-1]
+def step(problem: Problem, state: LMState) -> LMState:
+    """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
+    ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
+    n = state.x.shape[0]
+    m = state.f.shape[0]
+    diag = state.diag
+    if problem.jac_scale:
+        diag = jnp.maximum(diag, _colnorms(state.J))
+    J_h = state.R / diag
+    U, s, Vt = jnp.linalg.svd(J_h, full_matrices=False)
+    V = Vt.T
+    uf = U.T @ state.qtf
+    fn2 = state.fnorm**2
 
-        def trial(c):
-            delta, par, nfev, x, f, fnorm, xnorm, acc, info, step_norm, ared_cost, _ = c
-            p_h, par_new = solve_lsq_trust_region(n, m, uf, s, V, delta, par, rtol=0.1)
-            p = p_h / diag
-            pnorm = norm(p_h)
-            delta = jnp.where(st.accepted_any | acc, delta, jnp.minimum(delta, pnorm))
-            x_try = st.x + p
-            f_try = fun(x_try)
-            fnorm1 = norm(f_try)
-            blown = ~jnp.isfinite(fnorm1) | (0.1 * fnorm1 >= st.fnorm)
-            actred = jnp.where(blown, -1.0, 1 - (fnorm1 / st.fnorm) ** 2)
-            Jp = st.R @ p
-            fn2 = st.fnorm**2
-            prered = -(2 * jnp.dot(st.qtf, Jp) + jnp.dot(Jp, Jp)) / fn2
-            dirder = jnp.dot(st.qtf, Jp) / fn2
-            ratio = safe_div(actred, prered)
-            temp = jnp.where(actred >= 0, 0.5, 0.5 * safe_div(dirder, dirder + 0.5 * actred))
-            temp = jnp.where(blown | (temp < 0.1), 0.1, temp)
-            shrink = ratio <= 0.25
-            grow = ~shrink & ((par_new == 0) | (ratio >= 0.75))
-            delta = jnp.where(
-                shrink, temp * jnp.minimum(delta, pnorm / 0.1), jnp.where(grow, pnorm / 0.5, delta)
-            )
-            par_new = jnp.where(shrink, par_new / temp, jnp.where(grow, 0.5 * par_new, par_new))
-            ok = ratio >= 1e-4
-            x = jnp.where(ok, x_try, x)
-            f = jnp.where(ok, f_try, f)
-            xnorm = jnp.where(ok, norm(diag * x_try), xnorm)
-            fnorm_new = jnp.where(ok, fnorm1, fnorm)
-            nfev = nfev + 1
-            c1 = (jnp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1)
-            c2 = delta <= xtol * xnorm
-            info = jnp.where(c1 & c2, 3, jnp.where(c1, 1, jnp.where(c2, 2, 0)))
-            info = jnp.where(info == 0, jnp.where(nfev >= max_nfev, 5, 0), info)
-            c6 = (jnp.abs(actred) <= EPS) & (prered <= EPS) & (0.5 * ratio <= 1)
-            info = jnp.where(info == 0, jnp.where(c6, 6, 0), info)
-            info = jnp.where(info == 0, jnp.where(delta <= EPS * xnorm, 7, 0), info)
-            info = jnp.where(info == 0, jnp.where(st.gnorm <= EPS, 8, 0), info)
-            step_norm = jnp.where(ok, norm(p), step_norm)
-            ared_cost = jnp.where(ok, 0.5 * (fn2 - fnorm1**2), ared_cost)
-            done = (info != 0) | ok
-            return (
-                delta,
-                par_new,
-                nfev,
-                x,
-                f,
-                fnorm_new,
-                xnorm,
-                acc | ok,
-                info,
-                step_norm,
-                ared_cost,
-                done,
-            )
-
-        init = (
-            st.delta,
-            st.par,
-            st.nfev,
-            st.x,
-            st.f,
-            st.fnorm,
-            norm(diag * st.x),
-            jnp.asarray(False),
-            st.info,
-            zero,
-            zero,
-            jnp.asarray(False),
+    def trial(t: Trial) -> Trial:
+        p_h, par = solve_lsq_trust_region(n, m, uf, s, V, t.delta, t.par, rtol=0.1)
+        p = p_h / diag
+        pnorm = norm(p_h)
+        # MINPACK: on the first iteration, shrink the initial radius to the first step.
+        delta = jnp.where(state.accepted_any | t.accepted, t.delta, jnp.minimum(t.delta, pnorm))
+        x_try = state.x + p
+        f_try = problem.fun(x_try)
+        fnorm1 = norm(f_try)
+        blown = ~jnp.isfinite(fnorm1) | (0.1 * fnorm1 >= state.fnorm)
+        actred = jnp.where(blown, -1.0, 1 - (fnorm1 / state.fnorm) ** 2)
+        Jp = state.R @ p
+        prered = -(2 * jnp.dot(state.qtf, Jp) + jnp.dot(Jp, Jp)) / fn2
+        dirder = jnp.dot(state.qtf, Jp) / fn2
+        ratio = safe_div(actred, prered)
+        temp = jnp.where(actred >= 0, 0.5, 0.5 * safe_div(dirder, dirder + 0.5 * actred))
+        temp = jnp.where(blown | (temp < 0.1), 0.1, temp)
+        shrink = ratio <= 0.25
+        grow = ~shrink & ((par == 0) | (ratio >= 0.75))
+        delta = jnp.where(
+            shrink, temp * jnp.minimum(delta, pnorm / 0.1), jnp.where(grow, pnorm / 0.5, delta)
         )
-        delta, par, nfev, x, f, fnorm, _, acc, info, step_norm, ared_cost, _ = lax.while_loop(
-            trial_cond, trial, init
-        )
-        # Unlike MINPACK, also re-linearize after the accepted step that ends the
-        # fit, so the logged optimality and the returned jac/grad belong to x.
-        new_jac = acc
-
-        def on_new(_):
-            J = jac(x)
-            R, qtf = reduce_jacobian(J, f)
-            return J, R, qtf
-
-        J, R, qtf = lax.cond(new_jac, on_new, lambda _: (st.J, st.R, st.qtf), None)
-        gnorm = jnp.where(new_jac, _gnorm(J, f, fnorm), st.gnorm)
-        info = jnp.where(new_jac & (info == 0) & (gnorm <= gtol), 4, info)
-        new = LMState(
-            x=x,
-            f=f,
-            fnorm=fnorm,
-            J=J,
-            R=R,
-            qtf=qtf,
-            diag=diag,
+        par = jnp.where(shrink, par / temp, jnp.where(grow, 0.5 * par, par))
+        ok = ratio >= 1e-4
+        xnorm = jnp.where(ok, norm(diag * x_try), t.xnorm)
+        nfev = t.nfev + 1
+        # MINPACK's tests, in its order of precedence.
+        c1 = (jnp.abs(actred) <= ftol) & (prered <= ftol) & (0.5 * ratio <= 1)
+        c2 = delta <= xtol * xnorm
+        info = jnp.where(c1 & c2, 3, jnp.where(c1, 1, jnp.where(c2, 2, 0)))
+        info = jnp.where(info == 0, jnp.where(nfev >= max_nfev, 5, 0), info)
+        c6 = (jnp.abs(actred) <= EPS) & (prered <= EPS) & (0.5 * ratio <= 1)
+        info = jnp.where(info == 0, jnp.where(c6, 6, 0), info)
+        info = jnp.where(info == 0, jnp.where(delta <= EPS * xnorm, 7, 0), info)
+        info = jnp.where(info == 0, jnp.where(state.gnorm <= EPS, 8, 0), info)
+        return Trial(
             delta=delta,
             par=par,
             nfev=nfev,
-            njev=st.njev + new_jac.astype(st.njev.dtype),
-            iteration=st.iteration + 1,
-            accepted_any=st.accepted_any | acc,
+            x=jnp.where(ok, x_try, t.x),
+            f=jnp.where(ok, f_try, t.f),
+            fnorm=jnp.where(ok, fnorm1, t.fnorm),
+            xnorm=xnorm,
+            accepted=t.accepted | ok,
             info=info,
-            gnorm=gnorm,
-            g_norm=jnp.max(jnp.abs(J.T @ f)),
-            step_norm=step_norm,
-            actual_reduction=ared_cost,
-            ok0=st.ok0,
+            step_norm=jnp.where(ok, norm(p), t.step_norm),
+            actual_reduction=jnp.where(ok, 0.5 * (fn2 - fnorm1**2), t.actual_reduction),
         )
-        if log_row is not None:
-            log_row(new, first=False)
-        return new
 
-    st = lax.while_loop(lambda st: st.info == 0, step, st)
-    status = jnp.where(st.ok0, _INFO_TO_STATUS[st.info], BAD_START)
-    return SolveResult(
-        x=st.x,
-        cost=0.5 * st.fnorm**2,
-        fun=st.f,
-        jac=st.J,
-        grad=st.J.T @ st.f,
-        optimality=st.g_norm,
-        active_mask=jnp.zeros(n, dtype=jnp.int32),
-        nfev=st.nfev,
-        njev=st.njev,
-        status=status,
-        initial_cost=0.5 * fnorm0**2,
-        R=st.R,
+    zero = jnp.zeros((), state.x.dtype)
+    first = Trial(
+        delta=state.delta,
+        par=state.par,
+        nfev=state.nfev,
+        x=state.x,
+        f=state.f,
+        fnorm=state.fnorm,
+        xnorm=norm(diag * state.x),
+        accepted=jnp.asarray(False),
+        info=jnp.asarray(0),
+        step_norm=zero,
+        actual_reduction=zero,
     )
+    t = lax.while_loop(lambda t: (t.info == 0) & ~t.accepted, trial, first)
+    # Unlike MINPACK, also re-linearize after the accepted step that ends the
+    # fit, so the logged optimality and the returned jac/grad belong to x.
+
+    def relinearize(_):
+        J = problem.jac(t.x)
+        R, qtf = reduce_jacobian(J, t.f)
+        return J, R, qtf
+
+    J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: (state.J, state.R, state.qtf), None)
+    gnorm = jnp.where(t.accepted, _gnorm(J, t.f, t.fnorm), state.gnorm)
+    info = jnp.where(t.accepted & (t.info == 0) & (gnorm <= problem.gtol), 4, t.info)
+    return LMState(
+        x=t.x,
+        f=t.f,
+        fnorm=t.fnorm,
+        J=J,
+        R=R,
+        qtf=qtf,
+        diag=diag,
+        delta=t.delta,
+        par=t.par,
+        nfev=t.nfev,
+        njev=state.njev + t.accepted.astype(state.njev.dtype),
+        iteration=state.iteration + 1,
+        accepted_any=state.accepted_any | t.accepted,
+        status=jnp.asarray(_INFO_TO_STATUS, state.status.dtype)[info],
+        gnorm=gnorm,
+        g_norm=jnp.max(jnp.abs(J.T @ t.f)),
+        step_norm=t.step_norm,
+        actual_reduction=t.actual_reduction,
+        initial_cost=state.initial_cost,
+    )
+
+
+def row(state: LMState) -> IterationRow:
+    return IterationRow(
+        iteration=state.iteration,
+        nfev=state.nfev,
+        cost=0.5 * state.fnorm**2,
+        actual_reduction=state.actual_reduction,
+        step_norm=state.step_norm,
+        g_norm=state.g_norm,
+    )
+
+
+def result(problem: Problem, state: LMState) -> SolveResult:
+    return SolveResult(
+        x=state.x,
+        cost=0.5 * state.fnorm**2,
+        fun=state.f,
+        jac=state.J,
+        grad=state.J.T @ state.f,
+        optimality=state.g_norm,
+        active_mask=jnp.zeros(state.x.shape[0], dtype=jnp.int32),
+        nfev=state.nfev,
+        njev=state.njev,
+        status=state.status,
+        initial_cost=state.initial_cost,
+        R=state.R,
+    )
+
+
+LM = Method(init=init, step=step, row=row, result=result)

@@ -1,9 +1,9 @@
 """Where the rows of a ``curve_fit`` problem live, and the reduced problem built where they are.
 
-A :class:`RowLayout` is part of the solver's static spec.  It says how the
+A :class:`RowLayout` is static metadata of the ``Problem``.  It says how the
 residual rows are laid out: cut into chunks (:mod:`nlsq._chunked`), sharded over
-the devices of a mesh, or both.  :func:`make_linearizer` returns the solvers'
-hook that builds the reduced linearization (``R``, ``Q^T f``, ``g``) from it:
+the devices of a mesh, or both.  :func:`reduced_linearization` builds the reduced
+problem (``R``, ``Q^T f``, ``g``) from it, in place of the one-shot QR:
 
 * one host, no mesh: chunked TSQR over all rows;
 * a mesh: inside ``shard_map`` every device runs the chunked TSQR over its own
@@ -11,7 +11,7 @@ hook that builds the reduced linearization (``R``, ``Q^T f``, ``g``) from it:
   (``psum``) cross devices; every device then factors the stacked triangles and
   so holds the same ``R`` and takes the same trust-region step (redundantly).
 
-Trial residuals ``f(x)`` outside the hook are elementwise in the data, so XLA's
+Trial residuals ``f(x)`` outside it are elementwise in the data, so XLA's
 SPMD partitioner keeps them sharded where the data are; the cost is a ``psum``
 of per-device sums.  No device holds the full residual vector or any part of the
 Jacobian but its own rows.
@@ -23,8 +23,8 @@ device count; results are cut back to the true rows.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -192,31 +192,48 @@ def place(layout: RowLayout, xdata, ydata, transform):
     return tuple(placed)
 
 
-def make_linearizer(
-    layout: RowLayout, residual, jac_mode: str, data, lb, ub, diff_step, loss, f_scale
-):
-    """The solvers' ``linearize_at(x, f_true, cost) -> Linearization`` for this layout.
+def with_rows(problem, layout: RowLayout | None):
+    """``problem`` with its row layout, and the mesh its data span (for the verbose rows)."""
+    mesh = (
+        layout.mesh if layout is not None and layout.mesh is not None else data_mesh(problem.data)
+    )
+    return dataclasses.replace(problem, layout=layout, mesh=mesh)
+
+
+def reduced_linearization(problem, x, f_true, cost):
+    """The solvers' linearization at ``x`` built from ``problem.layout``'s rows.
 
     The returned linearization's ``J`` is the ``n x n`` triangle ``R`` (same
     ``J^T J``, column norms and singular values as the full Jacobian) and its ``f``
     is ``Q^T f``: the ``m x n`` Jacobian is never formed.
     """
-    from ._trf import Linearization
+    from ._linearization import Linearization
 
-    jac_chunk = _chunked.chunk_jacobian(residual, jac_mode, lb, ub, diff_step)
-    rows = layout.rows
+    layout = problem.layout
+    jac_chunk = _chunked.chunk_jacobian(
+        problem.residual, problem.jac_mode, problem.lb, problem.ub, problem.diff_step
+    )
 
     def local_reduce(x, f_true, local_data):
         m_local = local_data[1].shape[0]
         chunk = min(layout.chunk or m_local, m_local)
         return _chunked.reduce_rows(
-            x, f_true, local_data, rows, m_local, chunk, residual, jac_chunk, loss, f_scale
+            x,
+            f_true,
+            local_data,
+            layout.rows,
+            m_local,
+            chunk,
+            problem.residual,
+            jac_chunk,
+            problem.loss,
+            problem.f_scale,
         )
 
-    def reduce_all(x, f_true):
-        if layout.mesh is None:
-            return local_reduce(x, f_true, data)
-        xdata, ydata, transform = data
+    if layout.mesh is None:
+        R_aug, g = local_reduce(x, f_true, problem.data)
+    else:
+        xdata, ydata, transform = problem.data
         present = (xdata, ydata) + ((transform,) if transform is not None else ())
         axes = layout.axes
 
@@ -228,21 +245,16 @@ def make_linearizer(
             R_aug = jnp.linalg.qr(stacked, mode="r")[: R_aug.shape[0]]
             return R_aug, lax.psum(g, axes)
 
-        return jax.shard_map(
+        R_aug, g = jax.shard_map(
             per_device,
             mesh=layout.mesh,
             in_specs=(P(), layout.specs(False)[1]) + layout.specs(transform is not None),
             out_specs=(P(), P()),
             check_vma=False,
         )(x, f_true, *present)
-
-    def linearize_at(x, f_true, cost: Any) -> Linearization:
-        R_aug, g = reduce_all(x, f_true)
-        n = x.shape[0]
-        R, qtf = R_aug[:n, :n], R_aug[:n, n]
-        return Linearization(f_true, R, qtf, R, qtf, g, cost)
-
-    return linearize_at
+    n = x.shape[0]
+    R, qtf = R_aug[:n, :n], R_aug[:n, n]
+    return Linearization(f_true, R, qtf, R, qtf, g, cost)
 
 
 def data_mesh(data) -> Mesh | None:
@@ -266,17 +278,6 @@ def _keep_alive() -> None:
     pass
 
 
-class _Row(NamedTuple):
-    """The fields of a state that a table row shows (all replicated scalars)."""
-
-    iteration: Any
-    nfev: Any
-    cost: Any
-    actual_reduction: Any
-    step_norm: Any
-    g_norm: Any
-
-
 def log_row_on_mesh(verbose: int, mesh: Mesh):
     """``log_row`` for a fit whose data span ``mesh``: one row per iteration, by device 0.
 
@@ -293,9 +294,9 @@ def log_row_on_mesh(verbose: int, mesh: Mesh):
 
     inner = make_log_row(verbose, gate=first_device)
 
-    def log_row(st, first: bool) -> None:
-        row = _Row(st.iteration, st.nfev, st.cost, st.actual_reduction, st.step_norm, st.g_norm)
-
+    def log_row(row, first: bool) -> None:
+        # ``row`` holds replicated scalars only (an IterationRow): nothing per-row
+        # enters the shard_map.
         def body(row):
             inner(row, first)
             if first:

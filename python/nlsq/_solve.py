@@ -1,139 +1,128 @@
-"""The one jitted entry point shared by ``least_squares`` and ``curve_fit``.
+"""Running a ``Problem``: the one jitted entry point and its host-side wrapper.
 
-``solve(spec, ...)`` is ``jax.jit``-compiled with ``spec`` static: the spec
-holds the residual (model/function identity), the Jacobian mode, method, loss,
-bounds presence, scaling mode and verbosity.  Everything numeric (x0, data,
-bounds, tolerances, ``max_nfev``, ``f_scale``) is traced, so refitting the same
+``solve(problem)`` is ``jax.jit``-compiled; the ``Problem`` pytree carries its
+options as static metadata and its numbers as traced leaves, so JAX's jit
+cache keys on exactly (model, options, shapes, dtypes): refitting the same
 model with new data of the same shape reuses the compiled executable.
-JAX's own jit cache keys on (spec, shapes, dtypes), which is exactly
-"compiled once per (model, shapes, dtypes, options)".
+
+``fit(problem, model)`` is what ``least_squares`` and ``curve_fit`` call: the
+verbose header and closing lines, the fallback to the host for functions JAX
+cannot trace, and scipy's ``OptimizeResult``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import partial
+import warnings
+import weakref
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import OptimizeResult
 
-from ._common import EPS
-from ._lm import lm
-from ._residual import HostResidual, autodiff_jacobian, fd_jacobian_jax
-from ._trf import SolveResult, trf
-from ._verbose import make_log_row
+from ._common import BAD_START, TERMINATION_MESSAGES
+from ._distributed import fetch, table_verbosity
+from ._driver import Method, SolveResult, run
+from ._lm import LM
+from ._problem import Problem
+from ._reduce import pcov_from_R
+from ._residual import TRACE_ERRORS, HostFallbackWarning, HostResidual
+from ._trf import TRF
+from ._verbose import log_closing, log_header
 
-
-@dataclass(frozen=True)
-class SolverSpec:
-    residual: Any  # FunResidual | ModelResidual | HostResidual
-    jac_mode: str  # 'auto' | 'user' | '2-point' | '3-point' | 'host'
-    method: str  # 'trf' | 'lm'
-    loss: Any  # name or callable
-    bounded: bool
-    jac_scale: bool
-    verbose: int
-    want_pcov: bool
-    layout: Any = None  # nlsq._sharding.RowLayout: chunked / sharded rows (trf)
-    mesh: Any = None  # the data's jax.sharding.Mesh: verbose rows written by one device
+METHODS: dict[str, Method] = {"trf": TRF, "lm": LM}
 
 
-def _jacobian(spec: SolverSpec, fun, data, lb, ub, diff_step, m: int):
-    res = spec.residual
-    if spec.jac_mode == "host":
-        return lambda x: res.jacobian(x, data, lb, ub, diff_step)
-    if spec.jac_mode == "user":
-
-        def user(x):
-            J = res.user_jac(x, data)
-            if J.shape != (m, x.shape[0]):
-                raise ValueError(
-                    f"The return value of `jac` has wrong shape: expected {(m, x.shape[0])}, "
-                    f"actual {J.shape}."
-                )
-            return J
-
-        return user
-    if spec.jac_mode in ("2-point", "3-point"):
-        return lambda x: fd_jacobian_jax(fun, x, lb, ub, spec.jac_mode, diff_step)
-    return lambda x: autodiff_jacobian(fun, x, m)
-
-
-def pcov_from_R(R, m: int, n: int):
-    """Moore-Penrose ``(J^T J)^+`` discarding tiny singular values (scipy's curve_fit rule)."""
-    _, s, VT = jnp.linalg.svd(R, full_matrices=False)
-    threshold = EPS * max(m, n) * s[0]
-    keep = s > threshold
-    w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
-    return (VT.T * w) @ VT
-
-
-@partial(jax.jit, static_argnames=("spec",))
-def solve(
-    spec: SolverSpec, x0, lb, ub, x_scale, ftol, xtol, gtol, max_nfev, f_scale, diff_step, data
-) -> tuple[SolveResult, jax.Array | None]:
-    res = spec.residual
-    if isinstance(res, HostResidual):
-        m = res.m
-    else:
-        m = jax.eval_shape(lambda x: res(x, data), x0).shape[0]
-    n = x0.shape[0]
-    if spec.method == "lm" and m < n:
+@jax.jit
+def solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
+    m, n = problem.m, problem.n
+    if problem.method == "lm" and m < n:
         raise ValueError(
             "Method 'lm' doesn't work when the number of residuals is less than the number "
             f"of variables (m={m} < n={n})."
         )
-
-    def fun(x):
-        return res(x, data)
-
-    jac = _jacobian(spec, fun, data, lb, ub, diff_step, m)
-    log_row = make_log_row(spec.verbose)
-    if spec.mesh is not None and log_row is not None:
-        from ._sharding import log_row_on_mesh
-
-        log_row = log_row_on_mesh(spec.verbose, spec.mesh)
-    linearize_at = None
-    if spec.layout is not None and spec.method == "trf":
-        from ._sharding import make_linearizer
-
-        linearize_at = make_linearizer(
-            spec.layout, res, spec.jac_mode, data, lb, ub, diff_step, spec.loss, f_scale
-        )
-    if spec.method == "lm":
-        out = lm(
-            fun,
-            jac,
-            x0,
-            ftol,
-            xtol,
-            gtol,
-            max_nfev,
-            x_scale,
-            jac_scale=spec.jac_scale,
-            log_row=log_row,
-        )
-    else:
-        out = trf(
-            fun,
-            jac,
-            x0,
-            lb,
-            ub,
-            ftol,
-            xtol,
-            gtol,
-            max_nfev,
-            x_scale,
-            f_scale,
-            loss=spec.loss,
-            bounded=spec.bounded,
-            jac_scale=spec.jac_scale,
-            log_row=log_row,
-            linearize_at=linearize_at,
-        )
-    if spec.layout is not None:
-        m = spec.layout.m_valid
-    pcov = pcov_from_R(out.R, m, n) if spec.want_pcov else None
+    out = run(METHODS[problem.method], problem)
+    if problem.layout is not None:
+        m = problem.layout.m_valid  # without zero-weight padding rows
+    pcov = pcov_from_R(out.R, m, n) if problem.want_pcov else None
     return out, pcov
+
+
+# Functions found not to be traceable: skip the failed trace next time (and warn once).
+_HOST_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HOST_MODELS_STRONG: set = set()
+
+
+def _known_host(fn) -> bool:
+    try:
+        return fn in _HOST_MODELS
+    except TypeError:
+        return fn in _HOST_MODELS_STRONG
+
+
+def _mark_host(fn) -> None:
+    try:
+        _HOST_MODELS[fn] = True
+    except TypeError:
+        _HOST_MODELS_STRONG.add(fn)
+
+
+def _on_host(problem: Problem) -> Problem:
+    residual = problem.residual
+    np_data = jax.tree_util.tree_map(np.asarray, problem.data)
+    f0 = np.asarray(residual(np.array(problem.x0), np_data, xp=np), dtype=np.float64)
+    return problem.on_host(HostResidual(residual, int(f0.size)))
+
+
+def fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
+    """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
+    remembered when it cannot be traced so later fits go to the host directly."""
+    # One table per fit: under jax.distributed, process 0 writes it (rows included).
+    verbose = table_verbosity(problem.verbose)
+    log_header(verbose)
+    if _known_host(model):
+        out, pcov = solve(_on_host(problem))
+    else:
+        try:
+            out, pcov = solve(problem)
+        except TRACE_ERRORS as err:
+            _mark_host(model)
+            warnings.warn(
+                f"{problem.residual.name!r} cannot be traced by JAX ({type(err).__name__}); it "
+                "is evaluated on the host through jax.pure_callback with a '2-point' "
+                "finite-difference Jacobian (slower). Write it with jax.numpy to fit on the "
+                "device.",
+                HostFallbackWarning,
+                stacklevel=4,
+            )
+            out, pcov = solve(_on_host(problem))
+    out, pcov = fetch((out, pcov))
+    layout = problem.layout
+    if layout is not None and layout.m_valid != layout.m:
+        out = out._replace(fun=out.fun[: layout.m_valid])
+    status = int(out.status)
+    if status == BAD_START:
+        if verbose:
+            # The header and row 0 are already in the ring: write them before raising.
+            from .utils import async_logger
+
+            async_logger.flush()
+        raise ValueError("Residuals are not finite in the initial point.")
+    message = TERMINATION_MESSAGES[status]
+    log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
+    result = OptimizeResult(
+        x=np.asarray(out.x),
+        cost=float(out.cost),
+        # Per-row outputs spanning other processes stay global jax.Arrays.
+        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
+        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
+        grad=np.asarray(out.grad),
+        optimality=float(out.optimality),
+        active_mask=np.asarray(out.active_mask, dtype=int),
+        nfev=int(out.nfev),
+        njev=int(out.njev),
+        status=status,
+        message=message,
+        success=status > 0,
+    )
+    return result, pcov

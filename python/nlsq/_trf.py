@@ -1,30 +1,18 @@
-"""Trust Region Reflective (Branch, Coleman & Li 1999) as one ``lax.while_loop``.
+"""Trust Region Reflective (Branch, Coleman & Li 1999): ``init`` / ``step`` for the driver.
 
 The algorithm follows scipy's ``optimize/_lsq/trf.py`` step by step (same
 names: ``Delta``, ``alpha``, ``theta``, ``select_step``, Coleman-Li ``v``/``dv``,
 ``check_termination``...), so results and status codes agree with scipy.
 
-How it maps onto JAX:
-
-* ``TRFState`` is the whole solver state (a NamedTuple, i.e. a pytree).
-* ``step`` is ONE outer iteration of scipy's loop: the SVD of the scaled (and,
-  with bounds, augmented) Jacobian, then an inner ``lax.while_loop`` of trial
-  steps (shrinking the radius until the cost decreases, as scipy's inner
-  ``while actual_reduction <= 0``), then the new Jacobian under ``lax.cond``
-  only when a step is accepted.
-* The driver is a single ``lax.while_loop`` over ``step``: no host round trip
-  per iteration.  The iteration-table row is emitted at the end of every step
-  through ``log_row`` (a ring-logger template), exactly where scipy prints it.
-
-Speed: the Jacobian is reduced once per evaluation by a QR factorisation of
-``[J | f]`` (``R``, ``Q^T f``), so every trust-region solve, quadratic model and
-reflective-step search works with an ``n x n`` matrix instead of ``m x n``.
-``||J s|| = ||R s||`` and ``U^T f = U_R^T Q^T f`` make this exact algebra.
+``step`` is ONE outer iteration of scipy's loop: the SVD of the scaled (and,
+with bounds, augmented) reduced Jacobian, then an inner ``lax.while_loop`` of
+trial steps (shrinking the radius until the cost decreases, as scipy's inner
+``while actual_reduction <= 0``), then the new Jacobian under ``lax.cond``
+only when a step is accepted.  The outer loop is ``_driver.run``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -50,36 +38,10 @@ from ._common import (
     step_size_to_bound,
     update_tr_radius,
 )
-from ._loss import loss_cost, loss_rho, scale_for_robust_loss_function
-
-
-class SolveResult(NamedTuple):
-    """Arrays returned by the jitted solvers (``least_squares`` builds the OptimizeResult)."""
-
-    x: jax.Array
-    cost: jax.Array
-    fun: jax.Array
-    jac: jax.Array
-    grad: jax.Array
-    optimality: jax.Array
-    active_mask: jax.Array
-    nfev: jax.Array
-    njev: jax.Array
-    status: jax.Array
-    initial_cost: jax.Array
-    R: jax.Array  # reduced Jacobian (same singular values/vectors as ``jac``)
-
-
-class Linearization(NamedTuple):
-    """Everything that changes when a step is accepted."""
-
-    f_true: jax.Array  # residuals
-    J: jax.Array  # Jacobian, scaled for the robust loss
-    f: jax.Array  # residuals, scaled for the robust loss
-    R: jax.Array  # reduced J (QR) or J itself when m <= n
-    qtf: jax.Array  # Q^T f (or f)
-    g: jax.Array  # gradient J^T f
-    cost: jax.Array
+from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
+from ._linearization import Linearization, actual_reduction, linearize_at
+from ._loss import loss_cost
+from ._problem import Problem
 
 
 class TRFState(NamedTuple):
@@ -96,32 +58,29 @@ class TRFState(NamedTuple):
     g_norm: jax.Array
     step_norm: jax.Array
     actual_reduction: jax.Array
-
-    @property
-    def cost(self):
-        return self.lin.cost
+    initial_cost: jax.Array
 
 
-LogRow = Callable[..., None]
+class Trial(NamedTuple):
+    """Carry of the inner loop: the last trial point and the trust region after it."""
+
+    Delta: jax.Array
+    alpha: jax.Array
+    nfev: jax.Array
+    actual_reduction: jax.Array
+    status: jax.Array
+    x: jax.Array
+    f: jax.Array
+    cost: jax.Array
+    step_norm: jax.Array
 
 
-def reduce_jacobian(J, f):
-    """``(R, Q^T f)`` from one QR of ``[J | f]``; identity when QR would not shrink J."""
-    m, n = J.shape
-    if m <= n + 1:
-        return J, f
-    R_aug = jnp.linalg.qr(jnp.concatenate([J, f[:, None]], axis=1), mode="r")
-    return R_aug[:n, :n], R_aug[:n, n]
-
-
-def linearize(f_true, J_true, loss, f_scale, cost) -> Linearization:
-    rho = loss_rho(loss, f_true, f_scale)
-    if rho is None:
-        J, f = J_true, f_true
-    else:
-        J, f = scale_for_robust_loss_function(J_true, f_true, rho)
-    R, qtf = reduce_jacobian(J, f)
-    return Linearization(f_true, J, f, R, qtf, J.T @ f, cost)
+def optimality(problem: Problem, x, g):
+    """scipy's first-order optimality: ``||v g||_inf`` with bounds, ``||g||_inf`` without."""
+    if problem.bounded:
+        v, _ = CL_scaling_vector(x, g, problem.lb, problem.ub)
+        return jnp.max(jnp.abs(g * v))
+    return jnp.max(jnp.abs(g))
 
 
 def select_step(x, J_h, diag_h, g_h, p, p_h, d, Delta, lb, ub, theta):
@@ -179,232 +138,199 @@ def select_step(x, J_h, diag_h, g_h, p, p_h, d, Delta, lb, ub, theta):
     return step, step_h, pred, p_inside, p_value_full
 
 
-def _optimality(x, g, lb, ub, bounded):
-    if bounded:
-        v, _ = CL_scaling_vector(x, g, lb, ub)
-        return jnp.max(jnp.abs(g * v))
-    return jnp.max(jnp.abs(g))
-
-
-def trf(
-    fun: Callable,
-    jac: Callable,
-    x0,
-    lb,
-    ub,
-    ftol,
-    xtol,
-    gtol,
-    max_nfev,
-    x_scale,
-    f_scale,
-    *,
-    loss,
-    bounded: bool,
-    jac_scale: bool,
-    log_row: LogRow | None = None,
-    linearize_at: Callable | None = None,
-) -> SolveResult:
-    """Run TRF from ``x0``; all array arguments may be traced, keywords are static.
-
-    ``linearize_at(x, f, cost) -> Linearization`` replaces the one-shot
-    ``jac`` + QR when given (chunked or sharded rows, :mod:`nlsq._sharding`).
-    """
-    n = x0.shape[0]
-    f0 = fun(x0)
-    m = f0.shape[0]
-    ok0 = jnp.all(jnp.isfinite(f0))
-    if linearize_at is None:
-
-        def linearize_at(x, f, cost):
-            return linearize(f, jac(x), loss, f_scale, cost)
-
-    cost0 = loss_cost(loss, f0, f_scale)
-    lin = linearize_at(x0, f0, cost0)
-
-    if jac_scale:
+def init(problem: Problem) -> TRFState:
+    x0 = problem.x0
+    f0 = problem.fun(x0)
+    cost0 = loss_cost(problem.loss, f0, problem.f_scale)
+    lin = linearize_at(problem, x0, f0, cost0)
+    if problem.jac_scale:
         scale, scale_inv = compute_jac_scale(lin.J)
     else:
-        scale, scale_inv = x_scale, 1.0 / x_scale
-
-    if bounded:
-        v, dv = CL_scaling_vector(x0, lin.g, lb, ub)
+        scale, scale_inv = problem.x_scale, 1.0 / problem.x_scale
+    if problem.bounded:
+        v, dv = CL_scaling_vector(x0, lin.g, problem.lb, problem.ub)
         v = jnp.where(dv != 0, v * scale_inv, v)
         Delta = norm(x0 * scale_inv / jnp.sqrt(v))
     else:
         Delta = norm(x0 * scale_inv)
     Delta = jnp.where(Delta == 0, 1.0, Delta)
-
-    g_norm = _optimality(x0, lin.g, lb, ub, bounded)
-    status = jnp.where(ok0, jnp.where(g_norm < gtol, 1, RUNNING), BAD_START)
-    dtype = x0.dtype
-    zero = jnp.zeros((), dtype)
-    state = TRFState(
+    g_norm = optimality(problem, x0, lin.g)
+    status = jnp.where(g_norm < problem.gtol, 1, RUNNING)
+    status = jnp.where(jnp.all(jnp.isfinite(f0)), status, BAD_START)
+    nfev = jnp.asarray(1)
+    zero = jnp.zeros((), x0.dtype)
+    return TRFState(
         x=x0,
         lin=lin,
         scale=scale,
         scale_inv=scale_inv,
         Delta=Delta,
         alpha=zero,
-        nfev=jnp.asarray(1),
+        nfev=nfev,
         njev=jnp.asarray(1),
         iteration=jnp.asarray(0),
-        status=status,
+        status=stop_at_max_nfev(problem, status, nfev),
         g_norm=g_norm,
         step_norm=zero,
         actual_reduction=zero,
-    )
-    if log_row is not None:
-        log_row(state, first=True)
-
-    def step(st: TRFState) -> TRFState:
-        lin = st.lin
-        if bounded:
-            v, dv = CL_scaling_vector(st.x, lin.g, lb, ub)
-            v = jnp.where(dv != 0, v * st.scale_inv, v)
-            d = jnp.sqrt(v) * st.scale
-            diag_h = lin.g * dv * st.scale
-            J_h = lin.R * d
-            A = jnp.concatenate([J_h, jnp.diag(jnp.sqrt(diag_h))])
-            f_aug = jnp.concatenate([lin.qtf, jnp.zeros(n, dtype)])
-        else:
-            d = st.scale
-            diag_h = None
-            J_h = lin.R * d
-            A = J_h
-            f_aug = lin.qtf
-        g_h = d * lin.g
-        U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
-        V = Vt.T
-        uf = U.T @ f_aug
-        theta = jnp.maximum(0.995, 1 - st.g_norm)
-        x_norm = norm(st.x)
-
-        def trial_cond(c):
-            _, _, nfev, ared, status, *_ = c
-            return (ared <= 0) & (nfev < max_nfev) & (status == RUNNING)
-
-        def trial(c):
-            Delta, alpha, nfev, ared, status, x_new, f_new, cost_new, step_norm = c
-            p_h, alpha_new = solve_lsq_trust_region(n, m, uf, s, V, Delta, alpha)
-            if bounded:
-                p = d * p_h
-                stp, stp_h, pred, inside, p_value = select_step(
-                    st.x, J_h, diag_h, g_h, p, p_h, d, Delta, lb, ub, theta
-                )
-                stp = jnp.where(inside, p, stp)
-                stp_h = jnp.where(inside, p_h, stp_h)
-                pred = jnp.where(inside, -p_value, pred)
-                x_try = make_strictly_feasible(st.x + stp, lb, ub)
-            else:
-                stp_h = p_h
-                stp = d * p_h
-                pred = -evaluate_quadratic(J_h, g_h, p_h)
-                x_try = st.x + stp
-            f_try = fun(x_try)
-            step_h_norm = norm(stp_h)
-            finite = jnp.all(jnp.isfinite(f_try))
-            cost_try = loss_cost(loss, f_try, f_scale)
-            if loss is None or loss == "linear":
-                # ||f||^2 - ||f_new||^2 without cancellation: near convergence the
-                # reduction is ~1e-15 of the cost and the difference of two rounded
-                # sums would be rounding noise of either sign.
-                ared_try = 0.5 * jnp.dot(lin.f_true - f_try, lin.f_true + f_try)
-            else:
-                ared_try = lin.cost - cost_try
-            Delta_new, ratio = update_tr_radius(
-                Delta, ared_try, pred, step_h_norm, step_h_norm > 0.95 * Delta
-            )
-            step_norm_try = norm(stp)
-            status_try = check_termination(
-                ared_try, lin.cost, step_norm_try, x_norm, ratio, ftol, xtol
-            )
-            go_on = finite & (status_try == RUNNING)
-            # Non-finite residuals: shrink and retry, nothing else changes (scipy).
-            Delta_out = jnp.where(finite, jnp.where(go_on, Delta_new, Delta), 0.25 * step_h_norm)
-            alpha_out = jnp.where(
-                go_on & (Delta_new != 0), alpha_new * safe_div(Delta, Delta_new), alpha_new
-            )
-            return (
-                Delta_out,
-                alpha_out,
-                nfev + 1,
-                jnp.where(finite, ared_try, ared),
-                jnp.where(finite, status_try, status),
-                x_try,
-                f_try,
-                cost_try,
-                jnp.where(finite, step_norm_try, step_norm),
-            )
-
-        init = (
-            st.Delta,
-            st.alpha,
-            st.nfev,
-            jnp.asarray(-1.0, dtype),
-            st.status,
-            st.x,
-            lin.f_true,
-            lin.cost,
-            st.step_norm,
-        )
-        Delta, alpha, nfev, ared, status, x_new, f_new, cost_new, step_norm = lax.while_loop(
-            trial_cond, trial, init
-        )
-        accept = ared > 0
-
-        def on_accept(_):
-            new = linearize_at(x_new, f_new, cost_new)
-            if jac_scale:
-                sc, sc_inv = compute_jac_scale(new.J, st.scale_inv)
-            else:
-                sc, sc_inv = st.scale, st.scale_inv
-            return x_new, new, sc, sc_inv
-
-        def on_reject(_):
-            return st.x, lin, st.scale, st.scale_inv
-
-        x, lin, scale, scale_inv = lax.cond(accept, on_accept, on_reject, None)
-        g_norm = _optimality(x, lin.g, lb, ub, bounded)
-        new = TRFState(
-            x=x,
-            lin=lin,
-            scale=scale,
-            scale_inv=scale_inv,
-            Delta=Delta,
-            alpha=alpha,
-            nfev=nfev,
-            njev=st.njev + accept.astype(st.njev.dtype),
-            iteration=st.iteration + 1,
-            status=jnp.where(g_norm < gtol, 1, status),
-            g_norm=g_norm,
-            step_norm=jnp.where(accept, step_norm, 0.0),
-            actual_reduction=jnp.where(accept, ared, 0.0),
-        )
-        if log_row is not None:
-            log_row(new, first=False)
-        return new
-
-    def running(st: TRFState):
-        return (st.status == RUNNING) & (st.nfev < max_nfev)
-
-    st = lax.while_loop(running, step, state)
-    status = jnp.where(st.status == RUNNING, 0, st.status)
-    if bounded:
-        active = find_active_constraints(st.x, lb, ub, rtol=xtol)
-    else:
-        active = jnp.zeros(n, dtype=jnp.int32)
-    return SolveResult(
-        x=st.x,
-        cost=st.lin.cost,
-        fun=st.lin.f_true,
-        jac=st.lin.J,
-        grad=st.lin.g,
-        optimality=st.g_norm,
-        active_mask=active,
-        nfev=st.nfev,
-        njev=st.njev,
-        status=status,
         initial_cost=cost0,
-        R=st.lin.R,
     )
+
+
+def step(problem: Problem, state: TRFState) -> TRFState:
+    """One iteration of scipy's ``trf_bounds`` / ``trf_no_bounds`` loop."""
+    lb, ub = problem.lb, problem.ub
+    lin = state.lin
+    n = state.x.shape[0]
+    m = lin.f.shape[0]
+    dtype = state.x.dtype
+    if problem.bounded:
+        v, dv = CL_scaling_vector(state.x, lin.g, lb, ub)
+        v = jnp.where(dv != 0, v * state.scale_inv, v)
+        d = jnp.sqrt(v) * state.scale
+        diag_h = lin.g * dv * state.scale
+        J_h = lin.R * d
+        A = jnp.concatenate([J_h, jnp.diag(jnp.sqrt(diag_h))])
+        f_aug = jnp.concatenate([lin.qtf, jnp.zeros(n, dtype)])
+    else:
+        d = state.scale
+        diag_h = None
+        J_h = lin.R * d
+        A = J_h
+        f_aug = lin.qtf
+    g_h = d * lin.g
+    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+    V = Vt.T
+    uf = U.T @ f_aug
+    theta = jnp.maximum(0.995, 1 - state.g_norm)
+    x_norm = norm(state.x)
+
+    def trial_cond(t: Trial):
+        return (t.actual_reduction <= 0) & (t.nfev < problem.max_nfev) & (t.status == RUNNING)
+
+    def trial(t: Trial) -> Trial:
+        p_h, alpha_new = solve_lsq_trust_region(n, m, uf, s, V, t.Delta, t.alpha)
+        if problem.bounded:
+            p = d * p_h
+            stp, stp_h, pred, inside, p_value = select_step(
+                state.x, J_h, diag_h, g_h, p, p_h, d, t.Delta, lb, ub, theta
+            )
+            stp = jnp.where(inside, p, stp)
+            stp_h = jnp.where(inside, p_h, stp_h)
+            pred = jnp.where(inside, -p_value, pred)
+            x_try = make_strictly_feasible(state.x + stp, lb, ub)
+        else:
+            stp_h = p_h
+            stp = d * p_h
+            pred = -evaluate_quadratic(J_h, g_h, p_h)
+            x_try = state.x + stp
+        f_try = problem.fun(x_try)
+        step_h_norm = norm(stp_h)
+        finite = jnp.all(jnp.isfinite(f_try))
+        cost_try = loss_cost(problem.loss, f_try, problem.f_scale)
+        ared = actual_reduction(problem, lin, f_try, cost_try)
+        Delta_new, ratio = update_tr_radius(
+            t.Delta, ared, pred, step_h_norm, step_h_norm > 0.95 * t.Delta
+        )
+        step_norm = norm(stp)
+        status = check_termination(
+            ared, lin.cost, step_norm, x_norm, ratio, problem.ftol, problem.xtol
+        )
+        go_on = finite & (status == RUNNING)
+        # Non-finite residuals: shrink and retry, nothing else changes (scipy).
+        Delta_out = jnp.where(finite, jnp.where(go_on, Delta_new, t.Delta), 0.25 * step_h_norm)
+        alpha_out = jnp.where(
+            go_on & (Delta_new != 0), alpha_new * safe_div(t.Delta, Delta_new), alpha_new
+        )
+        return Trial(
+            Delta=Delta_out,
+            alpha=alpha_out,
+            nfev=t.nfev + 1,
+            actual_reduction=jnp.where(finite, ared, t.actual_reduction),
+            status=jnp.where(finite, status, t.status),
+            x=x_try,
+            f=f_try,
+            cost=cost_try,
+            step_norm=jnp.where(finite, step_norm, t.step_norm),
+        )
+
+    first = Trial(
+        Delta=state.Delta,
+        alpha=state.alpha,
+        nfev=state.nfev,
+        actual_reduction=jnp.asarray(-1.0, dtype),
+        status=state.status,
+        x=state.x,
+        f=lin.f_true,
+        cost=lin.cost,
+        step_norm=state.step_norm,
+    )
+    t = lax.while_loop(trial_cond, trial, first)
+    accept = t.actual_reduction > 0
+
+    def on_accept(_):
+        new = linearize_at(problem, t.x, t.f, t.cost)
+        if problem.jac_scale:
+            scale, scale_inv = compute_jac_scale(new.J, state.scale_inv)
+        else:
+            scale, scale_inv = state.scale, state.scale_inv
+        return t.x, new, scale, scale_inv
+
+    def on_reject(_):
+        return state.x, lin, state.scale, state.scale_inv
+
+    x, lin, scale, scale_inv = lax.cond(accept, on_accept, on_reject, None)
+    g_norm = optimality(problem, x, lin.g)
+    status = jnp.where(g_norm < problem.gtol, 1, t.status)
+    return TRFState(
+        x=x,
+        lin=lin,
+        scale=scale,
+        scale_inv=scale_inv,
+        Delta=t.Delta,
+        alpha=t.alpha,
+        nfev=t.nfev,
+        njev=state.njev + accept.astype(state.njev.dtype),
+        iteration=state.iteration + 1,
+        status=stop_at_max_nfev(problem, status, t.nfev),
+        g_norm=g_norm,
+        step_norm=jnp.where(accept, t.step_norm, 0.0),
+        actual_reduction=jnp.where(accept, t.actual_reduction, 0.0),
+        initial_cost=state.initial_cost,
+    )
+
+
+def row(state: TRFState) -> IterationRow:
+    return IterationRow(
+        iteration=state.iteration,
+        nfev=state.nfev,
+        cost=state.lin.cost,
+        actual_reduction=state.actual_reduction,
+        step_norm=state.step_norm,
+        g_norm=state.g_norm,
+    )
+
+
+def result(problem: Problem, state: TRFState) -> SolveResult:
+    if problem.bounded:
+        active = find_active_constraints(state.x, problem.lb, problem.ub, rtol=problem.xtol)
+    else:
+        active = jnp.zeros(state.x.shape[0], dtype=jnp.int32)
+    lin = state.lin
+    return SolveResult(
+        x=state.x,
+        cost=lin.cost,
+        fun=lin.f_true,
+        jac=lin.J,
+        grad=lin.g,
+        optimality=state.g_norm,
+        active_mask=active,
+        nfev=state.nfev,
+        njev=state.njev,
+        status=state.status,
+        initial_cost=state.initial_cost,
+        R=lin.R,
+    )
+
+
+TRF = Method(init=init, step=step, row=row, result=result)

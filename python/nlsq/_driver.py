@@ -1,0 +1,95 @@
+"""One ``lax.while_loop`` driver shared by every method (state / step / driver).
+
+A method (``_trf.TRF``, ``_dogbox.DOGBOX``, ``_lm.LM``) is a ``Method``: four
+top-level functions over its own small named state (a NamedTuple pytree):
+
+* ``init(problem) -> state`` -- evaluate ``x0`` and set up the trust region;
+* ``step(problem, state) -> state`` -- ONE outer iteration of scipy's loop
+  (trial steps until one is accepted or the fit ends, then relinearize);
+* ``row(state) -> IterationRow`` -- the values of scipy's iteration table;
+* ``result(problem, state) -> SolveResult``.
+
+Every state has a ``status`` field: ``RUNNING`` while iterating, else scipy's
+status.  The driver loops ``while state.status == RUNNING`` -- no Python control
+flow on traced values, so a batch of problems runs under ``vmap`` as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from ._common import RUNNING
+from ._problem import Problem
+from ._verbose import make_log_row
+
+
+class SolveResult(NamedTuple):
+    """Arrays returned by the jitted solvers (``least_squares`` builds the OptimizeResult)."""
+
+    x: jax.Array
+    cost: jax.Array
+    fun: jax.Array
+    jac: jax.Array
+    grad: jax.Array
+    optimality: jax.Array
+    active_mask: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
+    status: jax.Array
+    initial_cost: jax.Array
+    R: jax.Array  # reduced Jacobian (same singular values/vectors as ``jac``)
+
+
+class IterationRow(NamedTuple):
+    """One row of scipy's verbose table (``print_iteration_nonlinear``).
+
+    Field names are the ones the row emitter (``_verbose.make_log_row``) reads.
+    """
+
+    iteration: jax.Array
+    nfev: jax.Array
+    cost: jax.Array
+    actual_reduction: jax.Array  # "Cost reduction"
+    step_norm: jax.Array
+    g_norm: jax.Array  # "Optimality"
+
+
+class Method(NamedTuple):
+    init: Callable[[Problem], Any]
+    step: Callable[[Problem, Any], Any]
+    row: Callable[[Any], IterationRow]
+    result: Callable[[Problem, Any], SolveResult]
+
+
+def run(method: Method, problem: Problem) -> SolveResult:
+    """Iterate ``method.step`` from ``method.init`` until the status leaves RUNNING."""
+    log_row = make_log_row(problem.verbose)
+    if problem.mesh is not None and log_row is not None:
+        from ._sharding import log_row_on_mesh
+
+        log_row = log_row_on_mesh(problem.verbose, problem.mesh)
+
+    def emit(state, first: bool) -> None:
+        if log_row is not None:
+            log_row(method.row(state), first=first)
+
+    state = method.init(problem)
+    emit(state, first=True)
+
+    def body(state):
+        state = method.step(problem, state)
+        emit(state, first=False)
+        return state
+
+    state = lax.while_loop(lambda state: state.status == RUNNING, body, state)
+    return method.result(problem, state)
+
+
+def stop_at_max_nfev(problem: Problem, status, nfev):
+    """Status 0 when the evaluation budget is spent and nothing else ended the fit."""
+    return jnp.where((status == RUNNING) & (nfev >= problem.max_nfev), 0, status)

@@ -1,0 +1,60 @@
+"""The linearization of the residuals at an accepted point, shared by TRF and dogbox.
+
+With a robust loss, ``J`` and ``f`` are rescaled (scipy's
+``scale_for_robust_loss_function``) so the Gauss-Newton model matches the
+robust cost; the reduced factor ``R``, ``Q^T f`` and the gradient follow.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._loss import loss_rho, scale_for_robust_loss_function
+from ._problem import Problem
+from ._reduce import reduce_jacobian
+
+
+class Linearization(NamedTuple):
+    """Everything that changes when a step is accepted."""
+
+    f_true: jax.Array  # residuals
+    J: jax.Array  # Jacobian, scaled for the robust loss
+    f: jax.Array  # residuals, scaled for the robust loss
+    R: jax.Array  # reduced J (QR) or J itself when m <= n + 1
+    qtf: jax.Array  # Q^T f (or f)
+    g: jax.Array  # gradient J^T f
+    cost: jax.Array
+
+
+def linearize(problem: Problem, f_true, J_true, cost) -> Linearization:
+    rho = loss_rho(problem.loss, f_true, problem.f_scale)
+    if rho is None:
+        J, f = J_true, f_true
+    else:
+        J, f = scale_for_robust_loss_function(J_true, f_true, rho)
+    R, qtf = reduce_jacobian(J, f)
+    return Linearization(f_true, J, f, R, qtf, J.T @ f, cost)
+
+
+def linearize_at(problem: Problem, x, f_true, cost) -> Linearization:
+    """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows."""
+    if problem.layout is not None and problem.jac_mode != "host":
+        from ._sharding import reduced_linearization
+
+        return reduced_linearization(problem, x, f_true, cost)
+    return linearize(problem, f_true, problem.jac(x), cost)
+
+
+def actual_reduction(problem: Problem, lin: Linearization, f_new, cost_new):
+    """``cost - cost_new``; for the linear loss written without cancellation.
+
+    ``0.5 (f - f_new) . (f + f_new)``: near convergence the reduction is ~1e-15
+    of the cost and the difference of two rounded sums would be rounding noise
+    of either sign.
+    """
+    if problem.loss is None or problem.loss == "linear":
+        return 0.5 * jnp.dot(lin.f_true - f_new, lin.f_true + f_new)
+    return lin.cost - cost_new
