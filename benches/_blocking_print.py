@@ -1,6 +1,6 @@
 """A naive blocking-print logging backend: the baseline the ring logger is measured against.
 
-Registered with :func:`nlsq.utils._log_emit.register_backend` under the name
+Registered with :func:`nlsq.utils._routes.register_route` under the name
 ``"blocking_print"``, it takes the same packed records as the ring routes but,
 in the style of the seed's original code, formats each one on the host with
 Python's ``str.format`` and ``print(..., file=f, flush=True)`` inside a
@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import jax
 import numpy as np
-from nlsq.utils import _log_emit, _log_runtime
+from nlsq.utils import _log_runtime, _routes
 
 NAME = "blocking_print"
 
@@ -85,4 +85,4 @@ class BlockingPrintBackend:
 
 def register() -> None:
     """Make ``configure(backend="blocking_print")`` / ``make_backend`` know the route."""
-    _log_emit.register_backend(NAME, BlockingPrintBackend)
+    _routes.register_route(NAME, BlockingPrintBackend)

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
-from nlsq.utils import _log_emit, async_logger
+from nlsq.utils import _routes, async_logger
 
 HERE = Path(__file__).resolve().parent
 
@@ -160,7 +160,7 @@ def build_variants(n: int, tmp: Path) -> list[Variant]:
         ),
         Variant(
             "no-op nlsq_log_emit (host callback, no device_put)",
-            lambda i, c, g: _log_emit.host_callback(noop, _packed(i, c, g)),
+            lambda i, c, g: _routes.host_callback(noop, _packed(i, c, g)),
             n,
             count=counted,
             group="route",
@@ -211,12 +211,12 @@ def build_variants(n: int, tmp: Path) -> list[Variant]:
             count=ring_lines,
         )
     )
-    _log_emit.set_backend(_log_emit.make_backend("debug_callback"))
+    _routes.set_route(_routes.make_route("debug_callback"))
     variants[-1].fn = _loop(n, ring_log)
     jax.block_until_ready(variants[-1].fn(jnp.float32(1.0)))
 
     try:
-        _log_emit.set_backend(_log_emit.make_backend("ffi"))
+        _routes.set_route(_routes.make_route("ffi"))
     except (ValueError, RuntimeError):
         pass
     else:
@@ -231,7 +231,7 @@ def build_variants(n: int, tmp: Path) -> list[Variant]:
         )
         variants[-1].fn = _loop(n, ring_log)
         jax.block_until_ready(variants[-1].fn(jnp.float32(1.0)))
-    _log_emit.set_backend(_log_emit.make_backend("callback"))
+    _routes.set_route(_routes.make_route("callback"))
     jax.effects_barrier()
     async_logger.flush()
 

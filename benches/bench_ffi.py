@@ -11,7 +11,7 @@ median over the repeats of (jitted call + ``jax.effects_barrier()``) / N, in µs
 * ``no-op jax.debug.callback (floor)`` -- JAX's own floor for any host callback.
 * ``log_iteration_async, callback route`` -- the ring through a host callback.
 * ``log_iteration_async, FFI route`` -- the ring through the Rust XLA FFI target.
-* ``FFI direct emit (own RingLogger)`` -- ``_ffi_backend.emit`` into a logger of
+* ``FFI direct emit (own RingLogger)`` -- ``_native.emit`` into a logger of
   its own (direct form: ``logger_id`` / ``template_id`` attributes).
 
 Every ring variant writes to a file descriptor sink; line counts are checked.
@@ -38,7 +38,7 @@ import numpy as np
 # The same loop as bench 1, so the two tables measure the same body.
 from bench_callback import _loop, _packed
 from nlsq._ringlog import RingLogger
-from nlsq.utils import _ffi_backend, _log_emit, async_logger
+from nlsq.utils import _native, _routes, async_logger
 
 HERE = Path(__file__).resolve().parent
 
@@ -49,8 +49,8 @@ def _lines(path: Path) -> int:
 
 def main(quick: bool = False) -> dict[str, Any]:
     """Run the bench and return its result (``name``, ``title``, ``table``, data)."""
-    if not _ffi_backend.available():
-        raise SystemExit(f"FFI route unavailable: {_ffi_backend.register().reason}")
+    if not _native.available():
+        raise SystemExit(f"FFI route unavailable: {_native.register().reason}")
     n = 200 if quick else 2000
     repeats = 3 if quick else 15
     calls = [0]
@@ -72,7 +72,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         own_tid = own.register("iter {i:>6d}  cost {c:>13.6e}  |grad| {g:>10.3e}")
 
         def direct(i: jax.Array, c: jax.Array, g: jax.Array) -> None:
-            _ffi_backend.emit(_packed(i, c, g), own_tid, own.id)
+            _native.emit(_packed(i, c, g), own_tid, own.id)
 
         # The route is fixed when a loop is traced: trace each under its own.
         fns: dict[str, Callable[[jax.Array], Any]] = {}
@@ -80,10 +80,10 @@ def main(quick: bool = False) -> dict[str, Any]:
         fns["no-op jax.debug.callback (floor)"] = _loop(
             n, lambda i, c, g: jax.debug.callback(noop, _packed(i, c, g))
         )
-        _log_emit.set_backend(_log_emit.make_backend("callback"))
+        _routes.set_route(_routes.make_route("callback"))
         fns["log_iteration_async, callback route"] = _loop(n, ring)
         jax.block_until_ready(fns["log_iteration_async, callback route"](jnp.float32(1)))
-        _log_emit.set_backend(_log_emit.make_backend("ffi"))
+        _routes.set_route(_routes.make_route("ffi"))
         fns["log_iteration_async, FFI route"] = _loop(n, ring)
         fns["FFI direct emit (own RingLogger)"] = _loop(n, direct)
         for f in fns.values():
@@ -144,7 +144,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "medians_us": med,
         "samples_us": samples,
         "line_counts": counts,
-        "ffi_stats": _ffi_backend.stats(),
+        "ffi_stats": _native.stats(),
         "backend": jax.default_backend(),
         "x64": bool(jax.config.jax_enable_x64),
     }

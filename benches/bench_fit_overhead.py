@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import nlsq
 import numpy as np
 import scipy.optimize as so
-from nlsq.utils import _log_emit, async_logger
+from nlsq.utils import _routes, async_logger
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -94,13 +94,13 @@ def repeats_for(n: int, quick: bool) -> int:
 
 def available_routes() -> list[str]:
     """Ring routes that can be built here, the default one first."""
-    default = _log_emit.make_backend(None).name
+    default = _routes.make_route(None).name
     routes = [default]
     for name in ("ffi", "callback"):
         if name in routes:
             continue
         try:
-            _log_emit.make_backend(name)
+            _routes.make_route(name)
         except (ValueError, RuntimeError):
             continue
         routes.append(name)
@@ -171,7 +171,7 @@ def bench_size(
     compile_s: dict[str, float] = {}
     for v in variants:
         if v.route is not None:
-            _log_emit.set_backend(_log_emit.make_backend(v.route))
+            _routes.set_route(_routes.make_route(v.route))
         t0 = time.perf_counter()
         v.run()
         compile_s[v.label] = time.perf_counter() - t0

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import nlsq
 import numpy as np
-from nlsq.utils import _log_emit, async_logger
+from nlsq.utils import _routes, async_logger
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -182,7 +182,7 @@ def _configure(v: Variant) -> None:
     if v.route is not None:
         # configure() picks the default route again; a variant's first run traces
         # its program, and the route in force then is the one it keeps.
-        _log_emit.set_backend(_log_emit.make_backend(v.route))
+        _routes.set_route(_routes.make_route(v.route))
 
 
 def _run(v: Variant, expected_lines: int, record: bool) -> None:
@@ -334,7 +334,7 @@ def _table(loop: dict[str, Any], fit: dict[str, Any]) -> str:
 def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
     """Run both workloads; return ``name``, ``title``, ``table`` and the raw data."""
     _blocking_print.register()
-    default_route = _log_emit.make_backend(None).name
+    default_route = _routes.make_route(None).name
     n_iter = 100 if quick else 500
     repeats = 2 if quick else 9
     with tempfile.TemporaryDirectory(prefix="bench_slow_sink_") as tmpdir:

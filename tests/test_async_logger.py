@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from nlsq.utils import _log_emit, _log_runtime, async_logger
+from nlsq.utils import _log_runtime, _routes, async_logger
 from nlsq.utils.async_logger import (
     is_jax_array,
     log_array_async,
@@ -253,7 +254,7 @@ def test_compiled_function_survives_configure(tmp_path: Path, log: LogFile) -> N
 def test_unknown_backend_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="'nope'"):
         async_logger.configure(backend="nope")
-    if "ffi" not in _log_emit._FACTORIES:
+    if "ffi" not in _routes._FACTORIES:
         with pytest.raises(ValueError, match="ffi"):
             async_logger.configure(backend="ffi")
 

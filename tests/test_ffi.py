@@ -24,7 +24,7 @@ import pytest
 from jax import lax
 from nlsq import _ringlog
 from nlsq._ringlog import RingLogger
-from nlsq.utils import _ffi_backend, _log_emit, async_logger
+from nlsq.utils import _native, _routes, async_logger
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def logged(backend: str, tmp_path: Path, body: Callable[[], None]) -> str:
     """Text written by ``body()`` with the process logger on ``backend``."""
     sink = tmp_path / f"{backend}-{len(list(tmp_path.iterdir()))}.log"
     async_logger.configure(sink=str(sink), backend=backend)
-    assert _log_emit.active_backend().name == backend
+    assert _routes.active_route().name == backend
     body()
     assert async_logger.flush(timeout=30)
     async_logger.configure(backend=None)
@@ -87,8 +87,8 @@ def test_abi_layout_matches_installed_header(tmp_path: Path) -> None:
 
 def test_built_api_version_is_the_installed_one() -> None:
     built = tuple(_ringlog.ffi_api_version())
-    assert _ffi_backend.runtime_api_version() == built
-    assert _ffi_backend.abi_mismatch(built, built) is None
+    assert _native.runtime_api_version() == built
+    assert _native.abi_mismatch(built, built) is None
 
 
 @pytest.mark.parametrize(
@@ -96,7 +96,7 @@ def test_built_api_version_is_the_installed_one() -> None:
     [((0, 3), True), ((0, 4), True), ((0, 2), False), ((1, 3), False), (None, False)],
 )
 def test_abi_mismatch_rule(runtime: tuple[int, int] | None, compatible: bool) -> None:
-    reason = _ffi_backend.abi_mismatch((0, 3), runtime)
+    reason = _native.abi_mismatch((0, 3), runtime)
     assert (reason is None) == compatible
     if runtime is not None and not compatible:
         assert f"{runtime[0]}.{runtime[1]}" in reason
@@ -106,11 +106,11 @@ def test_abi_mismatch_rule(runtime: tuple[int, int] | None, compatible: bool) ->
 
 
 def test_target_is_registered_and_the_default() -> None:
-    reg = _ffi_backend.register()
+    reg = _native.register()
     assert reg.ok, reg.reason
     assert "cpu" in reg.platforms
     async_logger.configure(backend=None)
-    assert _log_emit.active_backend().name == "ffi"
+    assert _routes.active_route().name == "ffi"
 
 
 def _refused(monkeypatch: pytest.MonkeyPatch, how: str) -> list[warnings.WarningMessage]:
@@ -122,15 +122,16 @@ def _refused(monkeypatch: pytest.MonkeyPatch, how: str) -> list[warnings.Warning
         monkeypatch.setattr(jax.ffi, "register_ffi_target", refuse)
     else:
         monkeypatch.setattr(_ringlog, "ffi_api_version", lambda: (1, 0))
-    _ffi_backend._reset_for_tests()
+    _native._reset_for_tests()
+    _routes._reset_for_tests()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert not _ffi_backend.available()
-        assert _log_emit.make_backend(None).name == "callback"
+        assert not _native.available()
+        assert _routes.make_route(None).name == "callback"
         async_logger.configure(backend=None)
-        assert _log_emit.active_backend().name == "callback"
+        assert _routes.active_route().name == "callback"
         with pytest.raises(RuntimeError, match="not registered"):
-            _log_emit.make_backend("ffi")
+            _routes.make_route("ffi")
     return [w for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
@@ -138,12 +139,12 @@ def _refused(monkeypatch: pytest.MonkeyPatch, how: str) -> list[warnings.Warning
 def test_refused_registration_falls_back_with_one_warning(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, how: str
 ) -> None:
-    saved = _ffi_backend._state
+    saved = _native._state
     try:
         caught = _refused(monkeypatch, how)
         assert len(caught) == 1, [str(w.message) for w in caught]
         message = str(caught[0].message)
-        assert "using the callback path" in message
+        assert "using 'callback'" in message
         assert ("simulated refusal" if how == "jax" else "API mismatch") in message
         # The callback route still logs.
         fmt = async_logger.template("fallback {i:d}")
@@ -151,8 +152,9 @@ def test_refused_registration_falls_back_with_one_warning(
         assert text == "fallback 4\n"
     finally:
         monkeypatch.undo()
-        _ffi_backend._reset_for_tests()
-        _ffi_backend._state = saved
+        _native._reset_for_tests()
+        _native._state = saved
+        _routes._reset_for_tests()
 
 
 # -- the lowered program -----------------------------------------------------------
@@ -169,11 +171,11 @@ def test_custom_call_is_in_the_lowered_and_compiled_program() -> None:
     text = lowered.as_text()
     call = [line for line in text.splitlines() if "stablehlo.custom_call" in line]
     assert len(call) == 1, text
-    assert f"@{_ffi_backend.TARGET}(" in call[0]
+    assert f"@{_native.TARGET}(" in call[0]
     assert "has_side_effect = true" in call[0]
     assert "template_key" in call[0]
     assert "callback" not in text
-    assert f'custom_call_target="{_ffi_backend.TARGET}"' in lowered.compile().as_text()
+    assert f'custom_call_target="{_native.TARGET}"' in lowered.compile().as_text()
 
 
 def test_verbose_zero_traces_no_custom_call() -> None:
@@ -183,7 +185,7 @@ def test_verbose_zero_traces_no_custom_call() -> None:
         async_logger.log_iteration_async(3, x, x, verbose=0)
         return x + 1
 
-    assert _ffi_backend.TARGET not in jax.jit(f).lower(jnp.float32(1.0)).as_text()
+    assert _native.TARGET not in jax.jit(f).lower(jnp.float32(1.0)).as_text()
 
 
 # -- byte-identical output ---------------------------------------------------------
@@ -336,10 +338,10 @@ def test_direct_emit_into_own_logger_under_jit_and_vmap(tmp_path: Path) -> None:
 
         @jax.jit
         def f(xs: jax.Array) -> None:
-            jax.vmap(lambda kx: _ffi_backend.emit(kx, tid, log.id))(xs)
+            jax.vmap(lambda kx: _native.emit(kx, tid, log.id))(xs)
 
         f(jnp.stack([jnp.arange(3.0), jnp.arange(3.0) / 4], axis=1))
-        _ffi_backend.emit(np.array([7.0, 0.5]), tid, log.id)  # eagerly
+        _native.emit(np.array([7.0, 0.5]), tid, log.id)  # eagerly
         jax.effects_barrier()
         assert log.flush(timeout=30)
     assert path.read_text() == "  0 0.00\n  1 0.25\n  2 0.50\n  7 0.50\n"
@@ -358,7 +360,7 @@ def test_wrong_dtype_or_rank_is_a_trace_time_error(
     packed: jax.Array, error: type[Exception], match: str
 ) -> None:
     def f(p: jax.Array) -> None:
-        _ffi_backend.emit(p, 0, 1)
+        _native.emit(p, 0, 1)
 
     with pytest.raises(error, match=match):
         jax.jit(f).lower(packed)  # raised while tracing, before anything runs
@@ -366,7 +368,7 @@ def test_wrong_dtype_or_rank_is_a_trace_time_error(
 
 def test_handler_reports_bad_calls_as_xla_errors() -> None:
     # Bypass the Python checks to reach the Rust validation through XLA.
-    call = _ffi_backend._ffi_call()
+    call = _native._ffi_call()
     with pytest.raises(Exception, match="packed values have rank 2, expected a rank-1 array"):
         call(jnp.zeros((2, 2)), template_id=np.int64(0), logger_id=np.int64(1))
         jax.effects_barrier()
@@ -388,7 +390,7 @@ def test_forward_mode_differentiation_logs_primal_values(tmp_path: Path) -> None
         tid = log.register("x {x:.2f}")
 
         def f(x: jax.Array) -> jax.Array:
-            _ffi_backend.emit(jnp.stack([x]), tid, log.id)
+            _native.emit(jnp.stack([x]), tid, log.id)
             return x**2
 
         primal, tangent = jax.jit(lambda x: jax.jvp(f, (x,), (1.0,)))(jnp.float32(3.0))
@@ -412,21 +414,21 @@ def test_closed_logger_does_not_break_a_jitted_loop(tmp_path: Path) -> None:
 
     run(jnp.float32(0))
     async_logger.flush()
-    before = _ffi_backend.stats()["orphaned"]
+    before = _native.stats()["orphaned"]
     async_logger.get_logger().close()  # every routed push now finds it closed
     assert int(run(jnp.float32(0))) == 40
     jax.effects_barrier()
-    assert _ffi_backend.stats()["orphaned"] - before == 40
+    assert _native.stats()["orphaned"] - before == 40
 
 
 def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
     log = RingLogger(sink=None)
     tid = log.register("{x:.1f}")
     log.close()
-    before = _ffi_backend.stats()["orphaned"]
-    _ffi_backend.emit(np.array([1.0]), tid, log.id)
+    before = _native.stats()["orphaned"]
+    _native.emit(np.array([1.0]), tid, log.id)
     jax.effects_barrier()
-    assert _ffi_backend.stats()["orphaned"] == before + 1
+    assert _native.stats()["orphaned"] == before + 1
 
 
 # -- CUDA (not verified on a device) ----------------------------------------------
@@ -435,8 +437,8 @@ def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
 def test_cuda_handler_registered_only_with_driver_and_backend() -> None:
     reason = _ringlog.ffi_cuda_unavailable_reason()
     assert reason is None or re.search(r"libcuda\.so\.1", reason), reason
-    opted_in = os.environ.get(_ffi_backend.CUDA_OPT_IN) == "1"
-    expect = reason is None and _ffi_backend._cuda_backend_present() and opted_in
-    assert ("CUDA" in _ffi_backend.register().platforms) == expect
+    opted_in = os.environ.get(_native.CUDA_OPT_IN) == "1"
+    expect = reason is None and _native.cuda_backend_present() and opted_in
+    assert ("CUDA" in _native.register().platforms) == expect
     targets = _ringlog.ffi_targets()
     assert set(targets) == {"cpu", "CUDA"}

@@ -1,4 +1,4 @@
-"""The effect-free inline route the solvers use for their rows (``_log_inline``).
+"""The effect-free inline route the solvers use for their rows (``nlsq.utils._emit``).
 
 It must keep a jitted function free of effects (JAX's fast dispatch path), must
 survive JAX's and XLA's dead-code elimination although it has no outputs, and
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import lax
-from nlsq.utils import _log_inline, _log_runtime, async_logger
+from nlsq.utils import _emit, _log_runtime, async_logger
 
 TEXT = "inline {i:>4d} {v:.3e}"
 
@@ -36,7 +36,7 @@ def _loop(every: int):
     def run(x: jax.Array) -> jax.Array:
         def body(c: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
             i, v = c
-            _log_inline.emit_row(key, i % every == 0, [i, v])
+            _emit._stage_inline_row(key, i % every == 0, [i, v])
             return i + 1, v * 0.5
 
         return lax.while_loop(lambda c: c[0] < 25, body, (0, x))[1]
@@ -45,7 +45,7 @@ def _loop(every: int):
 
 
 def test_route_is_available_on_cpu_with_ffi(log_path: Path) -> None:
-    assert _log_inline.available()
+    assert _emit.inline_rows_available()
 
 
 def test_rows_are_pushed_where_keep_is_true_in_order(log_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_unused_result_does_not_remove_the_rows(log_path: Path) -> None:
 
     @jax.jit
     def only_logs(x: jax.Array) -> jax.Array:
-        _log_inline.emit_row(key, True, [jnp.int32(7), x])
+        _emit._stage_inline_row(key, True, [jnp.int32(7), x])
         return jnp.zeros(())
 
     only_logs(jnp.float32(2.0)).block_until_ready()
@@ -85,7 +85,7 @@ def test_vmap_pushes_each_kept_row(log_path: Path) -> None:
     key = _log_runtime.intern(TEXT)
 
     def one(i: jax.Array, v: jax.Array) -> jax.Array:
-        _log_inline.emit_row(key, i > 0, [i, v])
+        _emit._stage_inline_row(key, i > 0, [i, v])
         return v
 
     jax.jit(jax.vmap(one))(jnp.arange(4), jnp.arange(4.0)).block_until_ready()

@@ -194,16 +194,16 @@ def test_log_records_from_every_device_without_all_gather(route):
     """
     out = run_script(
         f"""
-        from nlsq.utils import _log_inline
+        from nlsq.utils import _emit
         async_logger.configure(backend={route!r})
-        assert _log_inline.available()
-        tmpl = async_logger.template("dev {{i:d}} sum {{s:.1f}}")
+        assert _emit.inline_rows_available()
+        # The emitter the solvers' verbose rows go through.
+        row = _emit.inline_row_emitter("dev {{i:d}} sum {{s:.1f}}")
 
         @jax.jit
         def per_device_log(x):
             def body(xl):
-                _log_inline.emit_row(tmpl._key, True,
-                                     [jax.lax.axis_index("data"), jnp.sum(xl)])
+                row(True, 2, i=jax.lax.axis_index("data"), s=jnp.sum(xl))
                 return xl * 2
             return jax.shard_map(body, mesh=MESH, in_specs=P("data"),
                                  out_specs=P("data"))(x)

@@ -12,6 +12,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._sharding import plan_rows, with_rows
@@ -60,7 +61,7 @@ def _any_zero(a):
 
 
 def _reciprocal(a):
-    with jax.enable_x64(True):
+    with enable_x64(True):
         return 1.0 / a.astype(jnp.float64)
 
 
@@ -301,7 +302,7 @@ class CurveFit:
             raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
         jac_mode, user_jac = check_jac(self.jac)
 
-        with jax.enable_x64(True):
+        with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
             if isinstance(ydata, jax.Array) and ydata.dtype != np.float64:

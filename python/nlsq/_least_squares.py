@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
 from ._sharding import with_rows
@@ -111,7 +112,7 @@ def least_squares(
     if workers is not None:
         raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
-    with jax.enable_x64(True):
+    with enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
         problem = make_problem(

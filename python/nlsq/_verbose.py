@@ -31,9 +31,16 @@ CLOSING = (
 
 @functools.cache
 def _template(text: str):
-    from .utils import async_logger
+    from .utils import _emit
 
-    return async_logger.template(text)
+    return _emit.LogTemplate(text)
+
+
+@functools.cache
+def _row_emitter(text: str):
+    from .utils import _emit
+
+    return _emit.inline_row_emitter(text)
 
 
 def _constant(text: str):
@@ -44,15 +51,14 @@ def _constant(text: str):
 def make_log_row(verbose: int, gate=None):
     """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
 
-    On CPU with the FFI route active, rows take the effect-free inline route
-    (:mod:`nlsq.utils._log_inline`): the fit keeps JAX's fast dispatch path, and
-    the rows are in the ring once the solver's results are ready, which
-    ``log_closing`` waits for. Elsewhere they go through the async_logger
-    templates.
+    Rows go through :func:`nlsq.utils._emit.inline_row_emitter`: on CPU with
+    the FFI route they take the effect-free inline route (the fit keeps JAX's
+    fast dispatch path, and the rows are in the ring once the solver's results
+    are ready, which ``log_closing`` waits for); elsewhere the route table's.
 
-    ``gate``: a zero-argument function traced where the row is emitted and
-    returning a device predicate; the row is written only where it is true (one
-    device of a mesh, :func:`nlsq._sharding.log_row_on_mesh`).
+    ``gate``: a zero-argument function traced where the row is emitted, returning
+    a device predicate; the row is written only where it is true (one device of a
+    mesh, :func:`nlsq._sharding.log_row_on_mesh`).
     """
     if verbose == 0:
         return None
@@ -71,23 +77,19 @@ def make_log_row(verbose: int, gate=None):
                 step_norm=st.step_norm,
                 optimality=st.g_norm,
             )
-        from .utils import _log_inline
-
-        if not _log_inline.available():
-            if gate is None:
-                _template(text)(verbose=verbose, **fields)
-            else:
-                import jax
-
-                jax.lax.cond(
-                    gate(), lambda: _template(text)(verbose=verbose, **fields), lambda: None
-                )
-            return
-        fmt = _template(text)
         keep = True if verbose >= 2 else st.iteration % 10 == 0
-        if gate is not None:
-            keep = gate() & keep
-        _log_inline.emit_row(fmt._key, keep, [fields[name] for name in fmt.fields])
+        if gate is None:
+            _row_emitter(text)(keep, verbose, **fields)
+            return
+        from .utils import _emit
+
+        if _emit.inline_rows_available():
+            # The inline row has no effect: a cond around it would be dead code.
+            _row_emitter(text)(gate() & keep, verbose, **fields)
+        else:
+            import jax
+
+            jax.lax.cond(gate(), lambda: _row_emitter(text)(keep, verbose, **fields), lambda: None)
 
     return log_row
 

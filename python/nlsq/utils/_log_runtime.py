@@ -32,6 +32,7 @@ __all__ = [
     "add_install_listener",
     "callback_errors",
     "configure_logger",
+    "current",
     "ensure_registered",
     "get_logger",
     "intern",
@@ -120,7 +121,7 @@ def _install(logger: RingLogger) -> None:
         listener()
 
 
-# Called (no arguments) after every _install; the FFI route re-reads _ACTIVE.
+# Called (no arguments) after every _install; the native route re-reads current().
 _INSTALL_LISTENERS: list[Callable[[], None]] = []
 
 
@@ -128,6 +129,14 @@ def add_install_listener(listener: Callable[[], None]) -> None:
     """Call ``listener()`` each time a logger becomes the active one."""
     if listener not in _INSTALL_LISTENERS:
         _INSTALL_LISTENERS.append(listener)
+
+
+def current() -> tuple[RingLogger, list[int]] | None:
+    """The active ``(logger, ring_ids)`` pair, or None before the first logger exists.
+
+    ``ring_ids[key]`` is the ring id of template ``key`` (``-1``: not registered).
+    """
+    return _ACTIVE
 
 
 def get_logger() -> RingLogger:

@@ -62,18 +62,24 @@ Examples
 
 from __future__ import annotations
 
-import operator
-import string
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.custom_batching import custom_vmap
 
-from nlsq.utils import _log_emit, _log_runtime
+from nlsq.utils import _log_runtime, _routes
+from nlsq.utils._emit import (
+    _ALWAYS,
+    LogTemplate,
+    _escape,
+    _is_tracer,
+    _level,
+    _pack_dtype,
+    _static_str,
+    is_jax_array,
+)
+from nlsq.utils._emit import MAX_FIELDS as MAX_FIELDS  # noqa: F401 - public constant
 
 __all__ = [
     "LogTemplate",
@@ -88,13 +94,6 @@ __all__ = [
     "template",
 ]
 
-#: Most values one record can carry (``ringlog::MAX_VALUES``).  Under ``vmap``
-#: the batch index takes one of them.
-MAX_FIELDS = 12
-
-_ALWAYS = "always"
-_EVERY_10 = "every 10th"
-
 _ITERATION_TEXT = "iter {iteration:>6d}  cost {cost:>13.6e}  |grad| {gradient_norm:>10.3e}"
 _CONVERGENCE_TEXT = (
     "iterations {iterations:d}  final cost {final_cost:.6e}  "
@@ -103,316 +102,6 @@ _CONVERGENCE_TEXT = (
 _ARRAY_TEXT = (
     "min {min:.6e}  max {max:.6e}  mean {mean:.6e}  norm {norm:.6e}  nonfinite {nonfinite:d}"
 )
-_BATCH_PREFIX = "[{batch_index:d}] "
-
-
-def is_jax_array(x: Any) -> bool:
-    """True for a ``jax.Array`` or a tracer, False for NumPy arrays, scalars and the rest.
-
-    Logging code uses it to keep device values on the device: a JAX value is
-    never converted to a Python number (that would wait for the device).
-
-    Examples
-    --------
-    >>> import jax.numpy as jnp, numpy as np
-    >>> is_jax_array(jnp.array([1, 2, 3]))
-    True
-    >>> is_jax_array(np.array([1, 2, 3]))
-    False
-    """
-    return isinstance(x, jax.Array)
-
-
-def _escape(text: str) -> str:
-    """Make ``text`` a literal inside a template."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-def _static_str(func: str, arg: str, value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if is_jax_array(value) or isinstance(value, np.ndarray):
-        raise TypeError(
-            f"{func}: `{arg}` must be a static Python str; got an array "
-            f"({type(value).__name__}). Messages are interned as templates when the call "
-            "is traced, so they cannot depend on traced values; log the number as a field."
-        )
-    raise TypeError(f"{func}: `{arg}` must be a static Python str, got {type(value).__name__}")
-
-
-def _level(verbose: Any, *, gated: bool) -> str | None:
-    """Resolve ``verbose`` at trace time; ``None`` means trace nothing."""
-    if is_jax_array(verbose):
-        raise TypeError(
-            "verbose must be a static Python int (0, 1 or 2); got a JAX value. "
-            "Verbosity is resolved when the call is traced; pass it as a static argument."
-        )
-    try:
-        v = operator.index(verbose)
-    except TypeError:
-        raise TypeError(f"verbose must be an int, got {type(verbose).__name__}") from None
-    if v <= 0:
-        return None
-    if v == 1 and gated:
-        return _EVERY_10
-    return _ALWAYS
-
-
-def _pack_dtype() -> Any:
-    # float64 when x64 is on, else float32: the widest float the device makes.
-    return jnp.result_type(float)
-
-
-def _field_names(text: str) -> tuple[str, ...]:
-    try:
-        parsed = list(string.Formatter().parse(text))
-    except ValueError as exc:
-        raise ValueError(f"invalid log template {text!r}: {exc}") from None
-    names = tuple(name for _, name, _, _ in parsed if name is not None)
-    for name in names:
-        if not name.isidentifier():
-            raise ValueError(
-                f"invalid log template {text!r}: every field needs a name "
-                f"(an identifier), got {{{name}}}"
-            )
-        if name == "verbose":
-            raise ValueError(f"invalid log template {text!r}: `verbose` is reserved")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"invalid log template {text!r}: duplicate field(s) {duplicates}")
-    if len(names) > MAX_FIELDS:
-        raise ValueError(
-            f"invalid log template {text!r}: {len(names)} fields, at most {MAX_FIELDS}"
-        )
-    return names
-
-
-def _host_number(name: str, value: Any) -> int | float | None:
-    """``value`` as a Python number if it lives on the host, else ``None``."""
-    if isinstance(value, bool | np.bool_):
-        return int(value)
-    if isinstance(value, int | float):
-        return value
-    if isinstance(value, np.generic | np.ndarray) and not isinstance(value, str):
-        arr = np.asarray(value)
-        if arr.shape != ():
-            raise TypeError(f"log field `{name}` must be a scalar, got shape {arr.shape}")
-        if arr.dtype.kind in "biu":
-            return int(arr)
-        if arr.dtype.kind == "f":
-            return float(arr)
-        raise TypeError(f"log field `{name}` must be a real number, got dtype {arr.dtype}")
-    if is_jax_array(value):
-        return None
-    raise TypeError(
-        f"log field `{name}` must be a real number or a JAX scalar, got {type(value).__name__}"
-    )
-
-
-def _check_device_scalar(name: str, value: Any) -> None:
-    shape = jnp.shape(value)
-    if shape != ():
-        raise TypeError(f"log field `{name}` must be a scalar, got shape {shape}")
-    if jnp.issubdtype(value.dtype, jnp.complexfloating):
-        raise TypeError(f"log field `{name}` must be a real number, got dtype {value.dtype}")
-
-
-def _is_tracer(value: Any) -> bool:
-    return isinstance(value, jax.core.Tracer)
-
-
-class LogTemplate:
-    """A line template whose fields are filled from device or host numbers.
-
-    Build one with :func:`template`.  Calling it logs one line::
-
-        fmt = template("step {step:>6d} loss {loss:.6e}")
-        fmt(step=i, loss=l, verbose=2)
-
-    The text uses a subset of Python's format mini-language (fill, align,
-    width, precision, types ``d e E f F g G %``); every field is named, and
-    literal braces are written ``{{`` and ``}}``.  The template is registered
-    with the process-wide logger on first use; a text the ring rejects raises
-    ``ValueError`` then, naming the position.
-    """
-
-    def __init__(self, text: str) -> None:
-        if not isinstance(text, str):
-            raise TypeError(f"template text must be a str, got {type(text).__name__}")
-        self.text = text
-        self.fields = _field_names(text)
-        self._key = _log_runtime.intern(text)
-        self._batched_key: int | None = None
-        self._emitters: dict[bool, Callable[[jax.Array, jax.Array], None]] = {}
-        self._jitted: dict[Any, Callable[..., None]] = {}
-
-    def __repr__(self) -> str:
-        return f"LogTemplate({self.text!r})"
-
-    def __call__(self, *, verbose: int = 2, **fields: Any) -> None:
-        """Log one line.
-
-        Parameters
-        ----------
-        verbose : int, default 2
-            Static.  0: nothing is traced; 1: log only when the first field is
-            a multiple of 10 (a template without fields logs every call); 2: log
-            every call.
-        **fields
-            One real scalar per field of the template: Python or NumPy
-            numbers, or JAX scalars (concrete or traced).
-
-        Raises
-        ------
-        TypeError
-            A field is missing, unknown, not a real scalar, or ``verbose`` is
-            not a static int.
-        """
-        level = _level(verbose, gated=True)
-        if set(fields) != set(self.fields):
-            missing = [n for n in self.fields if n not in fields]
-            unknown = sorted(set(fields) - set(self.fields))
-            raise TypeError(
-                f"{self!r} takes fields {list(self.fields)}; missing {missing}, unknown {unknown}"
-            )
-        if level is None:
-            return
-        self._log([fields[n] for n in self.fields], level)
-
-    # -- routing -----------------------------------------------------------
-
-    def _log(self, values: Sequence[Any], level: str) -> None:
-        host = [_host_number(n, v) for n, v in zip(self.fields, values, strict=True)]
-        if all(h is not None for h in host):
-            if level == _EVERY_10 and host and host[0] % 10 != 0:
-                return
-            _log_runtime.ensure_registered(self._key)
-            _log_runtime.push_values(self._key, host)  # type: ignore[arg-type]
-            return
-        for name, value, h in zip(self.fields, values, host, strict=True):
-            if h is None:
-                _check_device_scalar(name, value)
-        if any(_is_tracer(v) for v in values):
-            self._stage(values, level)
-        else:
-            # Concrete device values: a jitted emitter dispatches asynchronously,
-            # so the host does not wait for the device to produce them.
-            self._jit_for(level)(*values)
-
-    def _jit_for(self, level: str) -> Callable[..., None]:
-        fn = self._jitted.get(level)
-        if fn is None:
-            fn = jax.jit(lambda *values: self._stage(values, level))
-            self._jitted[level] = fn
-        return fn
-
-    def _stage(self, values: Sequence[Any], level: str) -> None:
-        """Trace the transfer of ``values`` (at least one of them traced)."""
-        gated = level == _EVERY_10 and len(values) > 0
-        if gated:
-            first = values[0]
-            if not is_jax_array(first):
-                # A host number: decide now, stage no cond.
-                if first % 10 != 0:
-                    return
-                gated = False
-        _log_runtime.ensure_registered(self._key)
-        dtype = _pack_dtype()
-        if values:
-            packed = jnp.stack([jnp.asarray(v).astype(dtype) for v in values])
-        else:
-            packed = jnp.zeros((0,), dtype)
-        if gated:
-            first = jnp.asarray(values[0])
-            # lax.rem, not %: no sign fix-up ops in the loop body.
-            pred = lax.rem(first, jnp.asarray(10, first.dtype)) == 0
-        else:
-            pred = jnp.asarray(True)
-        # Logged values are observed, never differentiated: without this, grad
-        # would try to transpose the custom_vmap call.
-        self._emitter(gated)(lax.stop_gradient(pred), lax.stop_gradient(packed))
-
-    def _batched(self) -> int:
-        if self._batched_key is None:
-            if len(self.fields) >= MAX_FIELDS:
-                raise ValueError(
-                    f"{self!r} has {len(self.fields)} fields; under vmap the batch index "
-                    f"needs one more, at most {MAX_FIELDS} in all"
-                )
-            self._batched_key = _log_runtime.intern(_BATCH_PREFIX + self.text)
-        _log_runtime.ensure_registered(self._batched_key)
-        return self._batched_key
-
-    def _emitter(self, gated: bool) -> Callable[[jax.Array, jax.Array], None]:
-        emitter = self._emitters.get(gated)
-        if emitter is None:
-            emitter = _make_emitter(self._key, self._batched, gated)
-            self._emitters[gated] = emitter
-        return emitter
-
-
-def _make_emitter(
-    key: int, batched_key: Callable[[], int], gated: bool
-) -> Callable[[jax.Array, jax.Array], None]:
-    """The staged part of one log call: gate, then one transfer.
-
-    Under ``vmap`` the rule turns the batch into rows ``[keep, index, values...]``
-    and transfers them in one go, so each element keeps its index and the gate
-    stays per element (a batched ``lax.cond`` would run both branches).
-    """
-
-    @custom_vmap
-    def emit_one(pred: jax.Array, packed: jax.Array) -> None:
-        if gated:
-            lax.cond(pred, lambda p: _log_emit.emit(key, p), lambda p: None, packed)
-        else:
-            _log_emit.emit(key, packed)
-
-    @emit_one.def_vmap
-    def emit_batch(
-        axis_size: int, in_batched: Sequence[bool], pred: jax.Array, packed: jax.Array
-    ) -> tuple[None, None]:
-        if not in_batched[0]:
-            pred = jnp.broadcast_to(pred, (axis_size,))
-        if not in_batched[1]:
-            packed = jnp.broadcast_to(packed, (axis_size, *packed.shape))
-        index = jnp.arange(axis_size, dtype=packed.dtype)
-        rows = jnp.concatenate([pred.astype(packed.dtype)[:, None], index[:, None], packed], axis=1)
-        emit_rows = _rows_emitter(batched_key())
-        if gated:
-            lax.cond(jnp.any(pred), emit_rows, lambda r: None, rows)
-        else:
-            emit_rows(rows)
-        return None, None
-
-    return emit_one
-
-
-_ROWS_EMITTERS: dict[int, Callable[[jax.Array], None]] = {}
-
-
-def _rows_emitter(key: int) -> Callable[[jax.Array], None]:
-    """Transfer rows ``[keep, index, values...]``; nested vmap flattens the index."""
-    emitter = _ROWS_EMITTERS.get(key)
-    if emitter is not None:
-        return emitter
-
-    @custom_vmap
-    def emit_rows(rows: jax.Array) -> None:
-        _log_emit.emit(key, rows)
-
-    @emit_rows.def_vmap
-    def emit_nested(
-        axis_size: int, in_batched: Sequence[bool], rows: jax.Array
-    ) -> tuple[None, None]:
-        n = rows.shape[1]
-        outer = jnp.arange(axis_size, dtype=rows.dtype)[:, None] * n
-        rows = rows.at[:, :, 1].add(outer)
-        emit_rows(rows.reshape(axis_size * n, rows.shape[2]))
-        return None, None
-
-    _ROWS_EMITTERS[key] = emit_rows
-    return emit_rows
 
 
 def template(text: str) -> LogTemplate:
@@ -611,20 +300,25 @@ def configure(
         Ring capacity in records.
     policy : {"drop_new", "block", ...}
         What a push does when the ring is full (see ``RingLogger``).
-    backend : {"callback", "debug_callback", "ffi"} or None
-        The route for records traced from now on; ``None`` picks the best
-        available (``"ffi"`` when the native target is built, else
-        ``"callback"``).  Already compiled functions keep their route.
+    backend : {"ffi", "callback", "debug_callback", "cuda_staging"} or None
+        The route for records traced from now on; ``None`` picks the route of
+        the table for this backend (CPU: ``"ffi"``; CUDA, ROCm, TPU and others:
+        ``"callback"``; CUDA with ``NLSQ_FFI_CUDA=1``: ``"cuda_staging"``),
+        falling back with one warning when it cannot be set up.  Already
+        compiled functions keep their route.  ``stats()["route"]`` says which
+        route is in use and ``stats()["route_reason"]`` why.
 
     Raises
     ------
     ValueError
-        An unknown or unavailable backend, or an argument the ring rejects.
+        An unknown backend, or an argument the ring rejects.
+    RuntimeError
+        The requested backend cannot be set up on this machine.
     """
-    route = _log_emit.make_backend(backend)
+    route = _routes.select(backend)
     jax.effects_barrier()
     _log_runtime.configure_logger(sink, capacity, policy)
-    _log_emit.set_backend(route)
+    _routes.set_route(route)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -639,9 +333,15 @@ def flush(timeout: float | None = None) -> bool:
 
 
 def stats() -> dict[str, Any]:
-    """The ring's statistics plus ``callback_errors`` (pushes that raised)."""
+    """The ring's statistics, ``callback_errors`` (pushes that raised), and the route.
+
+    ``route`` (the route records traced from now on take), ``route_reason`` (why
+    it was chosen), ``route_platform`` and ``route_failures`` (route set-ups or
+    stagings that failed and made the table fall back).
+    """
     result = dict(get_logger().stats())
     result["callback_errors"] = _log_runtime.callback_errors()
+    result.update(_routes.describe())
     return result
 
 

@@ -1,45 +1,44 @@
-"""Native logging path: an XLA FFI custom call that pushes one record per call.
+"""Native logging target: registration of the XLA FFI handlers of ``nlsq._ringlog``.
 
-The handlers are Rust functions in the ``nlsq._ringlog`` extension (crate
-``nlsq-xla-ffi``). :func:`register` hands them to
-``jax.ffi.register_ffi_target`` once per process. The custom call has a side
-effect, so XLA never drops it, and no Python runs when it executes.
+The handlers are Rust functions in the extension (crate ``nlsq-xla-ffi``).
+:func:`register` hands them to ``jax.ffi.register_ffi_target`` once per
+process, when a route first needs them (never on import). The custom call has a
+side effect, so XLA never drops it, and no Python runs when it executes.
+
+This module knows nothing of routes or of the process-wide logger: the route
+table (:mod:`nlsq.utils._routes`) decides when the target is used, and tells
+the Rust side which logger a template key goes to (:func:`set_route`).
 
 Two call forms (attributes of the custom call):
 
-* routed -- ``template_key`` (and ``rows=1`` for ``vmap`` rows): what
-  :mod:`nlsq.utils.async_logger` uses through :class:`FfiBackend`. Compiled
-  programs carry the process-stable template key of
-  :mod:`nlsq.utils._log_runtime`; the Rust route table maps it to the active
-  logger's ring id. The table is re-installed whenever the active logger
-  changes (``configure``), so programs compiled earlier keep logging, as with
-  the callback path. Push failures are counted (:func:`stats`), never raised
-  into XLA.
+* routed -- ``template_key`` (and ``rows=1`` for ``vmap`` rows): the
+  process-stable template key of :mod:`nlsq.utils._log_runtime`; the Rust
+  route table maps it to the active logger's ring id (:func:`set_route`), so
+  programs compiled before a ``configure`` keep logging. Push failures are
+  counted (:func:`stats`), never raised into XLA.
 * direct -- ``logger_id`` and ``template_id`` of a given ``RingLogger``:
   :func:`emit`, for code that owns its logger.
 
-Registration is refused, with one :class:`RuntimeWarning`, and the callback
-path is used instead when the extension lacks the handlers, when the XLA FFI
-API version of the installed jaxlib differs from the one the handlers were
-built for, or when jax rejects the target.
+Registration is refused (reported in :class:`Registration`) when the extension
+lacks the handlers, when the XLA FFI API version of the installed jaxlib differs
+from the one the handlers were built for, or when jax rejects the target.
 
 The CUDA handler is registered only when a CUDA backend exists, the CUDA
-driver library loads, and ``NLSQ_FFI_CUDA=1`` is set: it is NOT VERIFIED ON A
-DEVICE, so on a GPU the default backend stays ``"callback"`` until it is.
+driver library loads, and ``NLSQ_FFI_CUDA=1`` is set (the ``cuda_staging``
+route of the route table): it is NOT VERIFIED ON A DEVICE.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import threading
-import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from nlsq import _jax_compat as compat
 
 TARGET = "nlsq_ringlog_push"
 """Name of the custom-call target in the lowered HLO."""
@@ -81,7 +80,7 @@ _state: Registration | None = None
 
 
 def runtime_api_version() -> tuple[int, int] | None:
-    """XLA FFI API version of the installed jaxlib, read from its C header.
+    """XLA FFI API version of the installed jaxlib (see :mod:`nlsq._jax_compat`).
 
     Returns
     -------
@@ -89,19 +88,7 @@ def runtime_api_version() -> tuple[int, int] | None:
         ``(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)``, or ``None`` when the
         header is missing or does not define them.
     """
-    import jax.ffi
-
-    try:
-        text = (Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h").read_text()
-    except OSError:
-        return None
-    found = {
-        m.group(1): int(m.group(2))
-        for m in re.finditer(r"#define\s+XLA_FFI_API_(MAJOR|MINOR)\s+(\d+)", text)
-    }
-    if "MAJOR" not in found or "MINOR" not in found:
-        return None
-    return found["MAJOR"], found["MINOR"]
+    return compat.jaxlib_ffi_api_version()
 
 
 def abi_mismatch(built: tuple[int, int], runtime: tuple[int, int] | None) -> str | None:
@@ -125,7 +112,8 @@ CUDA_OPT_IN = "NLSQ_FFI_CUDA"
 """Environment variable that must be ``1`` to register the (unverified) CUDA handler."""
 
 
-def _cuda_backend_present() -> bool:
+def cuda_backend_present() -> bool:
+    """Whether JAX has a CUDA backend in this process."""
     import jax
 
     try:
@@ -135,7 +123,6 @@ def _cuda_backend_present() -> bool:
 
 
 def _register_locked() -> Registration:
-    import jax.ffi
 
     try:
         from nlsq import _ringlog
@@ -149,7 +136,7 @@ def _register_locked() -> Registration:
     if mismatch is not None:
         return Registration(ok=False, reason=mismatch, built_api=built, runtime_api=runtime)
     try:
-        jax.ffi.register_ffi_target(TARGET, targets["cpu"], platform="cpu", api_version=1)
+        compat.register_ffi_target(TARGET, targets["cpu"], platform="cpu")
     except Exception as exc:  # jax raises several types here; all mean "refused"
         return Registration(
             ok=False,
@@ -159,7 +146,7 @@ def _register_locked() -> Registration:
         )
     platforms = ["cpu"]
     cuda_note: str | None = None
-    if not _cuda_backend_present():
+    if not cuda_backend_present():
         cuda_note = "no CUDA backend"
     elif os.environ.get(CUDA_OPT_IN) != "1":
         cuda_note = (
@@ -169,7 +156,7 @@ def _register_locked() -> Registration:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
         if cuda_note is None:
             try:
-                jax.ffi.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA", api_version=1)
+                compat.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA")
                 platforms.append("CUDA")
             except Exception as exc:  # the CPU path stays usable
                 cuda_note = f"jax refused the CUDA target: {exc}"
@@ -185,25 +172,21 @@ def _register_locked() -> Registration:
 def register() -> Registration:
     """Register the FFI target once per process and report the outcome.
 
-    On failure a single :class:`RuntimeWarning` names the reason; later calls
-    return the same :class:`Registration` without warning again.
+    Nothing is raised or warned here: the route table (:mod:`nlsq.utils._routes`)
+    reports a refusal once, with its reason, when it falls back.
 
     Returns
     -------
     Registration
-        ``ok`` tells whether backend ``"ffi"`` can be used.
+        ``ok`` tells whether the target can be used.
     """
     global _state
     with _lock:
         if _state is None:
-            _state = _register_locked()
-            if not _state.ok:
-                warnings.warn(
-                    f"nlsq: native FFI logging unavailable, using the callback path: "
-                    f"{_state.reason}",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+            try:
+                _state = _register_locked()
+            except Exception as exc:  # never let a registration bug escape into a fit
+                _state = Registration(ok=False, reason=f"{type(exc).__name__}: {exc}")
         return _state
 
 
@@ -318,31 +301,11 @@ def emit_routed(key: int, packed: Any) -> None:
         _ffi_call()(arr, template_key=np.int64(key))
 
 
-_route_lock = threading.Lock()
-_route_seen: tuple[int, tuple[int, ...]] | None = None
-
-
-def sync_route(*, force: bool = False) -> None:
-    """Install the active logger and its ring ids in the Rust route table.
-
-    Cheap when nothing changed since the last call. Called when a routed
-    record is traced and whenever :mod:`nlsq.utils._log_runtime` installs a
-    logger.
-    """
-    global _route_seen
+def set_route(logger_id: int, ring_ids: list[int]) -> None:
+    """Send routed records to ``logger_id``: template key ``k`` becomes ring id ``ring_ids[k]``."""
     from nlsq import _ringlog
-    from nlsq.utils import _log_runtime
 
-    active = _log_runtime._ACTIVE
-    if active is None:
-        return
-    logger, tids = active
-    seen = (int(logger.id), tuple(tids))
-    with _route_lock:
-        if seen == _route_seen and not force:
-            return
-        _ringlog.ffi_set_route(seen[0], list(seen[1]))
-        _route_seen = seen
+    _ringlog.ffi_set_route(int(logger_id), list(ring_ids))
 
 
 def stats() -> dict[str, int]:
@@ -355,58 +318,3 @@ def stats() -> dict[str, int]:
     from nlsq import _ringlog
 
     return dict(_ringlog.ffi_stats())
-
-
-class FfiBackend:
-    """The ``"ffi"`` route of :mod:`nlsq.utils._log_emit`.
-
-    Constructing it registers the target; it raises when the target is
-    unavailable, so ``configure(backend=None)`` falls back to the callback
-    route (after the single warning of :func:`register`).
-    """
-
-    name = "ffi"
-
-    def __init__(self) -> None:
-        reg = register()
-        if not reg.ok:
-            raise RuntimeError(f"nlsq FFI target is not registered: {reg.reason}")
-        if "CUDA" not in reg.platforms and _cuda_backend_present():
-            # A program lowered for the GPU would find no CUDA target.
-            raise RuntimeError(f"nlsq FFI target has no CUDA handler here: {reg.cuda_note}")
-        self._rows_by_callback = "CUDA" in reg.platforms
-
-    def emit(self, key: int, packed: Any) -> None:
-        """Stage the transfer of ``packed`` for template ``key`` (trace time)."""
-        if self._rows_by_callback and getattr(packed, "ndim", 1) == 2:
-            # The CUDA handler stages one record per call; vmap rows take the
-            # callback route there.
-            from nlsq.utils import _log_emit
-
-            _log_emit.make_backend("callback").emit(key, packed)
-            return
-        sync_route()
-        emit_routed(key, packed)
-
-
-def _install_listener() -> None:
-    if _state is None or not _state.ok:
-        return
-    try:
-        sync_route(force=True)
-    except Exception as exc:  # never break configure(); say what was lost
-        warnings.warn(
-            f"nlsq: could not route FFI log records to the new logger: {exc}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-
-
-def _hook_into_async_logger() -> None:
-    from nlsq.utils import _log_emit, _log_runtime
-
-    _log_emit.register_backend("ffi", FfiBackend)
-    _log_runtime.add_install_listener(_install_listener)
-
-
-_hook_into_async_logger()

@@ -1,0 +1,255 @@
+"""The one module through which nlsq touches JAX internals.
+
+Everything here is something JAX offers no stable public API for, or an API whose
+name or signature differs across the JAX versions nlsq supports (see the support
+matrix in the README).  Each function says why it is needed and what it adapts.
+Nothing else in nlsq imports ``jax._src``, writes a primitive rule table, names a
+JAX effect or an XLA FFI API version.
+
+Failure contract
+----------------
+An internal that is missing or has changed raises :class:`JaxInternalsChanged`
+(a ``RuntimeError``) with a message naming it, *when the route that needs it is
+set up*: the logging route table (:mod:`nlsq.utils._routes`) catches it, warns
+once and falls back to a route built on public APIs (``jax.ffi``,
+``jax.debug.callback``).  Nothing here is imported lazily behind a user's fit:
+the fitting code itself needs only :func:`enable_x64`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+
+__all__ = [
+    "FFI_HANDLER_API_VERSION",
+    "JaxInternalsChanged",
+    "debug_effect",
+    "emit_host_callback",
+    "enable_x64",
+    "ffi_lowering",
+    "jaxlib_ffi_api_version",
+    "new_primitive",
+    "register_always_live",
+    "register_batching_rule",
+    "register_ffi_target",
+    "register_jvp_rule",
+    "register_lowering",
+]
+
+
+class JaxInternalsChanged(RuntimeError):
+    """A JAX internal that a logging route relies on is missing or has changed."""
+
+
+# -- scoped x64 ---------------------------------------------------------------------
+
+
+def enable_x64(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:
+    """``jax.enable_x64(enabled)``: a thread-local, scoped x64 setting.
+
+    Why here: the public ``jax.enable_x64`` context manager only exists in newer
+    JAX; older releases (e.g. jax 0.6 on CPython 3.10) have the same thing as
+    ``jax.experimental.enable_x64``.  Both are public; only the name moved.
+    """
+    scoped = getattr(jax, "enable_x64", None)
+    if scoped is None:
+        from jax.experimental import enable_x64 as scoped
+    return scoped(enabled)
+
+
+# -- custom primitives ---------------------------------------------------------------
+
+
+def new_primitive(name: str, *, multiple_results: bool = True) -> Any:
+    """A new JAX primitive.
+
+    Why: the logging routes need operations that JAX keeps alive although they
+    have no outputs, and that lower to a custom call or host callback of our
+    choosing; ``jax.ffi.ffi_call`` / ``jax.debug.callback`` cannot express "no
+    effect but never dead" (the inline route) nor "debug effect, no per-call
+    ``device_put``" (the callback route).  ``jax.extend.core.Primitive`` is the
+    documented extension point, but the rule tables below are not.
+    """
+    try:
+        from jax.extend.core import Primitive
+    except ImportError as exc:  # jax.extend moved or was removed
+        raise JaxInternalsChanged(f"jax.extend.core.Primitive is unavailable: {exc}") from None
+    prim = Primitive(name)
+    prim.multiple_results = multiple_results
+    return prim
+
+
+def _partial_eval_module() -> Any:
+    try:
+        from jax.interpreters import partial_eval as pe
+
+        pe.dce_rules  # noqa: B018 - presence check
+        return pe
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from jax._src.interpreters import partial_eval as pe
+
+        pe.dce_rules  # noqa: B018 - presence check
+        return pe
+    except (ImportError, AttributeError) as exc:
+        raise JaxInternalsChanged(f"JAX's DCE rule table is unavailable: {exc}") from None
+
+
+def register_always_live(prim: Any) -> None:
+    """Make JAX's dead-code elimination keep every equation of ``prim``.
+
+    Why: an effect-free primitive with no outputs is removed by DCE; no public API
+    marks one as live.  The rule table's calling convention changed: JAX <= 0.11
+    calls ``rule(used_outputs, eqn)``, JAX 0.12 ``rule(used_outputs, live_inputs,
+    eqn)``.  The rule below takes the equation as its last argument, so it serves
+    both; a future convention that breaks it is caught by the route's set-up probe
+    (:mod:`nlsq.utils._routes`), not by a user's fit.
+    """
+    pe = _partial_eval_module()
+
+    def keep_always(*args: Any) -> tuple[list[bool], Any]:
+        eqn = args[-1]
+        return [True] * len(eqn.invars), eqn
+
+    pe.dce_rules[prim] = keep_always
+
+
+def register_batching_rule(prim: Any, rule: Callable[..., Any]) -> None:
+    """``vmap`` rule of ``prim`` (no public registration API exists)."""
+    try:
+        from jax.interpreters import batching
+
+        batching.primitive_batchers[prim] = rule
+    except (ImportError, AttributeError) as exc:
+        raise JaxInternalsChanged(f"JAX's batching rule table is unavailable: {exc}") from None
+
+
+def register_jvp_rule(prim: Any, rule: Callable[..., Any]) -> None:
+    """Forward-mode rule of ``prim``: logging observes primal values, never tangents."""
+    try:
+        from jax.interpreters import ad
+
+        ad.primitive_jvps[prim] = rule
+    except (ImportError, AttributeError) as exc:
+        raise JaxInternalsChanged(f"JAX's JVP rule table is unavailable: {exc}") from None
+
+
+def register_lowering(prim: Any, rule: Callable[..., Any], platform: str | None = None) -> None:
+    """MLIR lowering of ``prim`` (``jax.interpreters.mlir.register_lowering``).
+
+    Why: a custom primitive needs one, and JAX's only registration point is this
+    semi-internal module.
+    """
+    try:
+        from jax.interpreters import mlir
+    except ImportError as exc:
+        raise JaxInternalsChanged(f"jax.interpreters.mlir is unavailable: {exc}") from None
+    if platform is None:
+        mlir.register_lowering(prim, rule)
+    else:
+        mlir.register_lowering(prim, rule, platform=platform)
+
+
+def ffi_lowering(target: str, *, has_side_effect: bool) -> Callable[..., Any]:
+    """Lowering rule of a custom call to the FFI ``target`` (public ``jax.ffi``)."""
+    return jax.ffi.ffi_lowering(target, has_side_effect=has_side_effect)
+
+
+# -- effects -------------------------------------------------------------------------
+
+
+def debug_effect() -> Any:
+    """JAX's (unordered) debug effect, the one ``jax.debug.callback`` carries.
+
+    Why: it is the only effect JAX already allows inside ``while_loop``, ``cond``,
+    ``scan`` and ``remat`` and never eliminates, which is exactly what a log
+    record needs.  It is exported only from ``jax._src.debugging``.
+    """
+    try:
+        from jax._src.debugging import debug_effect as effect
+    except ImportError as exc:
+        raise JaxInternalsChanged(
+            f"jax._src.debugging.debug_effect is unavailable: {exc}"
+        ) from None
+    return effect
+
+
+# -- host callbacks ------------------------------------------------------------------
+
+
+def _emit_python_callback() -> Callable[..., Any]:
+    try:
+        from jax.interpreters import mlir
+
+        return mlir.emit_python_callback
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from jax._src.callback import emit_python_callback
+    except ImportError as exc:
+        raise JaxInternalsChanged(f"emit_python_callback is unavailable: {exc}") from None
+    return emit_python_callback
+
+
+def emit_host_callback(ctx: Any, host: Callable[..., Any], operands: list[Any]) -> None:
+    """Lower a side-effecting host callback with no results and no token.
+
+    Why: ``jax.debug.callback`` lowers to the same custom call but adds a
+    ``device_put`` of its arguments and several context managers per call
+    (about 100 µs per record on a 2-core CPU against 3 µs here).  The function
+    is semi-internal; its ``returns_token`` keyword appeared in JAX 0.7, older
+    releases return no token for ``token=None`` anyway.
+    """
+    emit = _emit_python_callback()
+    kwargs: dict[str, Any] = {"has_side_effect": True}
+    if "returns_token" in _parameters(emit):
+        kwargs["returns_token"] = False
+    emit(ctx, host, None, operands, ctx.avals_in, [], **kwargs)
+
+
+def _parameters(fn: Callable[..., Any]) -> frozenset[str]:
+    try:
+        return frozenset(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return frozenset()
+
+
+# -- XLA FFI ------------------------------------------------------------------------
+
+FFI_HANDLER_API_VERSION = 1
+"""``api_version`` for ``jax.ffi.register_ffi_target``: 1 = typed XLA FFI handlers
+(0 would be the legacy untyped custom-call ABI)."""
+
+
+def jaxlib_ffi_api_version() -> tuple[int, int] | None:
+    """``(XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR)`` of the installed jaxlib, or None.
+
+    Why: no Python API reports the FFI ABI version of the running jaxlib; its C
+    header (shipped for building handlers, at ``jax.ffi.include_dir()``) defines it.
+    """
+    try:
+        text = (Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "c_api.h").read_text()
+    except (OSError, AttributeError):
+        return None
+    found = {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"#define\s+XLA_FFI_API_(MAJOR|MINOR)\s+(\d+)", text)
+    }
+    if "MAJOR" not in found or "MINOR" not in found:
+        return None
+    return found["MAJOR"], found["MINOR"]
+
+
+def register_ffi_target(name: str, capsule: Any, platform: str) -> None:
+    """``jax.ffi.register_ffi_target`` for a typed handler (public API)."""
+    jax.ffi.register_ffi_target(
+        name, capsule, platform=platform, api_version=FFI_HANDLER_API_VERSION
+    )
