@@ -135,8 +135,8 @@ def curve_fit(
         chunks long problems automatically (about 32 MB of ``[J | f]`` per chunk once
         the Jacobian would fill four chunks); 0 never chunks.  A chunked fit never
         holds the ``m x n`` Jacobian: its reduced problem is accumulated by a
-        chunked QR inside the compiled loop, and ``infodict``/``least_squares``'
-        ``jac`` is then the ``n x n`` triangle ``R`` with ``R^T R = J^T J``.
+        chunked QR inside the compiled loop, and the solver keeps the ``n x n``
+        triangle ``R`` (``R^T R = J^T J``, whence ``pcov``) in its place.
 
         ``mesh`` (``jax.sharding.Mesh``): shard host data over this mesh's devices
         (padded with zero-weight rows to a multiple of the device count).  Data
