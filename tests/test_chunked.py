@@ -166,3 +166,18 @@ def test_covariance_sigma_cannot_be_chunked():
     cov = np.diag(SIGMA[:50] ** 2)
     with pytest.raises(ValueError, match="chunk_size"):
         curve_fit(exp_model, X[:50], Y[:50], p0=[1, 1, 0], sigma=cov, chunk_size=10)
+
+
+def test_device_arrays_checked_on_the_device():
+    with jax.enable_x64(True):
+        x, y, s = jnp.asarray(X[::100]), jnp.asarray(Y[::100]), jnp.asarray(SIGMA[::100])
+        bad_y = y.at[3].set(jnp.nan)
+        zero_s = s.at[7].set(0.0)
+    with pytest.raises(ValueError, match="ydata` must not contain infs or NaNs"):
+        curve_fit(exp_model, x, bad_y, p0=[1, 1, 0])
+    with pytest.raises(ValueError, match="sigma` must not contain zeros"):
+        curve_fit(exp_model, x, y, p0=[1, 1, 0], sigma=zero_s)
+    # A device sigma gives the host sigma's fit.
+    ref, _ = curve_fit(exp_model, X[::100], Y[::100], p0=[1, 1, 0], sigma=SIGMA[::100])
+    out, _ = curve_fit(exp_model, x, y, p0=[1, 1, 0], sigma=s)
+    np.testing.assert_allclose(out, ref, rtol=1e-12)

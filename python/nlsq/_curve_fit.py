@@ -68,8 +68,11 @@ def _reciprocal(a):
 def _as_float_array(a, check_finite: bool, what: str):
     if isinstance(a, jax.Array):
         # Stays where it is (sharded, or spanning processes); checked on the device.
-        if check_finite and not bool(_all_finite(a)):
-            raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+        if check_finite:
+            with enable_x64(True):  # as it is: no float32 copy of the data
+                finite = bool(_all_finite(a))
+            if not finite:
+                raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
         return a
     a = np.asarray(a, dtype=float)
     if check_finite and not np.all(np.isfinite(a)):
@@ -278,7 +281,9 @@ class CurveFit:
         transform, kind = None, 0
         if isinstance(sigma, jax.Array) and sigma.ndim == 1 and sigma.shape == ydata.shape:
             # A device (possibly sharded) sigma stays on the device: 1/sigma there.
-            if bool(_any_zero(sigma)):
+            with enable_x64(True):
+                any_zero = bool(_any_zero(sigma))
+            if any_zero:
                 raise ValueError("`sigma` must not contain zeros.")
             transform, kind = _reciprocal(sigma), 1
         elif sigma is not None:
