@@ -100,6 +100,8 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
                 model, put(x), put(y), p0=[1, 1, 0], full_output=True, verbose=2, **kw))
             prog = COMPILED[n_before]
             text = prog.as_text()
+            if name == "plain":
+                plain_text = text
             fvec = info["fvec"]
             res[name] = dict(
                 dp=float(np.max(np.abs(popt / ref - 1))),
@@ -115,6 +117,13 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
                 rows=tab.count("\\n"),
                 first=tab.splitlines()[:2],
             )
+        def collectives(text):
+            ops = r" (all-gather|all-reduce|collective-permute|all-to-all)(?:-start)?\\("
+            return sorted(re.findall(ops, text))
+        n_before = len(COMPILED)
+        curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=0)
+        res["collectives_verbose0"] = collectives(COMPILED[n_before].as_text())
+        res["collectives_verbose2"] = collectives(plain_text)
         _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2))
         res["ref_rows"] = ref_tab.count("\\n")
         res["ref_first"] = ref_tab.splitlines()[:2]
@@ -131,6 +140,9 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
         assert r["fvec_len"] == 4 * 2503
         # Only the (n+1) x (n+1) triangles are gathered: 4 devices x 4 rows, 4 columns.
         assert r["gathers"] and all(g == "f64[16,4]{1,0}" for g in r["gathers"]), r["gathers"]
+    # The verbose rows add no collective to the sharded program (no gather to log).
+    assert out["collectives_verbose2"] == out["collectives_verbose0"]
+    assert "all-gather" in out["collectives_verbose0"]  # the TSQR's triangles
     # One table, written once (not once per device), with the same rows as one device.
     assert out["plain"]["rows"] == out["ref_rows"]
     assert out["plain"]["first"] == out["ref_first"]
