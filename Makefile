@@ -1,6 +1,7 @@
-# Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.10):
+# Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.11):
 #   make demo  -- set up, build the extension in release mode, run the main job
-#   make test  -- set up, build, then cargo test (workspace) and pytest
+#   make test  -- set up, build, lint (rustfmt, clippy, ruff), then cargo test (workspace),
+#                 pytest, and pytest in every environment of the support matrix (make test-matrix)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,12 +11,12 @@ STAMP  := $(VENV)/.deps-stamp
 export JAX_PLATFORMS ?= cpu
 export PYO3_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test build venv rust-test py-test lint bench bench-quick miri clean
+.PHONY: demo test build venv rust-test py-test test-matrix wheel lint bench bench-quick miri clean
 
 demo: build
 	$(PY) -m nlsq.demo
 
-test: build rust-test py-test
+test: build lint rust-test py-test test-matrix
 
 venv: $(STAMP)
 
@@ -36,9 +37,23 @@ rust-test:
 	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) under loom's
 	# model checker; its own target dir keeps the normal build's cache.
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib wake
+	# The CUDA staging ring's slot protocol (rust/xla_ffi/src/staging.rs), likewise.
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-xla-ffi --release --lib staging
 
 py-test:
 	$(PY) -m pytest -q
+
+# The support matrix (.ci/matrix.sh lists it): one abi3 wheel, built once, installed
+# into .venv-matrix/<env> (git-ignored, reused), the Python tests run in each.
+MATRIX_DIR ?= .venv-matrix
+WHEEL_DIR  := $(MATRIX_DIR)/dist
+
+wheel: $(STAMP)
+	rm -rf $(WHEEL_DIR)
+	$(VENV)/bin/maturin build --release --quiet -o $(WHEEL_DIR)
+
+test-matrix: wheel
+	MATRIX_DIR=$(MATRIX_DIR) bash .ci/matrix.sh "$$(ls $(WHEEL_DIR)/nlsq-*.whl)" $(MATRIX_ENVS)
 
 lint:
 	cargo fmt --all --check
@@ -59,4 +74,4 @@ bench-quick: build
 
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MATRIX_DIR)

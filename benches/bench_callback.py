@@ -1,6 +1,6 @@
 """Cost per logged iteration inside a jitted ``lax.while_loop``.
 
-    python benches/bench_callback.py [--quick]
+    python benches/run.py --only bench_callback [--quick]
 
 One process, one small loop body (a scalar recurrence standing in for an
 optimizer step: iteration, cost and gradient norm), ``N`` iterations that each
@@ -27,14 +27,10 @@ An ``"ffi"`` variant runs when the native FFI route is available
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,10 +38,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _harness import bars, bench_result, interleaved_medians, markdown_table
 from jax.experimental import io_callback
 from nlsq.utils import _routes, async_logger
-
-HERE = Path(__file__).resolve().parent
 
 LINE = "iter {:>6d}  cost {:>13.6e}  |grad| {:>10.3e}"
 
@@ -75,7 +70,6 @@ class Variant:
         self.flush_in_timing = flush_in_timing
         self.base = 0  # lines already in the variant's file before the timed runs
         self.fn: Callable[[jax.Array], Any] | None = None
-        self.samples: list[float] = []
         self.runs = 0
 
 
@@ -300,30 +294,47 @@ def build_variants(n: int, tmp: Path) -> list[Variant]:
     return variants
 
 
-def measure(variants: list[Variant], repeats: int) -> None:
-    """Interleaved timing; every variant runs ``repeats`` times."""
+def measure(variants: list[Variant], repeats: int) -> dict[str, dict[str, Any]]:
+    """Interleaved timing; every variant runs ``repeats`` times (compiled already).
+
+    Timed: the jitted call and ``jax.effects_barrier()`` (every callback has
+    returned), plus the ring's flush for the variant that includes it.
+    """
     x0 = jnp.float32(1.0)
-    for _ in range(repeats):
-        for v in variants:
+    by_name = {v.name: v for v in variants}
+    contexts = contextlib.ExitStack()
+
+    def timed(v: Variant) -> Callable[[], None]:
+        def run() -> None:
             assert v.fn is not None
-            with v.around():
-                t0 = time.perf_counter()
-                jax.block_until_ready(v.fn(x0))
-                jax.effects_barrier()
-                if v.flush_in_timing:
-                    async_logger.flush()
-                v.samples.append(time.perf_counter() - t0)
-            v.after()
-            v.runs += 1
+            jax.block_until_ready(v.fn(x0))
+            jax.effects_barrier()
+            if v.flush_in_timing:
+                async_logger.flush()
+
+        return run
+
+    def before(name: str) -> None:
+        contexts.enter_context(by_name[name].around())
+
+    def after(name: str, seconds: float) -> None:
+        contexts.close()
+        by_name[name].after()
+        by_name[name].runs += 1
+
+    return interleaved_medians(
+        {v.name: timed(v) for v in variants}, repeats, warmup=0, before=before, after=after
+    )
 
 
-def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
-    """Run the bench; return the result dict (``name``, ``title``, ``table``, raw data)."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the bench and return its result (``out`` unused)."""
     n = 200 if quick else 2000
     repeats = 3 if quick else 9
+    checks: dict[str, bool] = {}
     with tempfile.TemporaryDirectory(prefix="bench_callback_") as tmpdir:
         variants = build_variants(n, Path(tmpdir))
-        measure(variants, repeats)
+        timing = measure(variants, repeats)
         # Counts: the ring variants share one file, the no-op ones one counter.
         counts: dict[str, int] = {}
         shared: dict[int, list[Variant]] = {}
@@ -334,79 +345,60 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             expected = sum(v.lines_per_run * v.runs for v in group)
             for v in group:
                 counts[v.name] = total
-            if total != expected:
-                names = ", ".join(v.name for v in group)
-                raise AssertionError(f"{names}: {total} lines, expected {expected}")
+            names = ", ".join(v.name for v in group)
+            checks[f"lines written == lines logged: {names}"] = total == expected
         ring_stats = async_logger.stats()
 
-    floor = statistics.median(variants[1].samples) / n * 1e6
-    rows = []
-    measurements = {}
-    for v in variants:
-        per_iter = [s / n * 1e6 for s in v.samples]
-        med = statistics.median(per_iter)
-        measurements[v.name] = {
+    per_iter = {k: [s / n * 1e6 for s in t["samples_s"]] for k, t in timing.items()}
+    med = {k: t["median_s"] / n * 1e6 for k, t in timing.items()}
+    floor = med[variants[1].name]
+    measurements = {
+        v.name: {
             "group": v.group,
-            "us_per_iteration_median": med,
-            "us_per_iteration_min": min(per_iter),
-            "us_per_iteration_max": max(per_iter),
-            "ratio_to_floor": med / floor,
+            "us_per_iteration_median": med[v.name],
+            "us_per_iteration_min": min(per_iter[v.name]),
+            "us_per_iteration_max": max(per_iter[v.name]),
+            "ratio_to_floor": med[v.name] / floor,
             "runs": v.runs,
             "lines_per_run": v.lines_per_run,
         }
-        rows.append([v.name, f"{med:.2f}", f"{min(per_iter):.2f}", f"{med / floor:.3f}"])
-    table = "\n".join(
-        [
-            "| variant | µs / logged iteration (median) | min | × floor |",
-            "|---|---:|---:|---:|",
-            *("| " + " | ".join(r) + " |" for r in rows),
-        ]
-    )
-    result = {
-        "name": "bench_callback",
-        "title": (
-            f"Cost per logged iteration in a jitted while_loop ({n} iterations, "
-            f"median of {repeats})"
-        ),
-        "table": table,
-        "iterations": n,
-        "repeats": repeats,
-        "floor_us": floor,
-        "measurements": measurements,
-        "line_counts": counts,
-        "ring_stats": {k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
-        "backend": jax.default_backend(),
-        "x64": bool(jax.config.jax_enable_x64),
+        for v in variants
     }
-    return result
-
-
-def plot(result: dict[str, Any], png: Path) -> None:
-    """Horizontal bars: µs per logged iteration, the floor marked."""
-    import matplotlib.pyplot as plt
-
-    names = list(result["measurements"])
-    values = [result["measurements"][k]["us_per_iteration_median"] for k in names]
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(names) + 1.2))
-    ax.barh(names[::-1], values[::-1], color="tab:blue")
-    ax.axvline(result["floor_us"], color="tab:red", linestyle="--", label="floor")
-    ax.set_xlabel("µs per logged iteration (median)")
-    ax.set_title(result["title"], fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
-    res = main(quick=args.quick, out=args.out)
-    print(res["title"])
-    print(res["table"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{jax.default_backend()}-bench_callback" + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=float) + "\n")
-    (args.out / f"{stem}.md").write_text(f"### {res['title']}\n\n{res['table']}\n")
+    table = markdown_table(
+        ["variant", "µs / logged iteration (median)", "min", "× floor"],
+        [
+            [
+                k,
+                f"{m['us_per_iteration_median']:.2f}",
+                f"{m['us_per_iteration_min']:.2f}",
+                f"{m['ratio_to_floor']:.3f}",
+            ]
+            for k, m in measurements.items()
+        ],
+    )
+    title = (
+        f"Cost per logged iteration in a jitted while_loop ({n} iterations, median of {repeats})"
+    )
+    return bench_result(
+        "bench_callback",
+        title=title,
+        table=table,
+        checks=checks,
+        plot=[
+            bars(
+                "Cost per logged iteration",
+                "µs per logged iteration (median)",
+                list(med),
+                {"median": list(med.values())},
+                reference=("floor: no-op jax.debug.callback", floor),
+            )
+        ],
+        iterations=n,
+        repeats=repeats,
+        floor_us=floor,
+        measurements=measurements,
+        line_counts=counts,
+        ring_stats={k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
+        backend=jax.default_backend(),
+        x64=bool(jax.config.jax_enable_x64),
+    )

@@ -1,6 +1,6 @@
 """Cost per logged iteration of the native FFI route, against JAX's callback floor.
 
-    python benches/bench_ffi.py [--quick]
+    python benches/run.py --only bench_ffi [--quick]
 
 One process; a jitted ``lax.while_loop`` of ``N`` iterations whose small body
 (a scalar recurrence: iteration, cost, gradient norm) logs one line per
@@ -16,17 +16,13 @@ median over the repeats of (jitted call + ``jax.effects_barrier()``) / N, in µs
 
 Every ring variant writes to a file descriptor sink; line counts are checked.
 Targets (issue 6, CPU): FFI route ≤ 3 µs per logged iteration and ≥ 20× under
-the floor measured in the same run. Results: ``benches/results/<backend>-bench_ffi.json``.
+the floor measured in the same run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,21 +30,20 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _harness import bars, bench_result, interleaved_medians, markdown_table
 
 # The same loop as bench 1, so the two tables measure the same body.
 from bench_callback import _loop, _packed
 from nlsq._ringlog import RingLogger
 from nlsq.utils import _native, _routes, async_logger
 
-HERE = Path(__file__).resolve().parent
-
 
 def _lines(path: Path) -> int:
     return path.read_bytes().count(b"\n")
 
 
-def main(quick: bool = False) -> dict[str, Any]:
-    """Run the bench and return its result (``name``, ``title``, ``table``, data)."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the bench and return its result (``out`` unused)."""
     if not _native.available():
         raise SystemExit(f"FFI route unavailable: {_native.register().reason}")
     n = 200 if quick else 2000
@@ -86,23 +81,27 @@ def main(quick: bool = False) -> dict[str, Any]:
         _routes.set_route(_routes.make_route("ffi"))
         fns["log_iteration_async, FFI route"] = _loop(n, ring)
         fns["FFI direct emit (own RingLogger)"] = _loop(n, direct)
-        for f in fns.values():
-            jax.block_until_ready(f(jnp.float32(1)))
-        jax.effects_barrier()
-        async_logger.flush()
-        own.flush()
-        base = {"ring": _lines(ring_path), "own": _lines(own_path), "noop": calls[0]}
-
-        samples: dict[str, list[float]] = {k: [] for k in fns}
         x0 = jnp.float32(1.0)
-        for _ in range(repeats):
-            for name, f in fns.items():
-                t0 = time.perf_counter()
+
+        def timed(f: Callable[[jax.Array], Any]) -> Callable[[], None]:
+            def run() -> None:
                 jax.block_until_ready(f(x0))
                 jax.effects_barrier()
-                samples[name].append((time.perf_counter() - t0) / n * 1e6)
-                async_logger.flush()
-                own.flush()
+
+            return run
+
+        def write_out(name: str, seconds: float) -> None:
+            async_logger.flush()
+            own.flush()
+
+        # Compile every variant (warm-up), then count lines from here on.
+        for f in fns.values():
+            timed(f)()
+        write_out("", 0.0)
+        base = {"ring": _lines(ring_path), "own": _lines(own_path), "noop": calls[0]}
+        timing = interleaved_medians(
+            {k: timed(f) for k, f in fns.items()}, repeats, warmup=0, after=write_out
+        )
         counts = {
             "ring": _lines(ring_path) - base["ring"],
             "own": _lines(own_path) - base["own"],
@@ -111,77 +110,49 @@ def main(quick: bool = False) -> dict[str, Any]:
         own.close()
         async_logger.configure()
     expected = {"ring": 2 * n * repeats, "own": n * repeats, "noop": n * repeats}
-    if counts != expected:
-        raise AssertionError(f"line counts {counts}, expected {expected}")
-
-    med = {k: statistics.median(v) for k, v in samples.items()}
+    samples = {k: [s / n * 1e6 for s in t["samples_s"]] for k, t in timing.items()}
+    med = {k: t["median_s"] / n * 1e6 for k, t in timing.items()}
     floor = med["no-op jax.debug.callback (floor)"]
     ffi = med["log_iteration_async, FFI route"]
-    rows = [
-        f"| {k} | {med[k]:.2f} | {min(v):.2f} | {med[k] / floor:.4f} |" for k, v in samples.items()
-    ]
-    table = "\n".join(
+    table = markdown_table(
+        ["variant", "µs / logged iteration (median)", "min", "× floor"],
         [
-            "| variant | µs / logged iteration (median) | min | × floor |",
-            "|---|---:|---:|---:|",
-            *rows,
-        ]
+            [k, f"{med[k]:.2f}", f"{min(v):.2f}", f"{med[k] / floor:.4f}"]
+            for k, v in samples.items()
+        ],
     )
-    return {
-        "name": "bench_ffi",
-        "title": (
-            f"Native FFI route vs callbacks: cost per logged iteration in a jitted "
-            f"while_loop ({n} iterations, median of {repeats}, {jax.default_backend()})"
-        ),
-        "table": table,
-        "iterations": n,
-        "repeats": repeats,
-        "floor_us": floor,
-        "ffi_route_us": ffi,
-        "ffi_route_over_loop_us": ffi - med["no logging"],
-        "floor_over_ffi": floor / ffi,
-        "targets": {"ffi_le_3us": ffi <= 3.0, "ffi_20x_under_floor": floor / ffi >= 20.0},
-        "medians_us": med,
-        "samples_us": samples,
-        "line_counts": counts,
-        "ffi_stats": _native.stats(),
-        "backend": jax.default_backend(),
-        "x64": bool(jax.config.jax_enable_x64),
-    }
-
-
-def plot(result: dict[str, Any], png: Path) -> None:
-    """Horizontal bars: µs per logged iteration, the callback floor marked."""
-    import matplotlib.pyplot as plt
-
-    med = result["medians_us"]
-    names = list(med)
-    fig, ax = plt.subplots(figsize=(9, 0.5 * len(names) + 1.3))
-    ax.barh(names, [med[k] for k in names], color="tab:blue")
-    ax.invert_yaxis()
-    ax.axvline(result["floor_us"], color="tab:red", linestyle="--", label="callback floor")
-    ax.set_xscale("log")
-    ax.set_xlabel("µs per logged iteration (median, log scale)")
-    ax.set_title(result["title"], fontsize=8)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
-    args = parser.parse_args()
-    res = main(quick=args.quick)
-    print(res["title"])
-    print(res["table"])
-    print(
-        f"FFI route {res['ffi_route_us']:.2f} µs/iteration, {res['floor_over_ffi']:.0f}x under "
-        f"the floor; targets met: {res['targets']}"
+    title = (
+        f"Native FFI route vs callbacks: cost per logged iteration in a jitted "
+        f"while_loop ({n} iterations, median of {repeats}, {jax.default_backend()})"
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"{res['backend']}-bench_ffi" + ("-quick" if args.quick else "")
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(f"{res['title']}\n\n{res['table']}\n")
+    return bench_result(
+        "bench_ffi",
+        title=title,
+        table=table,
+        checks={
+            "lines written == lines logged (ring, own logger, no-op calls)": counts == expected,
+        },
+        plot=[
+            bars(
+                "Cost per logged iteration",
+                "µs per logged iteration (median, log scale)",
+                list(med),
+                {"median": list(med.values())},
+                reference=("callback floor", floor),
+                log=True,
+            )
+        ],
+        iterations=n,
+        repeats=repeats,
+        floor_us=floor,
+        ffi_route_us=ffi,
+        ffi_route_over_loop_us=ffi - med["no logging"],
+        floor_over_ffi=floor / ffi,
+        targets={"ffi_le_3us": ffi <= 3.0, "ffi_20x_under_floor": floor / ffi >= 20.0},
+        medians_us=med,
+        samples_us=samples,
+        line_counts=counts,
+        ffi_stats=_native.stats(),
+        backend=jax.default_backend(),
+        x64=bool(jax.config.jax_enable_x64),
+    )

@@ -1,6 +1,6 @@
 """Whole-fit overhead of verbose logging: ring logger against a blocking-print logger.
 
-    python benches/bench_fit_overhead.py [--quick]
+    python benches/run.py --only bench_fit_overhead [--quick]
 
 ``nlsq.curve_fit`` of ``a exp(-b x) + c`` on n = 1e3 ... 1e6 noisy points (1e7
 as well when JAX runs on a GPU), the same data and start for every variant:
@@ -31,27 +31,21 @@ verbosity must write the same number of lines, and the same text.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _blocking_print
 import jax
 import jax.numpy as jnp
 import nlsq
 import numpy as np
 import scipy.optimize as so
+from _harness import bench_result, interleaved_medians, lines, markdown_table, summarise
 from nlsq.utils import _routes, async_logger
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import _blocking_print  # noqa: E402
 
 P_TRUE = (2.5, 1.3, 0.5)
 P0 = (1.0, 1.0, 1.0)
@@ -132,7 +126,6 @@ class Variant:
         self.route = route
         self.verbose = verbose
         self.run = run
-        self.samples: list[float] = []
         self.line_counts: list[int] = []
         self.last_lines: list[str] = []
 
@@ -180,31 +173,28 @@ def bench_size(
     popt_scipy = np.asarray(variants[-1].run()[0])
     _settle(ring, printed)
 
-    for r in range(repeats):
-        # Rotate the order every round: each variant follows each other one
-        # equally often (scipy's large allocations slow whichever fit comes next).
-        k = r % len(variants)
-        for v in variants[k:] + variants[:k]:
-            t0 = time.perf_counter()
-            v.run()
-            v.samples.append(time.perf_counter() - t0)
-            lines = _settle(ring, printed, v.route == _blocking_print.NAME)
-            v.line_counts.append(len(lines))
-            v.last_lines = lines
+    by_label = {v.label: v for v in variants}
 
-    base = statistics.median(variants[0].samples)
+    def record_lines(label: str, seconds: float) -> None:
+        v = by_label[label]
+        lines = _settle(ring, printed, v.route == _blocking_print.NAME)
+        v.line_counts.append(len(lines))
+        v.last_lines = lines
+
+    # Rotated rounds: scipy's large allocations slow whichever fit comes next.
+    timing = interleaved_medians(
+        {v.label: v.run for v in variants}, repeats, warmup=0, rotate=True, after=record_lines
+    )
+    base = timing["verbose=0"]["median_s"]
     rows = {}
     for v in variants:
-        med = statistics.median(v.samples)
+        t = timing[v.label]
         rows[v.label] = {
             "route": v.route,
             "verbose": v.verbose,
-            "median_s": med,
-            "min_s": min(v.samples),
-            "max_s": max(v.samples),
-            "samples_s": v.samples,
-            "overhead_pct": 100.0 * (med - base) / base,
-            "extra_ms_per_fit": 1e3 * (med - base),
+            **t,
+            "overhead_pct": 100.0 * (t["median_s"] - base) / base,
+            "extra_ms_per_fit": 1e3 * (t["median_s"] - base),
             "lines_per_fit": v.line_counts[-1] if v.line_counts else 0,
             "line_counts": v.line_counts,
             "compile_s": compile_s[v.label],
@@ -245,10 +235,6 @@ def _check_lines(variants: list[Variant]) -> dict[str, bool]:
         checks[f"verbose={verbose}: same text"] = len(texts) == 1
     quiet = [v for v in variants if v.route is None]
     checks["verbose=0 and scipy write nothing"] = all(c == 0 for v in quiet for c in v.line_counts)
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        detail = {v.label: v.line_counts for v in variants}
-        raise AssertionError(f"line checks failed: {bad}; line counts per run: {detail}")
     return checks
 
 
@@ -260,6 +246,7 @@ def fixed_costs(repeats: int) -> dict[str, float]:
     waits in ``async_logger.flush()`` until the drain thread has written them.
     """
     line = async_logger.template("bench fixed-cost probe")
+    # Three consecutive steps of one fit's tail, so timed in sequence, not interleaved.
     samples: dict[str, list[float]] = {"eager push": [], "effects_barrier": [], "flush": []}
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -272,7 +259,7 @@ def fixed_costs(repeats: int) -> dict[str, float]:
         samples["eager push"].append(t1 - t0)
         samples["effects_barrier"].append(t2 - t1)
         samples["flush"].append(t3 - t2)
-    out = {f"{k}_us": 1e6 * statistics.median(v) for k, v in samples.items()}
+    out = {f"{k}_us": 1e6 * summarise(v)["median_s"] for k, v in samples.items()}
 
     # A jitted program that holds a logging effect leaves JAX's C++ fast
     # dispatch path, even when the gated branch is never taken.
@@ -288,17 +275,15 @@ def fixed_costs(repeats: int) -> dict[str, float]:
         return x * 2
 
     x = jnp.full(3, 1.5)
-    timed = {"plain": plain, "with_effect": with_effect}
-    for f in timed.values():
-        jax.block_until_ready(f(x))
-    dispatch: dict[str, list[float]] = {k: [] for k in timed}
-    for _ in range(repeats):
-        for k, f in timed.items():
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(x))
-            dispatch[k].append(time.perf_counter() - t0)
-    out["jit_call_no_effect_us"] = 1e6 * statistics.median(dispatch["plain"])
-    out["jit_call_with_logging_effect_us"] = 1e6 * statistics.median(dispatch["with_effect"])
+    dispatch = interleaved_medians(
+        {
+            "plain": lambda: jax.block_until_ready(plain(x)),
+            "with_effect": lambda: jax.block_until_ready(with_effect(x)),
+        },
+        repeats,
+    )
+    out["jit_call_no_effect_us"] = 1e6 * dispatch["plain"]["median_s"]
+    out["jit_call_with_logging_effect_us"] = 1e6 * dispatch["with_effect"]["median_s"]
     return out
 
 
@@ -308,39 +293,50 @@ def _pct(x: float) -> str:
 
 def markdown(sizes: list[dict[str, Any]], routes: list[str]) -> str:
     cols = [_label(r, v) for r in [*routes, _blocking_print.NAME] for v in (1, 2)]
-    head = ["n", "lines/fit (v1 / v2)", "verbose=0 (ms)", *cols, "scipy trf (ms)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    rows = []
     for s in sizes:
-        rows = s["variants"]
-        lv = (rows[cols[0]]["lines_per_fit"], rows[cols[1]]["lines_per_fit"])
-        cells = [
-            f"{s['n']:.0e}",
-            f"{lv[0]} / {lv[1]}",
-            f"{1e3 * rows['verbose=0']['median_s']:.2f}",
-            *(_pct(rows[c]["overhead_pct"]) for c in cols),
-            f"{1e3 * rows['scipy curve_fit (trf)']['median_s']:.2f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        v = s["variants"]
+        rows.append(
+            [
+                f"{s['n']:.0e}",
+                f"{v[cols[0]]['lines_per_fit']} / {v[cols[1]]['lines_per_fit']}",
+                f"{1e3 * v['verbose=0']['median_s']:.2f}",
+                *(_pct(v[c]["overhead_pct"]) for c in cols),
+                f"{1e3 * v['scipy curve_fit (trf)']['median_s']:.2f}",
+            ]
+        )
+    head = ["n", "lines/fit (v1 / v2)", "verbose=0 (ms)", *cols, "scipy trf (ms)"]
+    return markdown_table(head, rows, align="r" * len(head))
 
 
 def markdown_long(sizes: list[dict[str, Any]]) -> str:
-    lines = [
-        "| n | variant | median (ms) | min (ms) | extra per fit (ms) | overhead | lines/fit |",
-        "|---:|---|---:|---:|---:|---:|---:|",
+    head = [
+        "n",
+        "variant",
+        "median (ms)",
+        "min (ms)",
+        "extra per fit (ms)",
+        "overhead",
+        "lines/fit",
     ]
-    for s in sizes:
-        for label, r in s["variants"].items():
-            lines.append(
-                f"| {s['n']:.0e} | {label} | {1e3 * r['median_s']:.2f} | "
-                f"{1e3 * r['min_s']:.2f} | {r['extra_ms_per_fit']:+.3f} | "
-                f"{_pct(r['overhead_pct'])} | {r['lines_per_fit']} |"
-            )
-    return "\n".join(lines)
+    rows = [
+        [
+            f"{s['n']:.0e}",
+            label,
+            f"{1e3 * r['median_s']:.2f}",
+            f"{1e3 * r['min_s']:.2f}",
+            f"{r['extra_ms_per_fit']:+.3f}",
+            _pct(r["overhead_pct"]),
+            r["lines_per_fit"],
+        ]
+        for s in sizes
+        for label, r in s["variants"].items()
+    ]
+    return markdown_table(head, rows, align="rlrrrrr")
 
 
-def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
-    """Run the bench; return ``name``, ``title``, ``table`` and the raw data."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the bench and return its result (``out`` unused)."""
     _blocking_print.register()
     routes = available_routes()
     default_route = routes[0]
@@ -366,69 +362,47 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
             print_file.close()
             os.close(ring_fd)
     checks = {f"n={s['n']}: {k}": ok for s in sizes for k, ok in s["checks"].items()}
-    return {
-        "name": "bench_fit_overhead",
-        "title": (
+    ns = [s["n"] for s in sizes]
+    logging_labels = [k for k, v in sizes[0]["variants"].items() if v["route"] is not None]
+    verbose1 = [k for k in logging_labels if k.endswith("verbose=1")]
+    return bench_result(
+        "bench_fit_overhead",
+        title=(
             "Whole-fit overhead of verbose logging: curve_fit at verbose 1/2 against verbose=0 "
             f"(median of interleaved repeats, {jax.default_backend()})"
         ),
-        "table": markdown(sizes, routes),
-        "table_long": markdown_long(sizes),
-        "model": "a*exp(-b*x)+c",
-        "p0": P0,
-        "routes": routes,
-        "default_route": default_route,
-        "sizes": sizes,
-        "checks": checks,
-        "fixed_costs_us": fixed,
-        "ring_stats": {k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
-        "backend": jax.default_backend(),
-    }
-
-
-def plot(result: dict[str, Any], png: Path) -> None:
-    """Left: time per fit vs n; right: overhead % vs n for each logger and verbosity."""
-    import matplotlib.pyplot as plt
-
-    sizes = result["sizes"]
-    ns = [s["n"] for s in sizes]
-    labels = list(sizes[0]["variants"])
-    fig, (ax_t, ax_o) = plt.subplots(1, 2, figsize=(13, 5))
-    styles = {1: ":", 2: "-"}
-    colors: dict[str, str] = {}
-    for label in labels:
-        rows = [s["variants"][label] for s in sizes]
-        ms = [1e3 * r["median_s"] for r in rows]
-        verbose = rows[0]["verbose"]
-        ls = styles.get(verbose, "-") if rows[0]["route"] else "--"
-        # One colour per logger (verbose 1 dotted, 2 solid).
-        logger = label.split(",")[0]
-        color = colors.setdefault(logger, f"C{len(colors)}")
-        ax_t.plot(ns, ms, ls, marker="o", color=color, label=label)
-        if rows[0]["route"] is not None:
-            ax_o.plot(
-                ns, [r["overhead_pct"] for r in rows], ls, marker="o", color=color, label=label
-            )
-    ax_t.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
-    ax_t.set_title("Time per curve_fit call", fontsize=10)
-    ax_t.legend(fontsize=7)
-    ax_o.axhline(0, color="black", linewidth=0.8)
-    ax_o.axhline(5, color="tab:red", linestyle="--", linewidth=0.8, label="5 % target")
-    ax_o.set(xscale="log", xlabel="n (points)", ylabel="overhead vs verbose=0 (%)")
-    ax_o.set_title("Logging overhead per fit", fontsize=10)
-    ax_o.legend(fontsize=7)
-    fig.suptitle(result["title"], fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    res = main(quick=args.quick)
-    print(res["title"])
-    print(res["table"])
-    print()
-    print(res["table_long"])
+        table=markdown(sizes, routes),
+        checks=checks,
+        plot=[
+            lines(
+                "Time per curve_fit call",
+                "n (points)",
+                "ms per fit (median)",
+                ns,
+                {
+                    k: [1e3 * s["variants"][k]["median_s"] for s in sizes]
+                    for k in sizes[0]["variants"]
+                },
+                dotted=verbose1,
+            ),
+            lines(
+                "Logging overhead per fit",
+                "n (points)",
+                "overhead vs verbose=0 (%)",
+                ns,
+                {k: [s["variants"][k]["overhead_pct"] for s in sizes] for k in logging_labels},
+                reference=("5 % target", 5.0),
+                logy=False,
+                dotted=verbose1,
+            ),
+        ],
+        table_long=markdown_long(sizes),
+        model="a*exp(-b*x)+c",
+        p0=P0,
+        routes=routes,
+        default_route=default_route,
+        sizes=sizes,
+        fixed_costs_us=fixed,
+        ring_stats={k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
+        backend=jax.default_backend(),
+    )

@@ -1,28 +1,32 @@
-"""nlsq.curve_fit versus scipy.optimize.curve_fit(method='trf'), side by side.
+"""nlsq.curve_fit versus scipy.optimize.curve_fit, per method, side by side.
 
 Exponential model ``a exp(-b x) + c`` (3 parameters) on n = 1e3 ... 1e6 noisy
-points, same data and starting point for both.  nlsq is timed after
-compilation (the first call, which traces and compiles, is reported apart as
-``compile_s``); every timing is the median of several repeats in this process.
-Run: ``python benches/bench_fit_vs_scipy.py [--quick] [--out DIR]``.
+points, same data and starting point for all.  Variants: nlsq with its default
+method (``'lm'`` here: no bounds), nlsq ``'trf'``, ``'lm'`` and ``'dogbox'``,
+scipy ``'trf'`` and ``'lm'`` (MINPACK).  nlsq is timed after compilation (the
+first call, which traces and compiles, is reported apart as ``compile_s``);
+the variants run interleaved, the order rotated every round, and every timing
+is the median of the repeats in this process, as wall time (``*_s``) and as
+this process's CPU time (``*_cpu_s``: steadier than wall time on a shared
+machine, where other processes take the cores).  Checked: every nlsq method
+finds scipy's parameters (relative difference below ``POPT_RTOL``) and ``lm``
+is not slower than ``trf`` (the condition for it being the default).
+
+Run: ``python benches/run.py --only bench_fit_vs_scipy [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import nlsq  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import scipy.optimize as so  # noqa: E402
+import jax.numpy as jnp
+import nlsq
+import numpy as np
+import scipy.optimize as so
+from _harness import bench_result, interleaved_medians, lines, markdown_table
 
 SIZES = (1_000, 10_000, 100_000, 1_000_000)
 P_TRUE = (2.5, 1.3, 0.5)
@@ -44,103 +48,127 @@ def _data(n: int, seed: int = 0):
     return x, y
 
 
-def _median_time(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
 def _repeats(n: int, quick: bool) -> int:
     if quick:
         return 3
     return {1_000: 51, 10_000: 21, 100_000: 9, 1_000_000: 5}.get(n, 5)
 
 
-def bench_size(n: int, quick: bool) -> dict:
+POPT_RTOL = 1e-5
+
+
+NLSQ_METHODS = {"nlsq": None, "nlsq_trf": "trf", "nlsq_lm": "lm", "nlsq_dogbox": "dogbox"}
+SCIPY_METHODS = {"scipy": "trf", "scipy_lm": "lm"}
+
+
+def bench_size(n: int, quick: bool) -> dict[str, Any]:
     x, y = _data(n)
     t0 = time.perf_counter()
     nlsq.curve_fit(model_jax, x, y, p0=P0)
     first = time.perf_counter() - t0
-    reps = _repeats(n, quick)
-    # New data of the same shape on every repeat would not recompile either; the
-    # same arrays keep the two libraries on identical problems.
-    t_nlsq, (popt, _) = _median_time(lambda: nlsq.curve_fit(model_jax, x, y, p0=P0), reps)
-    t_scipy, (popt_s, _) = _median_time(
-        lambda: so.curve_fit(model_np, x, y, p0=P0, method="trf"), reps
+    fits = {}
+    for name, method in NLSQ_METHODS.items():
+        fits[name] = lambda method=method: nlsq.curve_fit(model_jax, x, y, p0=P0, method=method)
+    for name, method in SCIPY_METHODS.items():
+        fits[name] = lambda method=method: so.curve_fit(model_np, x, y, p0=P0, method=method)
+    cpu: dict[str, list[float]] = {name: [] for name in fits}
+    cpu_start: dict[str, float] = {}
+
+    def before(name: str) -> None:
+        cpu_start[name] = time.process_time()
+
+    def after(name: str, _: float) -> None:
+        cpu[name].append(time.process_time() - cpu_start[name])
+
+    # The same arrays on every repeat keep the libraries on identical problems
+    # (new data of the same shape would not recompile nlsq either).  The warm-up
+    # round compiles every nlsq method; its CPU samples are dropped below.
+    timing = interleaved_medians(
+        fits, _repeats(n, quick), warmup=1, rotate=True, before=before, after=after
     )
-    return {
-        "n": n,
-        "repeats": reps,
-        "nlsq_s": t_nlsq,
-        "scipy_s": t_scipy,
-        "speedup": t_scipy / t_nlsq,
-        "compile_s": max(first - t_nlsq, 0.0),
-        "max_rel_diff_popt": float(np.max(np.abs(popt / popt_s - 1))),
-    }
+    popt_s = fits["scipy"]()[0]
+    row: dict[str, Any] = {"n": n, "repeats": timing["nlsq"]["repeats"]}
+    for name in fits:
+        row[f"{name}_s"] = timing[name]["median_s"]
+        row[f"{name}_cpu_s"] = statistics.median(cpu[name][1:])
+    for name in NLSQ_METHODS:
+        popt = np.asarray(fits[name]()[0])
+        row[f"{name}_max_rel_diff_popt"] = float(np.max(np.abs(popt / popt_s - 1)))
+    row["speedup"] = row["scipy_s"] / row["nlsq_s"]
+    row["lm_over_trf"] = row["nlsq_lm_s"] / row["nlsq_trf_s"]
+    row["lm_over_trf_cpu"] = row["nlsq_lm_cpu_s"] / row["nlsq_trf_cpu_s"]
+    row["compile_s"] = max(first - row["nlsq_s"], 0.0)
+    row["max_rel_diff_popt"] = row["nlsq_max_rel_diff_popt"]
+    row["timing"] = timing
+    return row
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| n | nlsq (ms) | scipy trf (ms) | scipy / nlsq | nlsq compile (s) | max rel diff popt |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['n']:.0e} | {1e3 * r['nlsq_s']:.2f} | {1e3 * r['scipy_s']:.2f} | "
-            f"{r['speedup']:.2f}x | {r['compile_s']:.2f} | {r['max_rel_diff_popt']:.1e} |"
-        )
-    return "\n".join(lines)
-
-
-def main(quick: bool, out: Path) -> dict:
-    """Run the comparison, print the markdown table, write ``fit_vs_scipy.json`` into ``out``."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the comparison (``out`` unused: nothing beyond the result to keep)."""
     sizes = SIZES[:3] if quick else SIZES
     rows = [bench_size(n, quick) for n in sizes]
-    result = {
-        "bench": "fit_vs_scipy",
-        "model": "a*exp(-b*x)+c",
-        "quick": quick,
-        "device": str(jax.devices()[0]),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "versions": {
-            "nlsq": nlsq.__version__,
-            "jax": jax.__version__,
-            "scipy": scipy.__version__,
-            "numpy": np.__version__,
-        },
-        "rows": rows,
-        "markdown": markdown(rows),
-    }
-    print(result["markdown"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fit_vs_scipy.json").write_text(json.dumps(result, indent=2))
-    return result
-
-
-def plot(result: dict, png: Path) -> None:
-    """Time per fit against n for both libraries (log-log)."""
-    import matplotlib.pyplot as plt
-
-    rows = result["rows"]
+    names = list(NLSQ_METHODS) + list(SCIPY_METHODS)
+    table = markdown_table(
+        [
+            "n",
+            "nlsq default (ms)",
+            "nlsq trf",
+            "nlsq lm",
+            "nlsq dogbox",
+            "scipy trf",
+            "scipy lm",
+            "scipy trf / nlsq",
+            "lm / trf (wall, cpu)",
+            "nlsq compile (s)",
+            "max rel diff popt",
+        ],
+        [
+            [f"{r['n']:.0e}"]
+            + [f"{1e3 * r[name + '_s']:.2f}" for name in names]
+            + [
+                f"{r['speedup']:.2f}x",
+                f"{r['lm_over_trf']:.2f}, {r['lm_over_trf_cpu']:.2f}",
+                f"{r['compile_s']:.2f}",
+                f"{max(r[m + '_max_rel_diff_popt'] for m in NLSQ_METHODS):.1e}",
+            ]
+            for r in rows
+        ],
+    )
     ns = [r["n"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.plot(ns, [1e3 * r["nlsq_s"] for r in rows], "o-", label="nlsq.curve_fit (compiled)")
-    ax.plot(ns, [1e3 * r["scipy_s"] for r in rows], "s--", label="scipy curve_fit (trf)")
-    ax.set(xscale="log", yscale="log", xlabel="n (points)", ylabel="ms per fit (median)")
-    ax.set_title(f"Time per fit, {result['model']} ({result['device']})", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    ns = parser.parse_args()
-    main(ns.quick, ns.out)
+    return bench_result(
+        "bench_fit_vs_scipy",
+        title="Time per fit after compilation: nlsq.curve_fit vs scipy curve_fit, per method, "
+        "a*exp(-b*x)+c (median of interleaved repeats)",
+        table=table,
+        checks={
+            **{
+                f"n={r['n']}: every method finds scipy's parameters (rtol {POPT_RTOL:g})": max(
+                    r[m + "_max_rel_diff_popt"] for m in NLSQ_METHODS
+                )
+                < POPT_RTOL
+                for r in rows
+            },
+            **{
+                f"n={r['n']}: lm (the default) not slower than trf (CPU time)": r["lm_over_trf_cpu"]
+                <= 1.0
+                for r in rows
+            },
+        },
+        plot=[
+            lines(
+                "Time per fit",
+                "n (points)",
+                "ms per fit (median)",
+                ns,
+                {
+                    "nlsq trf (compiled)": [1e3 * r["nlsq_trf_s"] for r in rows],
+                    "nlsq lm (compiled)": [1e3 * r["nlsq_lm_s"] for r in rows],
+                    "nlsq dogbox (compiled)": [1e3 * r["nlsq_dogbox_s"] for r in rows],
+                    "scipy curve_fit (trf)": [1e3 * r["scipy_s"] for r in rows],
+                    "scipy curve_fit (lm, MINPACK)": [1e3 * r["scipy_lm_s"] for r in rows],
+                },
+            )
+        ],
+        model="a*exp(-b*x)+c",
+        rows=rows,
+    )

@@ -1,6 +1,6 @@
 """Logging to a slow sink: the ring keeps the computation's pace, a blocking print does not.
 
-    python benches/bench_slow_sink.py [--quick]
+    python benches/run.py --only bench_slow_sink [--quick]
 
 The sink is a Python text stream whose ``write`` sleeps 1 ms per line it is
 given (a slow terminal, a remote console): a cost per line, so the ring's
@@ -30,10 +30,8 @@ no drops without ``drop_new``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -41,16 +39,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _blocking_print
 import jax
 import jax.numpy as jnp
 import nlsq
 import numpy as np
+from _harness import bars, bench_result, interleaved_medians, markdown_table
 from nlsq.utils import _routes, async_logger
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import _blocking_print  # noqa: E402
 
 DELAY_S = 1e-3
 CAPACITY = 16
@@ -130,10 +125,12 @@ class Variant:
         self.policy = policy
         self.capacity = capacity
         self.fn: Callable[[], Any] | None = None
+        # One entry per run, the warm-up (compiling) run first.
         self.compute: list[float] = []
         self.written_at: list[float] = []
         self.lines: list[int] = []
         self.dropped: list[int] = []
+        self.accounted: list[bool] = []
 
     @property
     def logs(self) -> bool:
@@ -185,30 +182,48 @@ def _configure(v: Variant) -> None:
         _routes.set_route(_routes.make_route(v.route))
 
 
-def _run(v: Variant, expected_lines: int, record: bool) -> None:
-    _configure(v)
-    if v.logs:
-        v.sink.take()
-    assert v.fn is not None
-    t0 = time.perf_counter()
-    v.fn()
-    jax.effects_barrier()
-    t1 = time.perf_counter()
-    async_logger.flush()
-    t2 = time.perf_counter()
-    lines, notices = v.sink.take() if v.logs else (0, 0)
-    dropped = int(async_logger.stats()["dropped"])
-    rows = lines - notices
-    ok = rows + dropped == expected_lines and (dropped == 0 or v.policy == "drop_new")
-    if v.logs and not ok:
-        raise AssertionError(
-            f"{v.label}: {rows} lines written + {dropped} dropped, expected {expected_lines}"
-        )
-    if record:
-        v.compute.append(t1 - t0)
-        v.written_at.append(t2 - t0)
+def _measure(variants: list[Variant], expected: int, repeats: int) -> None:
+    """The variants interleaved, after one warm-up round (each traces under its own route).
+
+    Timed (*compute*): the call plus ``jax.effects_barrier()``. *Until written* adds the
+    final ``async_logger.flush()``, timed after it. Every run checks that lines written
+    plus records dropped equal the lines logged, with drops only under ``drop_new``.
+    """
+    by_label = {v.label: v for v in variants}
+
+    def before(label: str) -> None:
+        v = by_label[label]
+        _configure(v)
+        if v.logs:
+            v.sink.take()
+
+    def timed(v: Variant) -> Callable[[], None]:
+        def run() -> None:
+            assert v.fn is not None
+            v.fn()
+            jax.effects_barrier()
+
+        return run
+
+    def after(label: str, seconds: float) -> None:
+        v = by_label[label]
+        t0 = time.perf_counter()
+        async_logger.flush()
+        v.compute.append(seconds)
+        v.written_at.append(seconds + time.perf_counter() - t0)
+        lines, notices = v.sink.take() if v.logs else (0, 0)
+        dropped = int(async_logger.stats()["dropped"])
+        rows = lines - notices
         v.lines.append(rows)
         v.dropped.append(dropped)
+        logged = expected if v.logs else 0
+        v.accounted.append(rows + dropped == logged and (dropped == 0 or v.policy == "drop_new"))
+
+    interleaved_medians(
+        {v.label: timed(v) for v in variants}, repeats, warmup=1, before=before, after=after
+    )
+    for v in variants:
+        del v.compute[0], v.written_at[0], v.lines[0], v.dropped[0]
 
 
 def _summary(variants: list[Variant], expected: int) -> dict[str, Any]:
@@ -226,22 +241,11 @@ def _summary(variants: list[Variant], expected: int) -> dict[str, Any]:
             "lines_written": statistics.median(v.lines),
             "dropped": statistics.median(v.dropped),
             "lines_logged": expected if v.logs else 0,
+            "every_line_accounted_for": all(v.accounted),
             "samples_compute_s": v.compute,
             "samples_until_written_s": v.written_at,
         }
     return out
-
-
-def _compile(variants: list[Variant], expected: int) -> None:
-    """First run of each variant, under its own route: the route is fixed when traced."""
-    for v in variants:
-        _run(v, expected if v.logs else 0, record=False)
-
-
-def _interleave(variants: list[Variant], expected: int, repeats: int) -> None:
-    for _ in range(repeats):
-        for v in variants:
-            _run(v, expected if v.logs else 0, record=True)
 
 
 def loop_workload(n: int, repeats: int, tmp: Path, default_route: str) -> dict[str, Any]:
@@ -261,8 +265,7 @@ def loop_workload(n: int, repeats: int, tmp: Path, default_route: str) -> dict[s
 
     for v in variants:
         v.fn = make(2 if v.logs else 0)
-    _compile(variants, n)
-    _interleave(variants, n, repeats)
+    _measure(variants, n, repeats)
     return {"iterations": n, "repeats": repeats, "variants": _summary(variants, n)}
 
 
@@ -304,8 +307,7 @@ def fit_workload(n: int, repeats: int, tmp: Path, default_route: str) -> dict[st
         v.fn = lambda model=model, verbose=verbose: nlsq.curve_fit(
             model, x, y, p0=FIT_P0, verbose=verbose
         )
-    _compile(variants, lines_per_fit)
-    _interleave(variants, lines_per_fit, repeats)
+    _measure(variants, lines_per_fit, repeats)
     return {
         "points": n,
         "lines_per_fit": lines_per_fit,
@@ -315,24 +317,34 @@ def fit_workload(n: int, repeats: int, tmp: Path, default_route: str) -> dict[st
 
 
 def _table(loop: dict[str, Any], fit: dict[str, Any]) -> str:
-    head = (
-        "| variant | loop: compute (ms) | loop: until written (ms) | loop: written / dropped "
-        "| curve_fit: time per fit (ms) | curve_fit: written / dropped |"
-    )
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    head = [
+        "variant",
+        "loop: compute (ms)",
+        "loop: until written (ms)",
+        "loop: written / dropped",
+        "curve_fit: time per fit (ms)",
+        "curve_fit: written / dropped",
+    ]
+    rows = []
     for label, r in loop["variants"].items():
         f = fit["variants"][label]
         lw = f"{r['lines_written']:.0f} / {r['dropped']:.0f}" if r["route"] else "-"
         fw = f"{f['lines_written']:.0f} / {f['dropped']:.0f}" if f["route"] else "-"
-        lines.append(
-            f"| {label} | {r['compute_ms']:.1f} | {r['until_written_ms']:.1f} | {lw} "
-            f"| {f['until_written_ms']:.1f} | {fw} |"
+        rows.append(
+            [
+                label,
+                f"{r['compute_ms']:.1f}",
+                f"{r['until_written_ms']:.1f}",
+                lw,
+                f"{f['until_written_ms']:.1f}",
+                fw,
+            ]
         )
-    return "\n".join(lines)
+    return markdown_table(head, rows)
 
 
-def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
-    """Run both workloads; return ``name``, ``title``, ``table`` and the raw data."""
+def main(quick: bool, out: Path) -> dict[str, Any]:
+    """Run both workloads and return the result (``out`` unused)."""
     _blocking_print.register()
     default_route = _routes.make_route(None).name
     n_iter = 100 if quick else 500
@@ -359,62 +371,46 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "fit_ms_ring_block_slow": fv[block_label]["until_written_ms"],
         "fit_ms_blocking_print_slow": fv["blocking print, slow sink"]["until_written_ms"],
     }
-    return {
-        "name": "bench_slow_sink",
-        "title": (
-            f"Logging to a slow sink ({DELAY_S * 1e3:g} ms per line): a {n_iter}-iteration jitted "
-            f"loop logging every iteration, and curve_fit(verbose=2) with "
-            f"{fit['lines_per_fit']} lines per fit (median of {repeats}, "
-            f"{jax.default_backend()}, route {default_route})"
-        ),
-        "table": _table(loop, fit),
-        "delay_s_per_line": DELAY_S,
-        "capacity_small": CAPACITY,
-        "default_route": default_route,
-        "loop": loop,
-        "fit": fit,
-        "findings": findings,
-        "checks": {"lines written + dropped == lines logged, drops only under drop_new": True},
-        "backend": jax.default_backend(),
-    }
-
-
-def plot(result: dict[str, Any], png: Path) -> None:
-    """Grouped bars: compute vs until-written (loop), and time per fit."""
-    import matplotlib.pyplot as plt
-
-    loop, fit = result["loop"]["variants"], result["fit"]["variants"]
-    labels = list(loop)
-    y = np.arange(len(labels))
-    fig, (ax_l, ax_f) = plt.subplots(1, 2, figsize=(13, 0.55 * len(labels) + 2), sharey=True)
-    ax_l.barh(y - 0.2, [loop[k]["compute_ms"] for k in labels], 0.4, label="compute")
-    ax_l.barh(y + 0.2, [loop[k]["until_written_ms"] for k in labels], 0.4, label="until written")
-    for i, k in enumerate(labels):
-        if loop[k]["dropped"]:
-            ax_l.annotate(
-                f"{loop[k]['dropped']:.0f} dropped",
-                (loop[k]["until_written_ms"], i + 0.2),
-                fontsize=7,
-                va="center",
-            )
-    ax_l.set_yticks(y, labels, fontsize=8)
-    ax_l.invert_yaxis()
-    ax_l.set_xlabel("ms (median)")
-    ax_l.set_title(f"jitted loop, {result['loop']['iterations']} logged iterations", fontsize=9)
-    ax_l.legend(fontsize=8)
-    ax_f.barh(y, [fit[k]["until_written_ms"] for k in labels], 0.5, color="tab:green")
-    ax_f.set_xlabel("ms per curve_fit call (median)")
-    ax_f.set_title(f"curve_fit(verbose=2), {result['fit']['lines_per_fit']} lines", fontsize=9)
-    fig.suptitle(result["title"], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    res = main(quick=args.quick)
-    print(res["title"])
-    print(res["table"])
+    title = (
+        f"Logging to a slow sink ({DELAY_S * 1e3:g} ms per line): a {n_iter}-iteration jitted "
+        f"loop logging every iteration, and curve_fit(verbose=2) with "
+        f"{fit['lines_per_fit']} lines per fit (median of {repeats}, "
+        f"{jax.default_backend()}, route {default_route})"
+    )
+    labels = list(lv)
+    return bench_result(
+        "bench_slow_sink",
+        title=title,
+        table=_table(loop, fit),
+        checks={
+            f"{workload}, {label}: lines written + dropped == lines logged, drops only under "
+            "drop_new": r["every_line_accounted_for"]
+            for workload, w in (("loop", loop), ("curve_fit", fit))
+            for label, r in w["variants"].items()
+            if r["route"] is not None
+        },
+        plot=[
+            bars(
+                f"jitted loop, {n_iter} logged iterations",
+                "ms (median)",
+                labels,
+                {
+                    "compute": [lv[k]["compute_ms"] for k in labels],
+                    "until written": [lv[k]["until_written_ms"] for k in labels],
+                },
+            ),
+            bars(
+                f"curve_fit(verbose=2), {fit['lines_per_fit']} lines",
+                "ms per curve_fit call (median)",
+                labels,
+                {"until written": [fv[k]["until_written_ms"] for k in labels]},
+            ),
+        ],
+        delay_s_per_line=DELAY_S,
+        capacity_small=CAPACITY,
+        default_route=default_route,
+        loop=loop,
+        fit=fit,
+        findings=findings,
+        backend=jax.default_backend(),
+    )

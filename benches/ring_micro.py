@@ -9,31 +9,34 @@ Measures, side by side in one process:
   pushes with ``perf_counter_ns``; median and p99 are over samples, per push.
 * drain throughput: records/s formatted and written to a file by the ring's
   drain thread, against formatting with ``str.format`` and writing from Python.
+* released drain (``ring_drain_released_pipe``): the drain alone. Records are
+  queued while the drain is held in a write to a full pipe, then the pipe is
+  read; the clock runs from the release until ``flush`` returns, so the
+  producer's time is not in the figure (the issue-12 target, >= 2 M records/s).
 
-Run ``python benches/ring_micro.py [--quick]``; prints a markdown table and
-writes ``benches/results/ring_micro.json``.
+Run ``python benches/run.py --only ring_micro [--quick]``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import platform
 import queue
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _harness import bars, bench_result, interleaved_medians, markdown_table
 from nlsq._ringlog import RingLogger
 
 ROW = "{it:^15d}{nfev:^15d}{cost:^15.4e}{reduction:^15.2e}{step:^15.2e}{optimality:^15.2e}"
 PY_ROW = "{:^15d}{:^15d}{:^15.4e}{:^15.2e}{:^15.2e}{:^15.2e}"
 VALUES = (12, 13, 1.2345e-3, 5.6e-5, 0.125, 3.2e-9)
 BATCH = 100
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _percentiles(per_push_ns: list[float]) -> dict[str, float]:
@@ -46,61 +49,62 @@ def _percentiles(per_push_ns: list[float]) -> dict[str, float]:
     }
 
 
-def _time_batches(
-    push: Callable[[], None], samples: int, between: Callable[[], None]
-) -> list[float]:
-    out = []
-    clock = time.perf_counter_ns
-    for s in range(samples):
-        t0 = clock()
+def _batch(push: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
         for _ in range(BATCH):
             push()
-        out.append((clock() - t0) / BATCH)
-        if s % 100 == 99:
-            between()
-    return out
+
+    return run
 
 
 def bench_push(samples: int) -> dict[str, dict[str, float]]:
-    """Per-push latency of the ring logger and of the references."""
-    results: dict[str, dict[str, float]] = {}
+    """Per-push latency of the ring logger and of the references, interleaved.
+
+    A sample is one batch of ``BATCH`` calls; every 100 samples of a variant the
+    ring is written out (or the queue emptied), untimed, so it never fills.
+    """
     with tempfile.TemporaryDirectory() as d:
         log = RingLogger(sink=Path(d) / "push.log", capacity=1 << 16)
         tid = log.register(ROW)
         arr = np.array(VALUES, dtype=np.float64)
         push, push_array, v = log.push, log.push_array, VALUES
 
-        def flush() -> None:
-            log.flush()
+        def noop(tid: int, *values: float) -> None:
+            return None
 
-        results["ringlogger_push_6"] = _percentiles(
-            _time_batches(lambda: push(tid, *v), samples, flush)
-        )
-        results["ringlogger_push_array_6"] = _percentiles(
-            _time_batches(lambda: push_array(tid, arr), samples, flush)
-        )
+        q: queue.SimpleQueue[tuple[int, tuple[float, ...]]] = queue.SimpleQueue()
+
+        def empty_queue() -> None:
+            while not q.empty():
+                q.get_nowait()
+
+        variants = {
+            "ringlogger_push_6": _batch(lambda: push(tid, *v)),
+            "ringlogger_push_array_6": _batch(lambda: push_array(tid, arr)),
+            "noop_python_call_6": _batch(lambda: noop(tid, *v)),
+            "simplequeue_put_tuple": _batch(lambda: q.put((tid, v))),
+        }
+        between = {
+            "ringlogger_push_6": log.flush,
+            "ringlogger_push_array_6": log.flush,
+            "simplequeue_put_tuple": empty_queue,
+        }
+        runs = dict.fromkeys(variants, 0)
+
+        def after(name: str, seconds: float) -> None:
+            runs[name] += 1
+            if runs[name] % 100 == 0 and name in between:
+                between[name]()
+
+        timing = interleaved_medians(variants, samples, after=after)
         st = log.stats()
         log.close()
         assert st["dropped"] == 0, "the ring overflowed: push latency would include drops"
-
-    def noop(tid: int, *values: float) -> None:
-        return None
-
-    results["noop_python_call_6"] = _percentiles(
-        _time_batches(lambda: noop(tid, *v), samples, lambda: None)
-    )
-    q: queue.SimpleQueue[tuple[int, tuple[float, ...]]] = queue.SimpleQueue()
-
-    def empty_queue() -> None:
-        while not q.empty():
-            q.get_nowait()
-
-    results["simplequeue_put_tuple"] = _percentiles(
-        _time_batches(lambda: q.put((tid, v)), samples, empty_queue)
-    )
-    # Each sample also paid for one lambda call: subtract nothing, but report
-    # it so the ratio to the no-op floor is the honest overhead.
-    return results
+    # Each sample also paid for one lambda call per push: subtract nothing, but
+    # report the no-op call so the ratio to it is the honest overhead.
+    return {
+        name: _percentiles([s / BATCH * 1e9 for s in t["samples_s"]]) for name, t in timing.items()
+    }
 
 
 def bench_drain(n: int) -> dict[str, dict[str, float]]:
@@ -147,42 +151,118 @@ def bench_drain(n: int) -> dict[str, dict[str, float]]:
     return results
 
 
+def _fill_pipe(fd: int) -> int:
+    """Writes to ``fd`` until the pipe is full; returns the bytes written."""
+    os.set_blocking(fd, False)
+    written = 0
+    try:
+        while True:
+            written += os.write(fd, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+    return written
+
+
+def bench_drain_released(n: int) -> dict[str, dict[str, float]]:
+    """Records/s of the drain alone, released into a pipe after queueing."""
+    r, w = os.pipe()
+    try:
+        junk = _fill_pipe(w)
+        log = RingLogger(sink=w, capacity=n + 16, policy="block")
+        tid = log.register(ROW)
+        push = log.push
+        for i in range(n):
+            push(tid, i, i + 1, 1.0 / (i + 1), i * 1e-3, 0.5 + i, 1e-8 * i)
+        head = bytearray()
+        lines = 0
+
+        def read_all() -> None:
+            nonlocal lines
+            skipped = 0
+            while lines < n:
+                chunk = os.read(r, 1 << 20)
+                if skipped < junk:
+                    cut = min(junk - skipped, len(chunk))
+                    skipped += cut
+                    chunk = chunk[cut:]
+                if len(head) < 1 << 16:
+                    head.extend(chunk)
+                lines += chunk.count(b"\n")
+
+        reader = threading.Thread(target=read_all)
+        t0, c0 = time.perf_counter(), time.process_time()
+        reader.start()
+        log.flush()
+        seconds = time.perf_counter() - t0
+        # The process's CPU time meanwhile: the drain's, plus the reader's
+        # (the producer waits in flush); the steadier figure on a busy machine.
+        cpu_seconds = time.process_time() - c0
+        reader.join()
+        st = log.stats()
+        log.close()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert lines == n == st["written"], (lines, n, st)
+    shown = head.decode().splitlines()[:-1]
+    fmt = PY_ROW.format
+    for i, line in enumerate(shown):
+        assert line == fmt(i, i + 1, 1.0 / (i + 1), i * 1e-3, 0.5 + i, 1e-8 * i), (i, line)
+    return {
+        "ring_drain_released_pipe": {
+            "records": n,
+            "seconds": seconds,
+            "records_per_s": n / seconds,
+            "cpu_seconds": cpu_seconds,
+            "records_per_cpu_s": n / cpu_seconds,
+            "checked_lines": len(shown),
+        }
+    }
+
+
 def table(res: dict) -> str:
-    rows = ["| benchmark | median | p99 | note |", "| --- | --- | --- | --- |"]
+    rows = []
     floor = res["push"]["noop_python_call_6"]["median_ns"]
     for name, r in res["push"].items():
         rows.append(
-            f"| push: {name} | {r['median_ns']:.0f} ns | {r['p99_ns']:.0f} ns | "
-            f"{r['median_ns'] / floor:.2f}x the no-op call |"
+            [
+                f"push: {name}",
+                f"{r['median_ns']:.0f} ns",
+                f"{r['p99_ns']:.0f} ns",
+                f"{r['median_ns'] / floor:.2f}x the no-op call",
+            ]
         )
     for name, r in res["drain"].items():
         rows.append(
-            f"| drain: {name} | {r['records_per_s'] / 1e6:.2f} M records/s | | "
-            f"{r['records']} records in {r['seconds']:.3f} s |"
+            [
+                f"drain: {name}",
+                f"{r['records_per_s'] / 1e6:.2f} M records/s",
+                "",
+                f"{r['records']} records in {r['seconds']:.3f} s"
+                + (
+                    f"; {r['records_per_cpu_s'] / 1e6:.2f} M records per CPU-second"
+                    if "records_per_cpu_s" in r
+                    else ""
+                ),
+            ]
         )
-    return "\n".join(rows)
+    return markdown_table(["benchmark", "median", "p99", "note"], rows, align="lrrl")
 
 
-def main(quick: bool = False, out: Path = RESULTS) -> dict:
-    """Run the benchmarks, print a markdown table, write ``out/ring_micro.json``.
+def main(quick: bool, out: Path) -> dict:
+    """Run the benchmarks and return the result (``out`` unused).
 
-    Parameters
-    ----------
-    quick
-        Fewer samples and records (seconds instead of tens of seconds).
-    out
-        Directory for ``ring_micro.json`` (created if missing).
-
-    Returns
-    -------
-    dict
-        ``{"push": {...}, "drain": {...}, "meta": {...}}`` as written to JSON.
+    ``quick``: fewer samples and records (seconds instead of tens of seconds).
+    Mismatches (a dropped push, a line the drain did not write, ring output that
+    differs from ``str.format``) raise: the bench then has no result.
     """
     samples = 2_000 if quick else 20_000
     n = 200_000 if quick else 1_000_000
     res = {
         "push": bench_push(samples),
-        "drain": bench_drain(n),
+        "drain": {**bench_drain(n), **bench_drain_released(n)},
         "meta": {
             "quick": quick,
             "python": platform.python_version(),
@@ -191,40 +271,28 @@ def main(quick: bool = False, out: Path = RESULTS) -> dict:
             "targets": {"python_push_median_ns": 1000, "drain_records_per_s": 2_000_000},
         },
     }
-    print(table(res))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ring_micro.json").write_text(json.dumps(res, indent=2) + "\n")
-    return res
-
-
-def plot(res: dict, png: Path) -> None:
-    """Push latency (median and p99) per variant; drain throughput beside it."""
-    import matplotlib.pyplot as plt
-
     push, drain = res["push"], res["drain"]
-    names = list(push)
-    fig, (ax_p, ax_d) = plt.subplots(1, 2, figsize=(12, 4))
-    y = range(len(names))
-    ax_p.barh([i - 0.2 for i in y], [push[k]["median_ns"] for k in names], 0.4, label="median")
-    ax_p.barh([i + 0.2 for i in y], [push[k]["p99_ns"] for k in names], 0.4, label="p99")
-    ax_p.set_yticks(list(y), names, fontsize=8)
-    ax_p.invert_yaxis()
-    ax_p.set_xlabel("ns per push")
-    ax_p.set_title("Push latency from Python", fontsize=9)
-    ax_p.legend(fontsize=8)
-    dn = list(drain)
-    ax_d.barh(dn, [drain[k]["records_per_s"] / 1e6 for k in dn], color="tab:green")
-    ax_d.invert_yaxis()
-    ax_d.set_xlabel("M records/s formatted and written to a file")
-    ax_d.set_title("Drain throughput", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", type=Path, default=RESULTS)
-    args = ap.parse_args()
-    main(quick=args.quick, out=args.out)
+    return bench_result(
+        "ring_micro",
+        title="Ring logger from Python: push latency and drain throughput",
+        table=table(res),
+        checks={},
+        plot=[
+            bars(
+                "Push latency from Python",
+                "ns per push",
+                list(push),
+                {
+                    "median": [r["median_ns"] for r in push.values()],
+                    "p99": [r["p99_ns"] for r in push.values()],
+                },
+            ),
+            bars(
+                "Drain throughput",
+                "M records/s formatted and written to a file or pipe",
+                list(drain),
+                {"records/s": [r["records_per_s"] / 1e6 for r in drain.values()]},
+            ),
+        ],
+        **res,
+    )

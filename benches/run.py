@@ -2,6 +2,9 @@
 
     python benches/run.py [--quick] [--out DIR] [--only NAME ...]
 
+The only entry point: ``--only NAME`` runs one bench. What a bench module provides
+is the contract at the top of ``_harness.py``.
+
 Each bench runs in a fresh interpreter (so one bench's logger configuration or JIT cache
 cannot colour another's), writes ``<platform>-<name>.json`` (with machine information) and,
 when it knows how, ``<platform>-<name>.png`` into DIR. ``<platform>-summary.md`` collects the
@@ -13,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _harness import machine_info, platform_tag, write_json  # noqa: E402
+from _harness import check_result, machine_info, platform_tag, save_plot, write_json  # noqa: E402
 
 # In the order the README presents them.
 BENCHES = (
@@ -35,53 +36,31 @@ BENCHES = (
     "bench_fit_vs_scipy",  # 2: time per fit after compilation against scipy
     "ring_micro",  # 3: push latency and drain throughput
     "bench_slow_sink",  # 4: a sink that sleeps per line
-    "bench_scale",  # 5: time and peak memory against n (chunked), forced-device scaling
+    "bench_many_fits",  # 5: buckets, persistent cache and curve_fit_many (issue 13)
+    "bench_scale",  # 6: time and peak memory against n (chunked), forced-device scaling
 )
 
 
-def _call_main(module: Any, quick: bool, scratch: Path) -> dict:
-    """``module.main`` with the arguments it takes.
-
-    ``out`` is a scratch folder: the harness alone writes into the results
-    folder (``<platform>-<name>.json``); files a module writes on its own (its
-    standalone ``__main__`` outputs) would only be stale duplicates there.
-    """
-    params = inspect.signature(module.main).parameters
-    kwargs: dict[str, Any] = {"quick": quick}
-    if "out" in params:
-        kwargs["out"] = scratch
-    return module.main(**kwargs)
-
-
-def _normalise(module: Any, name: str, result: dict) -> dict:
-    """Fill ``name``, ``title`` and ``table`` for modules that spell them differently."""
-    result.setdefault("name", name)
-    if "title" not in result:
-        result["title"] = (module.__doc__ or name).strip().splitlines()[0].rstrip(".")
-    if "table" not in result:
-        if "markdown" in result:
-            result["table"] = result["markdown"]
-        elif hasattr(module, "table"):
-            result["table"] = module.table(result)
-    return result
-
-
 def run_one(name: str, quick: bool, out: Path) -> dict:
-    """Import ``name`` and run it in this process; write its JSON and plot."""
+    """Import ``name`` and run it in this process; write its JSON and plot.
+
+    Raises ``SystemExit`` naming the failed checks (after writing the JSON).
+    """
     module = importlib.import_module(name)
     t0 = time.perf_counter()
+    # The bench's scratch folder: the harness alone writes into ``out``.
     with tempfile.TemporaryDirectory(prefix=f"{name}_") as scratch:
-        result = _normalise(module, name, _call_main(module, quick, Path(scratch)))
+        result = module.main(quick=quick, out=Path(scratch))
+    check_result(result, name)
     result["quick"] = quick
     result["wall_s"] = time.perf_counter() - t0
     result["machine"] = machine_info()
     stem = f"{platform_tag()}-{name}"
     write_json(result, out / f"{stem}.json")
-    if hasattr(module, "plot"):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        module.plot(result, out / f"{stem}.png")
+    save_plot(result, out / f"{stem}.png")
+    failed = [k for k, ok in result["checks"].items() if not ok]
+    if failed:
+        raise SystemExit(f"{name}: checks failed: {failed}")
     return result
 
 

@@ -1,9 +1,10 @@
 """The benchmark harness runs end to end (``benches/run.py --quick``), so it cannot rot.
 
 One subprocess runs every bench in its quick mode; the checks are on what it
-wrote, never on timings: every bench produced its JSON with the machine it ran
-on, a non-empty markdown table and a plot, every line-count check passed, and
-the summary collects every table.
+wrote, never on timings: every bench kept the contract of ``benches/_harness.py``
+(its JSON with the machine it ran on, a non-empty markdown table, plot panels and
+a PNG drawn from them), every check it made passed, and the summary collects
+every table. The shared helpers are also tested on their own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = REPO / "benches" / "run.py"
 sys.path.insert(0, str(REPO / "benches"))
 
+import _harness  # noqa: E402
 from run import BENCHES  # noqa: E402
 
 MACHINE_KEYS = {"cpu", "cores", "python", "jax", "jaxlib", "backend", "device", "commit", "date"}
@@ -58,7 +60,7 @@ def _result(out: Path, platform: str, name: str) -> dict[str, Any]:
 def test_every_bench_wrote_json_table_and_plot(quick_run: tuple[Path, str], name: str) -> None:
     out, platform = quick_run
     result = _result(out, platform, name)
-    assert result["name"] == name
+    _harness.check_result(result, name)
     assert result["quick"] is True
     assert MACHINE_KEYS <= set(result["machine"]), set(result["machine"])
     assert all(str(result["machine"][k]).strip() for k in MACHINE_KEYS)
@@ -77,9 +79,17 @@ def test_summary_collects_every_table(quick_run: tuple[Path, str]) -> None:
         assert _result(out, platform, name)["title"] in summary
 
 
+@pytest.mark.parametrize("name", BENCHES)
+def test_every_check_a_bench_made_passed(quick_run: tuple[Path, str], name: str) -> None:
+    out, platform = quick_run
+    checks = _result(out, platform, name)["checks"]
+    assert all(checks.values()), checks
+    if name != "ring_micro":  # ring_micro raises on every mismatch instead
+        assert checks, f"{name} recorded no checks"
+
+
 def test_line_count_checks_passed(quick_run: tuple[Path, str]) -> None:
     out, platform = quick_run
-    # Benches that raise on a mismatch record the counts; ours record named checks.
     callback = _result(out, platform, "bench_callback")
     for label, m in callback["measurements"].items():
         if m["lines_per_run"]:
@@ -118,3 +128,75 @@ def test_slow_sink_accounts_for_every_line(quick_run: tuple[Path, str]) -> None:
             assert v["lines_written"] + v["dropped"] == v["lines_logged"], (workload, label)
             if v["policy"] != "drop_new":
                 assert v["dropped"] == 0, (workload, label)
+
+
+# --- the shared helpers -----------------------------------------------------------------
+
+
+def test_interleaved_medians_interleaves_rotates_and_runs_hooks_untimed() -> None:
+    order: list[str] = []
+    variants = {k: (lambda k=k: order.append(k)) for k in "abc"}
+    hooks: list[str] = []
+    timing = _harness.interleaved_medians(
+        variants,
+        3,
+        warmup=1,
+        rotate=True,
+        before=lambda name: hooks.append(f"<{name}"),
+        after=lambda name, seconds: hooks.append(f"{name}>"),
+    )
+    assert "".join(order) == "abc" + "abc" + "bca" + "cab"
+    assert hooks[:2] == ["<a", "a>"] and len(hooks) == 2 * len(order)
+    assert list(timing) == ["a", "b", "c"]
+    for t in timing.values():
+        assert t["repeats"] == 3 and len(t["samples_s"]) == 3
+        assert t["min_s"] <= t["median_s"] <= t["max_s"]
+
+
+def test_markdown_table_and_its_errors() -> None:
+    table = _harness.markdown_table(["variant", "ms"], [["a", 1.5], ["b", 2]])
+    assert table.splitlines() == ["| variant | ms |", "|---|---:|", "| a | 1.5 |", "| b | 2 |"]
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        _harness.markdown_table(["variant", "ms"], [["a"]])
+    with pytest.raises(ValueError, match="align"):
+        _harness.markdown_table(["variant", "ms"], [], align="lx")
+
+
+def test_bench_result_names_what_is_missing() -> None:
+    panel = _harness.bars("t", "x", ["a"], {"s": [1.0]})
+    result = _harness.bench_result(
+        "bench_x", title="T", table="| a |\n|---|\n| 1 |", checks={"ok": True}, plot=[panel], n=3
+    )
+    assert result["n"] == 3 and result["checks"] == {"ok": True}
+    with pytest.raises(ValueError, match=r"lacks \['plot'\]"):
+        _harness.check_result({k: result[k] for k in ("name", "title", "table", "checks")}, "b")
+    with pytest.raises(ValueError, match="no plot panels"):
+        _harness.bench_result("bench_x", title="T", table="t", checks={}, plot=[])
+
+
+def test_save_plot_draws_every_panel_kind(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    result = {
+        "title": "a title " * 30,
+        "plot": [
+            _harness.bars(
+                "bars",
+                "x",
+                ["a", "b"],
+                {"s": [1.0, 2.0], "t": [2.0, 3.0]},
+                reference=("floor", 1.5),
+                log=True,
+            ),
+            _harness.lines(
+                "lines",
+                "n",
+                "ms",
+                [1, 10],
+                {"v1": [1, 2], "v2": [2, 3]},
+                reference=("target", 2.5),
+                dotted=["v1"],
+            ),
+        ],
+    }
+    _harness.save_plot(result, tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -114,7 +114,7 @@ BATTERY = {
 @pytest.mark.parametrize("case", list(BATTERY))
 def test_agrees_with_scipy_trf(case):
     model, x, y, kw = BATTERY[case]
-    popt, pcov = curve_fit(model, x, y, **kw)
+    popt, pcov = curve_fit(model, x, y, method="trf", **kw)
     popt_s, pcov_s = so.curve_fit(NUMPY_TWIN[model], x, y, method="trf", **kw)
     assert isinstance(popt, np.ndarray) and popt.dtype == np.float64
     assert pcov.shape == (popt.size, popt.size)
@@ -128,7 +128,9 @@ def test_active_bound_is_reached():
 
 
 def test_full_output_matches_scipy_fields():
-    popt, pcov, info, mesg, ier = curve_fit(exp_model, X, Y_EXP, p0=[1, 1, 1], full_output=True)
+    popt, pcov, info, mesg, ier = curve_fit(
+        exp_model, X, Y_EXP, p0=[1, 1, 1], method="trf", full_output=True
+    )
     _, _, info_s, mesg_s, ier_s = so.curve_fit(
         exp_model_np, X, Y_EXP, p0=[1, 1, 1], method="trf", full_output=True
     )
@@ -142,6 +144,39 @@ def test_lm_method_agrees_with_scipy_lm():
     popt, pcov = curve_fit(exp_model, X, Y_EXP, p0=[1, 1, 1], method="lm")
     popt_s, pcov_s = so.curve_fit(exp_model_np, X, Y_EXP, p0=[1, 1, 1], method="lm")
     assert_matches_scipy(popt, pcov, popt_s, pcov_s)
+
+
+@pytest.mark.parametrize("case", ["exp", "exp-p0-inferred", "gauss", "rational", "exp-sigma-1d"])
+def test_default_method_without_bounds_is_lm_as_in_scipy(case):
+    model, x, y, kw = BATTERY[case]
+    popt, pcov = curve_fit(model, x, y, **kw)
+    popt_lm, pcov_lm = curve_fit(model, x, y, method="lm", **kw)
+    np.testing.assert_array_equal(popt, popt_lm)
+    np.testing.assert_array_equal(pcov, pcov_lm)
+    popt_s, pcov_s = so.curve_fit(NUMPY_TWIN[model], x, y, **kw)  # scipy's default: 'lm'
+    assert_matches_scipy(popt, pcov, popt_s, pcov_s)
+
+
+@pytest.mark.parametrize("case", ["exp-bounds", "exp-active-bound", "gauss-bounds"])
+def test_default_method_with_bounds_is_trf_as_in_scipy(case):
+    model, x, y, kw = BATTERY[case]
+    popt, pcov = curve_fit(model, x, y, **kw)
+    popt_trf, pcov_trf = curve_fit(model, x, y, method="trf", **kw)
+    np.testing.assert_array_equal(popt, popt_trf)
+    np.testing.assert_array_equal(pcov, pcov_trf)
+    popt_s, pcov_s = so.curve_fit(NUMPY_TWIN[model], x, y, **kw)  # scipy's default: 'trf'
+    assert_matches_scipy(popt, pcov, popt_s, pcov_s)
+
+
+def test_default_method_with_robust_loss_is_trf():
+    # scipy's default would be 'lm' (leastsq), which rejects `loss` with a TypeError;
+    # nlsq takes 'trf', the method scipy's own `least_squares` defaults to.
+    kw = dict(p0=[1, 1, 1], loss="soft_l1", f_scale=0.1)
+    popt, _ = curve_fit(exp_model, X, Y_OUTLIERS, **kw)
+    popt_trf, _ = curve_fit(exp_model, X, Y_OUTLIERS, method="trf", **kw)
+    np.testing.assert_array_equal(popt, popt_trf)
+    with pytest.raises(TypeError):
+        so.curve_fit(exp_model_np, X, Y_OUTLIERS, **kw)
 
 
 def test_user_jacobian_and_finite_differences():

@@ -172,7 +172,6 @@ def test_callable_loss():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        (dict(method="dogbox"), "dogbox"),
         (dict(method="simplex"), "`method` must be"),
         (dict(loss="l4"), "`loss` must be one of"),
         (dict(method="lm", loss="huber"), "only 'linear' loss"),

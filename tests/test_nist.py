@@ -125,24 +125,75 @@ def log_relative_error(estimate, certified):
         return -np.log10(np.abs(estimate - certified) / np.abs(certified))
 
 
-CASES = [(name, start) for name in MODELS for start in (1, 2)]
+# scipy's own dogbox, given the exact Jacobian, ends MGH17 start 1 at the same kind
+# of wrong point (see test_mgh17_start1_dogbox_is_scipys_failure): the first
+# dogleg step goes to the corner of the 150-wide box, b5 = 2 + 150, where
+# exp(-152 x) vanishes and b2, b3 lose their meaning.  Not ours to fix.
+_SCIPY_DOGBOX_FAILS = {("MGH17", 1)}
+CASES = [
+    pytest.param(
+        name,
+        start,
+        method,
+        id=f"{name}-start{start}-{method}",
+        marks=[pytest.mark.xfail(strict=True, reason="scipy's dogbox fails here too")]
+        if method == "dogbox" and (name, start) in _SCIPY_DOGBOX_FAILS
+        else [],
+    )
+    for method in ("trf", "dogbox")
+    for name in MODELS
+    for start in (1, 2)
+]
 
 
 @pytest.mark.skipif(not NIST_DIR.is_dir(), reason=f"NIST StRD files not found at {NIST_DIR}")
-@pytest.mark.parametrize(("name", "start"), CASES, ids=[f"{n}-start{s}" for n, s in CASES])
-def test_nist_certified_values(name, start):
+@pytest.mark.parametrize(("name", "start", "method"), CASES)
+def test_nist_certified_values(name, start, method):
     s1, s2, certified, x, y = parse_nist(NIST_DIR / f"{name}.dat")
     if name == "Nelson":
         y = np.log(y)
     p0 = s1 if start == 1 else s2
     popt, _ = curve_fit(
-        MODELS[name], x, y, p0=p0, ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=10_000
+        MODELS[name],
+        x,
+        y,
+        p0=p0,
+        method=method,
+        ftol=1e-14,
+        xtol=1e-14,
+        gtol=1e-14,
+        max_nfev=10_000,
     )
     lre = log_relative_error(popt, certified)
-    assert np.all(lre >= 4), f"{name} start {start}: LRE {np.round(lre, 2)}, popt {popt}"
+    assert np.all(lre >= 4), f"{name} start {start} {method}: LRE {np.round(lre, 2)}, popt {popt}"
 
 
 def test_all_nist_files_have_models():
     if not NIST_DIR.is_dir():
         pytest.skip(f"NIST StRD files not found at {NIST_DIR}")
     assert {p.stem for p in NIST_DIR.glob("*.dat")} == set(MODELS)
+
+
+@pytest.mark.skipif(not NIST_DIR.is_dir(), reason=f"NIST StRD files not found at {NIST_DIR}")
+def test_mgh17_start1_dogbox_is_scipys_failure():
+    import scipy.optimize as so
+    from nlsq import least_squares
+
+    s1, _, _, x, y = parse_nist(NIST_DIR / "MGH17.dat")
+
+    def resid(b):
+        return MODELS["MGH17"](x, *b) - y
+
+    def resid_np(b):
+        return b[0] + b[1] * np.exp(-x * b[3]) + b[2] * np.exp(-x * b[4]) - y
+
+    def jac_np(b):
+        e4, e5 = np.exp(-x * b[3]), np.exp(-x * b[4])
+        return np.stack([np.ones_like(x), e4, e5, -x * b[1] * e4, -x * b[2] * e5], axis=1)
+
+    kw = dict(method="dogbox", ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=10_000)
+    ref = so.least_squares(resid_np, s1, jac=jac_np, **kw)
+    res = least_squares(resid, s1, **kw)
+    # Both stop (xtol) at b5 = x0[4] + Delta0 = 152, far from the certified 0.022.
+    assert ref.status == res.status == 3
+    assert ref.x[4] == pytest.approx(152.0) and res.x[4] == pytest.approx(152.0)

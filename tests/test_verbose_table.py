@@ -147,7 +147,15 @@ def test_verbose0_writes_nothing(log_file):
     assert log_file.read_text() == ""
 
 
-@pytest.mark.parametrize("kw", [dict(method="lm"), dict(bounds=(0, 5)), dict(loss="huber")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(method="lm"),
+        dict(bounds=(0, 5)),
+        dict(loss="huber"),
+        dict(method="dogbox", bounds=(0, [10, 10, 0.45])),
+    ],
+)
 def test_verbose2_other_paths(log_file, kw):
     p0 = [1.0, 1.0, 0.2]
     res = least_squares(lambda p: model(X, *p) - Y, p0, verbose=2, **kw)
@@ -160,6 +168,24 @@ def test_verbose2_other_paths(log_file, kw):
     assert float(m.group(3)) == pytest.approx(res.cost, rel=1e-3)
     # The last row and the summary report the same optimality, that of the result.
     assert rows[-1][75:90].strip() == m.group(4) == f"{res.optimality:.2e}"
+
+
+def test_verbose2_dogbox_is_scipys_table(log_file):
+    kw = dict(method="dogbox", bounds=([0, 0, 0], [10, 10, 0.45]))
+    res = least_squares(lambda p: model(X, *p) - Y, [1.0, 1.0, 0.2], verbose=2, **kw)
+    lines, rows, _ = parse_table(log_file.read_text())
+
+    def jac(p):
+        e = np.exp(-p[1] * X)
+        return np.stack([e, -p[0] * X * e, np.ones_like(X)], axis=1)
+
+    ref = scipy_table(lambda p: model_np(X, *p) - Y, [1.0, 1.0, 0.2], jac=jac, **kw)
+    ref = ref.splitlines()
+    assert len(ref) == len(lines) and ref[-2] == lines[-2] == res.message
+    assert [r[:30] for r in ref[1:-2]] == [r[:30] for r in rows]
+    for a, b in zip(ref[1:-2], rows, strict=True):
+        assert float(a[30:45]) == pytest.approx(float(b[30:45]), rel=2e-4)
+    assert ref[-1].split(",")[0] == lines[-1].split(",")[0]
 
 
 def test_scipy_reference_table_shape():

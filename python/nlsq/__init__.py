@@ -9,6 +9,7 @@ from scipy.optimize import OptimizeResult, OptimizeWarning
 
 from ._curve_fit import CurveFit, curve_fit
 from ._least_squares import least_squares
+from ._many import ManyFitResult, curve_fit_many
 from ._residual import HostFallbackWarning
 
 __version__ = "0.1.0"
@@ -16,9 +17,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CurveFit",
     "HostFallbackWarning",
+    "ManyFitResult",
     "OptimizeResult",
     "OptimizeWarning",
     "__version__",
     "curve_fit",
+    "curve_fit_many",
     "least_squares",
 ]

@@ -191,18 +191,21 @@ def make_strictly_feasible_np(x, lb, ub, rstep=1e-10):
     return x_new
 
 
-def solve_lsq_trust_region(n, m, uf, s, V, Delta, initial_alpha, rtol=0.01, max_iter=10):
+def solve_lsq_trust_region(
+    n, m, uf, s, V, Delta, initial_alpha, rtol=0.01, max_iter=10, m_true=None
+):
     """Exact solution of ``min ||J p + f||, ||p|| <= Delta`` from the SVD ``J = U S V^T``.
 
     ``uf = U^T f``.  Returns ``(p, alpha)`` where ``alpha`` is the Levenberg-Marquardt
     parameter found by Newton iterations on ``phi(alpha) = ||p(alpha)|| - Delta``
-    (More 1978), warm-started from ``initial_alpha``.
+    (More 1978), warm-started from ``initial_alpha``.  ``m_true`` (traced) replaces
+    ``m`` in the rank threshold when the residuals are padded with zero rows.
     """
     from jax import lax
 
     suf = s * uf
     if m >= n:
-        threshold = EPS * m * s[0]
+        threshold = EPS * (m if m_true is None else m_true) * s[0]
         full_rank = s[-1] > threshold
     else:
         full_rank = jnp.asarray(False)

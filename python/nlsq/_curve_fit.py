@@ -12,6 +12,8 @@ import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
 
+from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
+from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
@@ -95,6 +97,7 @@ def curve_fit(
     full_output: bool = False,
     nan_policy: str | None = None,
     verbose: int = 0,
+    buckets: bool | None = None,
     **kwargs,
 ):
     """Fit ``f(xdata, *params)`` to ``ydata`` by nonlinear least squares (scipy-compatible).
@@ -120,8 +123,10 @@ def curve_fit(
         Reject non-finite inputs (default True unless ``nan_policy`` is given).
     bounds : 2-tuple or scipy.optimize.Bounds
         Bounds on the parameters.
-    method : {None, 'trf', 'lm'}
-        None means 'trf' (with or without bounds); 'lm' refuses bounds.
+    method : {None, 'trf', 'dogbox', 'lm'}
+        None follows scipy: 'lm' without bounds, 'trf' with bounds (and, unlike
+        scipy, which would fail there, 'trf' with a robust ``loss``); 'lm'
+        refuses bounds.
     jac : callable, str or None
         ``jac(x, *params) -> (m, n)``; None or 'cs' for JAX autodiff;
         '2-point'/'3-point' for finite differences.
@@ -131,6 +136,10 @@ def curve_fit(
         What to do with NaNs in the data.
     verbose : {0, 1, 2}
         Iteration table through the ring logger (see ``least_squares``).
+    buckets : bool, optional
+        Pad the data with zero-weight rows to a ladder of sizes so that fits of
+        nearby lengths share one compiled program (``nlsq._buckets``; results are
+        unchanged).  Default: on unless ``NLSQ_BUCKETS=off``.
     **kwargs
         ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``, and:
 
@@ -167,6 +176,7 @@ def curve_fit(
         full_output=full_output,
         nan_policy=nan_policy,
         verbose=verbose,
+        buckets=buckets,
         _stacklevel=3,
         **kwargs,
     )
@@ -188,8 +198,6 @@ class CurveFit:
             raise TypeError("`f` must be callable.")
         if method is not None:
             check_method(method)
-        if method == "dogbox":
-            raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
         check_jac(jac)
         self.f = f
         self.jac = jac
@@ -208,6 +216,7 @@ class CurveFit:
         full_output: bool = False,
         nan_policy: str | None = None,
         verbose: int = 0,
+        buckets: bool | None = None,
         _stacklevel: int = 2,
         **kwargs,
     ):
@@ -235,10 +244,13 @@ class CurveFit:
             p0 = _initialize_feasible(lb, ub)
         bounded = bool(np.any((lb > -np.inf) | (ub < np.inf)))
         if method is None:
-            method = "trf"
+            # scipy's rule: 'lm' without bounds, 'trf' with them.  A robust loss also
+            # takes 'trf' (scipy's 'lm' is leastsq, which would reject `loss`).
+            robust = kwargs.get("loss", "linear") != "linear"
+            method = "trf" if bounded or robust else "lm"
         if method == "lm" and bounded:
             raise ValueError(
-                "Method 'lm' only works for unconstrained problems. Use 'trf' instead."
+                "Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead."
             )
         if check_finite is None:
             check_finite = nan_policy is None
@@ -307,11 +319,14 @@ class CurveFit:
             raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
         jac_mode, user_jac = check_jac(self.jac)
 
+        enable_persistent_cache()
         with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
             if isinstance(ydata, jax.Array) and ydata.dtype != np.float64:
                 ydata = ydata.astype(np.float64)
+            # Long or sharded rows: chunked / per-device reduction (nlsq._sharding);
+            # such fits are not padded to a shape bucket.
             xdata, ydata, transform, kind, layout = plan_rows(
                 xdata,
                 ydata,
@@ -321,9 +336,29 @@ class CurveFit:
                 chunk_size=kwargs.get("chunk_size"),
                 mesh=kwargs.get("mesh"),
             )
+            model = code_keyed(f)
+            m = ydata.size
+            padded = (
+                layout is None
+                and not isinstance(ydata, jax.Array)
+                and buckets_enabled(buckets)
+                and kind in (0, 1)
+                and user_jac is None
+                and not callable(kwargs.get("loss"))
+                and ydata.ndim == 1
+                and np.ndim(xdata) == 1
+                and np.shape(xdata)[0] == m
+                and model_is_rowwise(model, n)
+            )
+            if padded:
+                residual = PaddedModelResidual(model, None, 1)
+                data = pad(xdata, ydata, transform, kind)
+            else:
+                residual = ModelResidual(model, code_keyed(user_jac), kind)
+                data = (xdata, ydata, transform)
             problem = make_problem(
-                ModelResidual(f, user_jac, kind),
-                (xdata, ydata, transform),
+                residual,
+                data,
                 p0,
                 jac_mode=jac_mode,
                 bounds=(lb, ub),
@@ -340,6 +375,8 @@ class CurveFit:
                 want_pcov=True,
             )
             res, pcov = fit(with_rows(problem, layout), f)
+        if padded:
+            res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x

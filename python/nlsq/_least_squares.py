@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
@@ -69,8 +70,9 @@ def least_squares(
         is used as given; '2-point'/'3-point' are scipy's finite differences.
     bounds : 2-tuple or scipy.optimize.Bounds
         Lower and upper bounds (scalars broadcast).
-    method : {'trf', 'lm'}
-        Trust Region Reflective (default, bounds allowed) or Levenberg-Marquardt
+    method : {'trf', 'dogbox', 'lm'}
+        Trust Region Reflective (default, bounds allowed), dogleg with
+        rectangular trust regions (bounds allowed) or Levenberg-Marquardt
         (no bounds, linear loss).
     ftol, xtol, gtol : float or None
         scipy's termination tolerances.
@@ -100,8 +102,6 @@ def least_squares(
         ``x cost fun jac grad optimality active_mask nfev njev status message success``.
     """
     check_method(method)
-    if method == "dogbox":
-        raise ValueError("method='dogbox' is not implemented in nlsq; use 'trf' or 'lm'.")
     jac_mode, user_jac = check_jac(jac)
     if tr_solver not in (None, "exact"):
         raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
@@ -112,11 +112,12 @@ def least_squares(
     if workers is not None:
         raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
+    enable_persistent_cache()
     with enable_x64(True):
         treedef, static, dyn_idx, dyn = split_args(args, kwargs)
         dyn = tuple(_as_traced_arg(a) for a in dyn)
         problem = make_problem(
-            FunResidual(fun, user_jac, treedef, static, dyn_idx),
+            FunResidual(code_keyed(fun), code_keyed(user_jac), treedef, static, dyn_idx),
             dyn,
             x0,
             jac_mode=jac_mode,

@@ -26,7 +26,7 @@ def reduce_jacobian(J, f):
 def pcov_from_R(R, m: int, n: int):
     """Moore-Penrose ``(J^T J)^+`` discarding tiny singular values (scipy's curve_fit rule)."""
     _, s, VT = jnp.linalg.svd(R, full_matrices=False)
-    threshold = EPS * max(m, n) * s[0]
+    threshold = EPS * jnp.maximum(m, n) * s[0]  # m may be traced (padded data)
     keep = s > threshold
     w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0) ** 2, 0.0)
     return (VT.T * w) @ VT

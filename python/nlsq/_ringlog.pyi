@@ -40,8 +40,11 @@ class RingLogger:
     Parameters
     ----------
     sink
-        ``None`` (``sys.stdout``: its file descriptor when it has a working
-        ``fileno()``, else the stream), an ``int`` file descriptor (not
+        ``None`` (where ``print`` writes: the current ``sys.stdout``,
+        re-resolved by :meth:`flush` and :meth:`follow_stdout` when it is
+        another object; written through its descriptor only when it is
+        ``sys.__stdout__`` with a working ``fileno()``, else through its
+        ``write``), an ``int`` file descriptor (not
         closed by the logger), a path (opened for appending), a text stream
         (anything with ``write``; one call per batch), or a
         ``logging.Logger`` (one INFO record per line).
@@ -77,7 +80,14 @@ class RingLogger:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every record pushed before the call is written.
 
-        Returns ``False`` if ``timeout`` seconds pass first.
+        Returns ``False`` if ``timeout`` seconds pass first. With
+        ``sink=None`` it first follows ``sys.stdout`` (:meth:`follow_stdout`).
+        """
+    def follow_stdout(self) -> bool:
+        """With ``sink=None``: if ``sys.stdout`` is another object than when the
+        sink was last resolved, write what is queued to the old one and send
+        later records to the new one. Returns whether the sink changed (always
+        ``False`` for an explicit sink).
         """
     def close(self) -> None:
         """Write everything queued, stop the drain thread, close the sink (idempotent)."""
@@ -115,20 +125,24 @@ def _before_fork() -> None: ...
 def _after_fork_parent() -> None: ...
 def _after_fork_child() -> None: ...
 
-# -- native logging path (crate nlsq-xla-ffi; see nlsq.utils._ffi_backend) --
+# -- native logging path (crate nlsq-xla-ffi; see nlsq.utils._native) --
 
 class _FfiStats(TypedDict):
     orphaned: int
     unrouted: int
     push_failed: int
     unreportable: int
-    no_slot: int
-    host_failed: int
+    staging_full: int
+    staging_block_timeout: int
+    enqueue_failed: int
+    cuda_unavailable: int
+    staging_setup_failed: int
+    poller_failed: int
 
 def ffi_targets() -> dict[str, object]:
     """``{"cpu": capsule, "CUDA": capsule}``: XLA FFI handlers for
-    ``jax.ffi.register_ffi_target(..., api_version=1)``. The CUDA handler is
-    not verified on a device."""
+    ``jax.ffi.register_ffi_target(..., api_version=1)``. The CUDA staging
+    handler is not yet measured on a GPU."""
 
 def ffi_api_version() -> tuple[int, int]:
     """``(major, minor)`` of the XLA FFI C API the handlers were built for."""
@@ -137,7 +151,15 @@ def ffi_max_values() -> int:
     """Most values one FFI logging call may carry."""
 
 def ffi_cuda_unavailable_reason() -> str | None:
-    """``None`` when ``libcuda.so.1`` loads with the symbols the CUDA handler needs."""
+    """``None`` when ``libcuda.so.1`` loads with the symbols the CUDA handler
+    needs, stream memory operations included; else why not."""
+
+def ffi_cuda_wait_delivered(timeout: float | None = None) -> bool:
+    """Wait (GIL released) until every record the CUDA route staged before the
+    call reached the ring logger; ``False`` on timeout."""
+
+def ffi_cuda_last_failure() -> str | None:
+    """The reason of the latest CUDA-route failure, or ``None``."""
 
 def ffi_set_route(logger_id: int, tids: list[int]) -> None:
     """Route template key ``k`` to ring id ``tids[k]`` of logger ``logger_id``

@@ -20,21 +20,23 @@ import jax
 import numpy as np
 from scipy.optimize import OptimizeResult
 
+from ._buckets import true_m
+from ._cache import SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES
 from ._distributed import fetch, table_verbosity
+from ._dogbox import DOGBOX
 from ._driver import Method, SolveResult, run
 from ._lm import LM
 from ._problem import Problem
 from ._reduce import pcov_from_R
 from ._residual import TRACE_ERRORS, HostFallbackWarning, HostResidual
 from ._trf import TRF
-from ._verbose import log_closing, log_header
+from ._verbose import log_closing, log_header, table_lock
 
-METHODS: dict[str, Method] = {"trf": TRF, "lm": LM}
+METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
 
-@jax.jit
-def solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
+def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
     m, n = problem.m, problem.n
     if problem.method == "lm" and m < n:
         raise ValueError(
@@ -42,10 +44,14 @@ def solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
             f"of variables (m={m} < n={n})."
         )
     out = run(METHODS[problem.method], problem)
+    m_true = true_m(problem)
     if problem.layout is not None:
-        m = problem.layout.m_valid  # without zero-weight padding rows
-    pcov = pcov_from_R(out.R, m, n) if problem.want_pcov else None
+        m_true = problem.layout.m_valid  # without the mesh's zero-weight padding rows
+    pcov = pcov_from_R(out.R, m if m_true is None else m_true, n) if problem.want_pcov else None
     return out, pcov
+
+
+solve = SolverJit(_solve)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
@@ -77,6 +83,11 @@ def _on_host(problem: Problem) -> Problem:
 def fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
     """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
     remembered when it cannot be traced so later fits go to the host directly."""
+    with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
+        return _fit(problem, model)
+
+
+def _fit(problem: Problem, model: Any) -> tuple[OptimizeResult, np.ndarray | None]:
     # One table per fit: under jax.distributed, process 0 writes it (rows included).
     verbose = table_verbosity(problem.verbose)
     log_header(verbose)

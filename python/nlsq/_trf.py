@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ._buckets import true_m
 from ._common import (
     BAD_START,
     RUNNING,
@@ -209,7 +210,9 @@ def step(problem: Problem, state: TRFState) -> TRFState:
         return (t.actual_reduction <= 0) & (t.nfev < problem.max_nfev) & (t.status == RUNNING)
 
     def trial(t: Trial) -> Trial:
-        p_h, alpha_new = solve_lsq_trust_region(n, m, uf, s, V, t.Delta, t.alpha)
+        p_h, alpha_new = solve_lsq_trust_region(
+            n, m, uf, s, V, t.Delta, t.alpha, m_true=true_m(problem)
+        )
         if problem.bounded:
             p = d * p_h
             stp, stp_h, pred, inside, p_value = select_step(

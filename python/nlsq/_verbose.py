@@ -11,7 +11,9 @@ before ``curve_fit``/``least_squares`` return.  The formats are scipy's
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 HEADER = "{:^15}{:^15}{:^15}{:^15}{:^15}{:^15}".format(
     "Iteration", "Total nfev", "Cost", "Cost reduction", "Step norm", "Optimality"
@@ -119,3 +121,61 @@ def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality
         verbose=2,
     )
     async_logger.flush()
+
+
+# One table at a time: the rows of a fit reach the ring while it runs, so two
+# verbose fits on different threads would interleave their rows in one table.
+# Verbose fits hold this lock from the header to the closing lines; silent fits
+# never take it.
+_TABLE_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def table_lock(verbose: int):
+    """Hold the table lock for the duration of a fit with ``verbose > 0``."""
+    if not verbose:
+        yield
+        return
+    with _TABLE_LOCK:
+        yield
+
+
+# curve_fit_many: scipy's table with a fit-index column, and a one-line summary.
+MANY_HEADER = "{:^6}".format("Fit") + HEADER
+MANY_ROW = "{fit:^6d}" + ROW
+MANY_FIRST_ROW = "{fit:^6d}" + FIRST_ROW
+MANY_SUMMARY = "fit {fit:d} finished: nfev {nfev:d}, cost {cost:.4e}, status {status:d}"
+
+
+def write_many_tables(verbose: int, messages, out, iterations, history) -> None:
+    """Write ``curve_fit_many``'s log after the batch: per fit a whole table (verbose 2)
+    or one summary line (verbose 1, in the order the fits finished)."""
+    from .utils import async_logger
+
+    nfev, cost = out.nfev, out.cost
+    with _TABLE_LOCK:
+        if verbose == 1:
+            for i in sorted(range(len(messages)), key=lambda i: (int(iterations[i]), i)):
+                _template(MANY_SUMMARY)(
+                    fit=i, nfev=int(nfev[i]), cost=float(cost[i]), status=int(out.status[i])
+                )
+        else:
+            for i, message in enumerate(messages):
+                _constant(MANY_HEADER)(verbose=2)
+                rows = history[i, : min(int(iterations[i]) + 1, history.shape[1])]
+                for k, row in enumerate(rows):
+                    it, fe, c, red, step, opt = (float(v) for v in row)
+                    fields = dict(fit=i, iteration=int(it), nfev=int(fe), cost=c, optimality=opt)
+                    if k == 0:
+                        _template(MANY_FIRST_ROW)(verbose=2, **fields)
+                    else:
+                        _template(MANY_ROW)(verbose=2, reduction=red, step_norm=step, **fields)
+                _constant(message)(verbose=2)
+                _template(CLOSING)(
+                    nfev=int(nfev[i]),
+                    initial_cost=float(out.initial_cost[i]),
+                    cost=float(cost[i]),
+                    optimality=float(out.optimality[i]),
+                    verbose=2,
+                )
+        async_logger.flush()

@@ -392,9 +392,11 @@ def _inline_primitive() -> Any:
     compat.register_always_live(prim)
     compat.register_batching_rule(prim, batch)
     compat.register_jvp_rule(prim, jvp)
-    compat.register_lowering(
-        prim, compat.ffi_lowering(_native.TARGET, has_side_effect=True), platform="cpu"
-    )
+    lowering = compat.ffi_lowering(_native.TARGET, has_side_effect=True)
+    compat.register_lowering(prim, lowering, platform="cpu")
+    # The CUDA staging handler takes the same keep-flagged rows; its poller
+    # drops keep-0 rows, so verbose=1 reads no predicate on the host.
+    compat.register_lowering(prim, lowering, platform="cuda")
     return prim
 
 
@@ -431,11 +433,13 @@ def _inline_probe() -> None:
 
 
 def inline_rows_available() -> bool:
-    """Whether solver rows can take the inline route: CPU, FFI route, JAX rules accepted."""
+    """Whether solver rows can take the inline route: CPU with the FFI route, or
+    CUDA with the (opt-in) CUDA staging route; JAX rules accepted."""
     if _Inline.failed:
         return False
     route = _routes.active_route()
-    if route is None or route.name != "ffi" or _routes.backend_platform() != "cpu":
+    native_route = {"cpu": "ffi", "cuda": "cuda_staging"}.get(_routes.backend_platform())
+    if route is None or native_route is None or route.name != native_route:
         return False
     try:
         _inline_probe()

@@ -245,9 +245,22 @@ def push_rows(key: int, rows: np.ndarray) -> None:
 
 
 def push_values(key: int, values: list[int | float]) -> None:
-    """Eager push of Python numbers (no device involved); never raises."""
+    """Eager push of Python numbers (no device involved); never raises.
+
+    With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
+    (if that changed), so a fit's table, whose header is pushed here, lands
+    where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
+    """
     try:
         logger, tids = _active()
+    except Exception as exc:
+        _failed(exc)
+        return
+    try:
+        logger.follow_stdout()
+    except Exception as exc:  # the record still goes to the previous target
+        _failed(exc)
+    try:
         logger.push(tids[key], *values)
     except Exception as exc:
         _failed(exc)

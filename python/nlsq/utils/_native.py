@@ -23,9 +23,13 @@ Registration is refused (reported in :class:`Registration`) when the extension
 lacks the handlers, when the XLA FFI API version of the installed jaxlib differs
 from the one the handlers were built for, or when jax rejects the target.
 
-The CUDA handler is registered only when a CUDA backend exists, the CUDA
-driver library loads, and ``NLSQ_FFI_CUDA=1`` is set (the ``cuda_staging``
-route of the route table): it is NOT VERIFIED ON A DEVICE.
+The CUDA handler (the ``cuda_staging`` route of the route table: async copy
+and stream write into pinned host-mapped memory, a Rust poller pushes;
+``rust/xla_ffi/README.md``) is registered only when a CUDA backend exists,
+``NLSQ_FFI_CUDA=1`` is set, and the driver loads with stream memory operations
+(else counted as ``cuda_fallback`` in :func:`stats`, and the route table
+warns once and falls back to ``"callback"``). It is not
+yet measured on a GPU.
 """
 
 from __future__ import annotations
@@ -154,7 +158,9 @@ def _register_locked() -> Registration:
         )
     else:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
-        if cuda_note is None:
+        if cuda_note is not None:
+            _note_cuda_fallback(cuda_note)
+        else:
             try:
                 compat.register_ffi_target(TARGET, targets["CUDA"], platform="CUDA")
                 platforms.append("CUDA")
@@ -167,6 +173,44 @@ def _register_locked() -> Registration:
         runtime_api=runtime,
         cuda_note=cuda_note,
     )
+
+
+_cuda_fallbacks = 0
+
+
+def _note_cuda_fallback(reason: str) -> None:
+    """The CUDA staging route was asked for but cannot run here: count it.
+
+    The reason is kept in ``Registration.cuda_note``; the route table turns it
+    into its one warning when it falls back to the callback route.
+    """
+    global _cuda_fallbacks
+    _cuda_fallbacks += 1
+
+
+def cuda_registered() -> bool:
+    """Whether the CUDA staging handler is registered (never registers)."""
+    state = _state
+    return state is not None and "CUDA" in state.platforms
+
+
+CUDA_DELIVERY_PATIENCE = 60.0
+"""Seconds :func:`wait_cuda_delivered` waits at most when given no timeout: a
+record whose stream never ran (a failed program) must not hang a flush."""
+
+
+def wait_cuda_delivered(timeout: float | None = None) -> bool:
+    """Wait until the CUDA route's poller pushed every staged record.
+
+    ``True`` at once when the CUDA handler is not registered; ``False`` after
+    ``timeout`` (``None``: :data:`CUDA_DELIVERY_PATIENCE`) seconds.
+    """
+    if not cuda_registered():
+        return True
+    from nlsq import _ringlog
+
+    limit = CUDA_DELIVERY_PATIENCE if timeout is None else timeout
+    return bool(_ringlog.ffi_cuda_wait_delivered(limit))
 
 
 def register() -> Registration:
@@ -313,8 +357,20 @@ def stats() -> dict[str, int]:
 
     ``orphaned`` (no live logger / no route), ``unrouted`` (template key
     without a ring id), ``push_failed`` (the ring refused the values),
-    ``unreportable``, and for CUDA ``no_slot`` and ``host_failed``.
+    ``unreportable``; for the CUDA staging route ``staging_full``,
+    ``staging_block_timeout``, ``enqueue_failed``, ``cuda_unavailable`` (records
+    lost, summed in ``cuda_lost``), ``staging_setup_failed``, ``poller_failed``,
+    and ``cuda_fallback`` (the route was asked for but could not be used).
     """
-    from nlsq import _ringlog
+    try:
+        from nlsq import _ringlog
 
-    return dict(_ringlog.ffi_stats())
+        counts = dict(_ringlog.ffi_stats())
+    except (ImportError, AttributeError):
+        return {}
+    counts["cuda_lost"] = sum(
+        counts.get(k, 0)
+        for k in ("staging_full", "staging_block_timeout", "enqueue_failed", "cuda_unavailable")
+    )
+    counts["cuda_fallback"] = _cuda_fallbacks
+    return counts

@@ -246,13 +246,8 @@ class CudaStagingRoute(FfiRoute):
             raise RuntimeError(f"the CUDA staging route is unavailable: {note}")
         super().__init__()
 
-    def emit(self, key: int, packed: jax.Array) -> None:
-        if packed.ndim == 2:
-            # The CUDA handler stages one record per call; vmap rows take the
-            # callback route there.
-            CallbackRoute().emit(key, packed)
-            return
-        super().emit(key, packed)
+    # Rows (vmap, and the solvers' keep-flagged rows) go through the handler
+    # too: it stages one slot per row and its poller drops keep-0 rows.
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -338,6 +333,7 @@ class _Choice:
     platform: str = ""
     failures: int = 0
     warned: set[str] = set()  # noqa: RUF012 - process-wide, guarded by lock
+    probed: set[str] = set()  # noqa: RUF012 - routes whose probe passed once
 
 
 def _warn_once(topic: str, message: str) -> None:
@@ -350,7 +346,9 @@ def _warn_once(topic: str, message: str) -> None:
 
 def _build(name: str) -> Route:
     route = _FACTORIES[name]()
-    _probe(route)
+    if name not in _Choice.probed:
+        _probe(route)
+        _Choice.probed.add(name)
     return route
 
 
@@ -414,32 +412,24 @@ def make_route(name: str | None) -> Route:
     return _build(name)
 
 
-def select(name: str | None) -> Route | None:
-    """The route for ``configure(backend=name)``: ``name`` overrides the table.
+def select(name: str | None) -> tuple[Route | None, str]:
+    """The route for ``configure(backend=name)`` and why: ``name`` overrides the table.
 
-    Returns ``None`` only for ``name=None`` when no route at all can be set up.
+    The route is ``None`` only for ``name=None`` when no route at all can be set
+    up.  Nothing changes until :func:`set_route` is called with the result.
     """
     if name is not None:
-        route = make_route(name)
-        with _Choice.lock:
-            _Choice.reason = f"configure(backend={name!r})"
-            _Choice.platform = backend_platform()
-        return route
-    platform = backend_platform()
-    chosen, why = default_route_for(platform)
-    route, reason = _build_with_fallback(chosen, why)
-    with _Choice.lock:
-        _Choice.reason = reason
-        _Choice.platform = platform
-    return route
+        return make_route(name), f"configure(backend={name!r})"
+    chosen, why = default_route_for(backend_platform())
+    return _build_with_fallback(chosen, why)
 
 
 def set_route(route: Route | None, reason: str | None = None) -> None:
     """Use ``route`` for every record traced from now on (``None``: drop them)."""
     with _Choice.lock:
         _Choice.route = route
-        if reason is not None:
-            _Choice.reason = reason
+        _Choice.reason = reason if reason is not None else f"set_route({route and route.name!r})"
+        _Choice.platform = backend_platform()
 
 
 def active_route() -> Route | None:
@@ -449,7 +439,7 @@ def active_route() -> Route | None:
         return route
     with _Choice.lock:
         if _Choice.route is None and not _Choice.reason:
-            _Choice.route = select(None)
+            set_route(*select(None))
         return _Choice.route
 
 
@@ -496,6 +486,7 @@ def _reset_for_tests() -> None:
         _Choice.reason = ""
         _Choice.platform = ""
         _Choice.warned.clear()
+        _Choice.probed.clear()
 
 
 def describe() -> dict[str, Any]:

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nlsq.utils import _log_runtime, _routes
+from nlsq.utils import _log_runtime, _native, _routes
 from nlsq.utils._emit import (
     _ALWAYS,
     LogTemplate,
@@ -295,7 +295,11 @@ def configure(
     Parameters
     ----------
     sink : None, int, str, path, text stream or logging.Logger
-        Where lines go (``None``: ``sys.stdout`` as it is at this call).
+        Where lines go.  ``None`` follows ``sys.stdout`` as ``print`` does: each
+        eager log call (so each fit's header) and each :func:`flush` re-resolve
+        it when it is another object, so a notebook cell, ``redirect_stdout``
+        or pytest's capture gets the lines; the process's own stdout is written
+        from Rust through its descriptor.
     capacity : int
         Ring capacity in records.
     policy : {"drop_new", "block", ...}
@@ -315,10 +319,14 @@ def configure(
     RuntimeError
         The requested backend cannot be set up on this machine.
     """
-    route = _routes.select(backend)
+    route, reason = _routes.select(backend)
     jax.effects_barrier()
+    # Records already staged on the CUDA route go to the sink they were
+    # logged for (bounded wait: a staged record whose stream never runs is
+    # not waited for forever).
+    _native.wait_cuda_delivered(timeout=10.0)
     _log_runtime.configure_logger(sink, capacity, policy)
-    _routes.set_route(route)
+    _routes.set_route(route, reason)
 
 
 def flush(timeout: float | None = None) -> bool:
@@ -329,11 +337,18 @@ def flush(timeout: float | None = None) -> bool:
     ``timeout`` seconds passed first.
     """
     jax.effects_barrier()
+    # Records the CUDA route staged are pushed by its poller thread after the
+    # stream ran: wait for it (GIL released) before the ring's own flush.
+    if not _native.wait_cuda_delivered(timeout):
+        return False
     return bool(get_logger().flush(timeout=timeout))
 
 
 def stats() -> dict[str, Any]:
-    """The ring's statistics, ``callback_errors`` (pushes that raised), and the route.
+    """The ring's statistics, ``callback_errors`` (pushes that raised), the route,
+    and ``ffi``: records the native handlers could not deliver, by reason
+    (``ffi["cuda_lost"]`` sums the CUDA staging route's losses,
+    ``ffi["cuda_fallback"]`` counts when that route could not be used).
 
     ``route`` (the route records traced from now on take), ``route_reason`` (why
     it was chosen), ``route_platform`` and ``route_failures`` (route set-ups or
@@ -342,6 +357,7 @@ def stats() -> dict[str, Any]:
     result = dict(get_logger().stats())
     result["callback_errors"] = _log_runtime.callback_errors()
     result.update(_routes.describe())
+    result["ffi"] = _native.stats()
     return result
 
 

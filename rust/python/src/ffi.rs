@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict};
 use xla_ffi::abi;
 
+use crate::logger::counters_dict;
+
 /// jaxlib reads the pointer under whatever name the capsule carries; this
 /// is the name XLA's own custom-call capsules use.
 const CAPSULE_NAME: &CStr = c"xla._CUSTOM_CALL_TARGET";
@@ -26,8 +28,8 @@ fn capsule<'py>(py: Python<'py>, handler: abi::Handler) -> PyResult<Bound<'py, P
 }
 
 /// `{platform: capsule}` for `jax.ffi.register_ffi_target(name, capsule,
-/// platform=platform, api_version=1)`: "cpu" and "CUDA" (the CUDA handler is
-/// not verified on a device).
+/// platform=platform, api_version=1)`: "cpu" and "CUDA" (the CUDA staging
+/// handler is not yet measured on a GPU).
 #[pyfunction]
 fn ffi_targets(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let targets = PyDict::new(py);
@@ -54,12 +56,31 @@ fn ffi_cuda_unavailable_reason(py: Python<'_>) -> Option<String> {
     py.detach(xla_ffi::cuda::unavailable_reason)
 }
 
+/// Waits (without the GIL) until every record the CUDA route staged before
+/// the call reached the ring logger; `False` on timeout. Call it after the
+/// computations that staged them have finished.
+#[pyfunction]
+#[pyo3(signature = (timeout=None))]
+fn ffi_cuda_wait_delivered(py: Python<'_>, timeout: Option<f64>) -> bool {
+    let timeout = std::time::Duration::from_secs_f64(timeout.unwrap_or(3600.0).max(0.0));
+    py.detach(|| xla_ffi::cuda::wait_delivered(timeout))
+}
+
+/// The reason of the latest CUDA-route failure (`None` if none).
+#[pyfunction]
+fn ffi_cuda_last_failure() -> Option<String> {
+    xla_ffi::stats::last_failure()
+}
+
 /// Routes template key `k` of the routed call form to ring id `tids[k]` of
 /// the live logger with id `logger_id` (negative: not registered there).
 /// Raises ValueError when no live logger has that id.
 #[pyfunction]
-fn ffi_set_route(logger_id: u64, tids: Vec<i64>) -> PyResult<()> {
-    xla_ffi::route::set(logger_id, &tids).map_err(pyo3::exceptions::PyValueError::new_err)
+fn ffi_set_route(py: Python<'_>, logger_id: u64, tids: Vec<i64>) -> PyResult<()> {
+    // Without the GIL: the write lock waits for readers, and none may wait
+    // for the GIL while holding it.
+    py.detach(|| xla_ffi::route::set(logger_id, &tids))
+        .map_err(pyo3::exceptions::PyValueError::new_err)
 }
 
 /// Removes the route; routed records are then counted as orphaned.
@@ -72,14 +93,21 @@ fn ffi_clear_route() {
 #[pyfunction]
 fn ffi_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let s = xla_ffi::stats::snapshot();
-    let d = PyDict::new(py);
-    d.set_item("orphaned", s.orphaned)?;
-    d.set_item("unrouted", s.unrouted)?;
-    d.set_item("push_failed", s.push_failed)?;
-    d.set_item("unreportable", s.unreportable)?;
-    d.set_item("no_slot", s.no_slot)?;
-    d.set_item("host_failed", s.host_failed)?;
-    Ok(d)
+    counters_dict(
+        py,
+        &[
+            ("orphaned", s.orphaned),
+            ("unrouted", s.unrouted),
+            ("push_failed", s.push_failed),
+            ("unreportable", s.unreportable),
+            ("staging_full", s.staging_full),
+            ("staging_block_timeout", s.staging_block_timeout),
+            ("enqueue_failed", s.enqueue_failed),
+            ("cuda_unavailable", s.cuda_unavailable),
+            ("staging_setup_failed", s.staging_setup_failed),
+            ("poller_failed", s.poller_failed),
+        ],
+    )
 }
 
 /// Sizes and offsets of our mirror of the C API structs, keyed as in the
@@ -98,6 +126,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ffi_api_version, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_max_values, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_cuda_unavailable_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(ffi_cuda_wait_delivered, m)?)?;
+    m.add_function(wrap_pyfunction!(ffi_cuda_last_failure, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_set_route, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_clear_route, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_stats, m)?)?;

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 mod ffi;
 mod logger;
 mod render;
+mod sink;
 
 #[pymodule]
 fn _ringlog(m: &Bound<'_, PyModule>) -> PyResult<()> {

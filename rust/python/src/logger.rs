@@ -1,5 +1,5 @@
-//! `RingLogger`: the Python face of `ringlog::Logger`, its Python sinks, and
-//! the process hooks (atexit, fork).
+//! `RingLogger`: the Python face of `ringlog::Logger`, and the process hooks
+//! (atexit, fork). Its sinks are resolved in `sink.rs`.
 //!
 //! Invariants:
 //! - `push`/`push_array` hold the GIL only to copy numbers into a record; they
@@ -17,153 +17,29 @@
 //! nothing); `os.register_at_fork` pauses every drain before `fork()` (after
 //! writing what is queued) and restarts it in the parent and in the child.
 
+use crate::sink::{self, StdoutFollower};
 use numpy::{PyArray1, PyReadonlyArray1};
 use numpy::{PyArrayDescrMethods, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyString, PyTuple};
-use ringlog::{Config, FdSink, Logger, PathSink, Policy, PushError, Sink, Value, MAX_VALUES};
-use std::io;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use ringlog::{Config, Logger, Policy, PushError, Value, MAX_VALUES};
 use std::time::Duration;
 
 /// Largest ring we accept (records); about 4 GiB of ring memory.
 const MAX_CAPACITY: i64 = 1 << 25;
 
-fn io_error(py: Python<'_>, e: PyErr) -> io::Error {
-    let _ = py;
-    io::Error::other(e.to_string())
-}
-
-/// A Python text stream without a usable file descriptor (StringIO, Jupyter,
-/// pytest capture): one `write` per batch under one GIL acquisition.
-struct StreamSink {
-    stream: Py<PyAny>,
-}
-
-impl Sink for StreamSink {
-    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
-        let text = std::str::from_utf8(batch).map_err(io::Error::other)?;
-        Python::attach(|py| {
-            self.stream
-                .bind(py)
-                .call_method1("write", (text,))
-                .map(drop)
-                .map_err(|e| io_error(py, e))
-        })
+/// A dict of named counters: the one place a Rust counter snapshot
+/// (`RingLogger.stats()`, `ffi_stats()`) becomes Python.
+pub(crate) fn counters_dict<'py>(
+    py: Python<'py>,
+    fields: &[(&str, u64)],
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, value) in fields {
+        d.set_item(name, value)?;
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Python::attach(|py| {
-            let stream = self.stream.bind(py);
-            match stream.getattr("flush") {
-                Ok(f) => f.call0().map(drop).map_err(|e| io_error(py, e)),
-                Err(_) => Ok(()),
-            }
-        })
-    }
-}
-
-/// A `logging.Logger`: one INFO record per line, one GIL acquisition per batch.
-struct LoggingSink {
-    logger: Py<PyAny>,
-}
-
-impl Sink for LoggingSink {
-    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
-        let text = std::str::from_utf8(batch).map_err(io::Error::other)?;
-        Python::attach(|py| {
-            let info = self
-                .logger
-                .bind(py)
-                .getattr("info")
-                .map_err(|e| io_error(py, e))?;
-            for line in text.split_terminator('\n') {
-                // The line is the message itself, never a %-format string
-                // with arguments: logging formats only when args are given.
-                info.call1((line,)).map_err(|e| io_error(py, e))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// A resolved sink, plus `sys.stdout` when that is written through its fd.
-type Resolved = (Box<dyn Sink>, Option<Py<PyAny>>);
-
-/// Resolves the `sink` argument. Returns the sink and, for `sys.stdout`
-/// written through its descriptor, the stream whose buffer `flush` empties
-/// first.
-fn resolve_sink(py: Python<'_>, sink: Option<&Bound<'_, PyAny>>) -> PyResult<Resolved> {
-    let Some(sink) = sink.filter(|s| !s.is_none()) else {
-        let stdout = py.import("sys")?.getattr("stdout")?;
-        if stdout.is_none() {
-            return Err(PyValueError::new_err(
-                "sink=None means sys.stdout, but sys.stdout is None; pass a sink",
-            ));
-        }
-        let fd = stdout
-            .call_method0("fileno")
-            .and_then(|fd| fd.extract::<i32>());
-        return Ok(match fd {
-            Ok(fd) if fd >= 0 => {
-                // Earlier prints still in Python's buffer go out first.
-                stdout.call_method0("flush")?;
-                (Box::new(FdSink::new(fd)), Some(stdout.unbind()))
-            }
-            _ => (
-                Box::new(StreamSink {
-                    stream: stdout.unbind(),
-                }),
-                None,
-            ),
-        });
-    };
-    if sink.is_instance_of::<PyInt>() {
-        let fd: i32 = sink.extract().map_err(|_| {
-            PyValueError::new_err(format!("sink file descriptor {sink} is out of range"))
-        })?;
-        if fd < 0 {
-            return Err(PyValueError::new_err(format!(
-                "sink file descriptor must be >= 0, got {fd}"
-            )));
-        }
-        // Raises OSError (EBADF) now rather than failing on every batch.
-        py.import("os")?.call_method1("fstat", (fd,))?;
-        return Ok((Box::new(FdSink::new(fd)), None));
-    }
-    if sink.is_instance_of::<PyString>() || sink.hasattr("__fspath__")? {
-        let path = py.import("os")?.call_method1("fspath", (sink,))?;
-        let path: std::path::PathBuf = path.extract()?;
-        return Ok((Box::new(PathSink::open(path)?), None));
-    }
-    let logging = py.import("logging")?;
-    if sink.is_instance(&logging.getattr("Logger")?)?
-        || sink.is_instance(&logging.getattr("LoggerAdapter")?)?
-    {
-        return Ok((
-            Box::new(LoggingSink {
-                logger: sink.clone().unbind(),
-            }),
-            None,
-        ));
-    }
-    if sink.hasattr("write")? {
-        return Ok((
-            Box::new(StreamSink {
-                stream: sink.clone().unbind(),
-            }),
-            None,
-        ));
-    }
-    Err(PyTypeError::new_err(format!(
-        "sink must be None (sys.stdout), a file descriptor, a path, a text stream or a \
-         logging.Logger, not {}",
-        sink.get_type().name()?
-    )))
+    Ok(d)
 }
 
 fn push_error(e: PushError) -> PyErr {
@@ -226,8 +102,8 @@ fn value_of(obj: &Bound<'_, PyAny>, index: usize) -> PyResult<Value> {
 #[pyclass(frozen, module = "nlsq._ringlog", name = "RingLogger")]
 pub struct RingLogger {
     logger: Logger,
-    /// `sys.stdout` when its descriptor is the sink: flushed before waiting.
-    stdout: Option<Py<PyAny>>,
+    /// `sink=None`: keeps the sink on the current `sys.stdout`.
+    stdout: Option<StdoutFollower>,
 }
 
 impl RingLogger {
@@ -268,7 +144,7 @@ impl RingLogger {
             )));
         }
         let policy: Policy = policy.parse().map_err(PyValueError::new_err)?;
-        let (sink, stdout) = resolve_sink(py, sink)?;
+        let (sink, stdout) = sink::resolve(py, sink)?;
         let logger = Logger::new(
             sink,
             Config {
@@ -368,10 +244,25 @@ impl RingLogger {
             }
         };
         if let Some(stdout) = &self.stdout {
+            // A flush is a point where output must be where `print` puts it.
+            // If `sys.stdout` cannot be read (deleted), the records go to the
+            // previous target: a flush never fails because of it.
+            let _ = stdout.follow(py, &self.logger);
             // Prints made before this call precede the records written next.
-            let _ = stdout.bind(py).call_method0("flush");
+            stdout.flush_python_buffer(py);
         }
         Ok(py.detach(|| self.logger.flush(timeout)))
+    }
+
+    /// With `sink=None`: if `sys.stdout` is another object than when the sink
+    /// was last resolved, write what is queued to the old one and send later
+    /// records to the new one. Returns whether the sink changed; always False
+    /// for an explicit sink. Cheap when nothing changed (one attribute load).
+    fn follow_stdout(&self, py: Python<'_>) -> PyResult<bool> {
+        match &self.stdout {
+            Some(stdout) => stdout.follow(py, &self.logger),
+            None => Ok(false),
+        }
     }
 
     /// Writes everything queued, stops the drain thread, closes the sink.
@@ -383,17 +274,7 @@ impl RingLogger {
     /// Counters: pushed, written, dropped, sink_errors, high_water,
     /// capacity, latency_ns_p50, latency_ns_p99.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.logger.stats();
-        let d = PyDict::new(py);
-        d.set_item("pushed", s.pushed)?;
-        d.set_item("written", s.written)?;
-        d.set_item("dropped", s.dropped)?;
-        d.set_item("sink_errors", s.sink_errors)?;
-        d.set_item("high_water", s.high_water)?;
-        d.set_item("capacity", s.capacity)?;
-        d.set_item("latency_ns_p50", s.latency_ns_p50)?;
-        d.set_item("latency_ns_p99", s.latency_ns_p99)?;
-        Ok(d)
+        counters_dict(py, &self.logger.stats().fields())
     }
 
     /// Process-unique id (for the native FFI path's `ringlog::lookup`).

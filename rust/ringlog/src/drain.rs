@@ -1,5 +1,7 @@
 //! The drain thread: pops records in batches, formats them with their
-//! templates, and writes each batch to the sink with one call.
+//! templates, and writes each batch to the sink with one call. [`start`]
+//! and [`stop`] are its whole interface; it knows a logger only through
+//! `Shared` (see the run-state protocol there).
 //!
 //! Invariants:
 //! - Only this thread pops the ring, formats, or touches the sink while it
@@ -13,8 +15,8 @@
 //!   reported once on stderr; the drain keeps running.
 
 use crate::clock;
-use crate::logger::{lock, Shared, CLOSING, RUNNING};
 use crate::record::Record;
+use crate::shared::{lock, RunState, Shared};
 use crate::sink::Sink;
 use crate::value::{Value, MAX_VALUES};
 use std::io;
@@ -25,7 +27,36 @@ use std::sync::Arc;
 /// Records popped (and written) per batch at most.
 const BATCH: usize = 1024;
 
-pub(crate) fn run(shared: Arc<Shared>) {
+/// Starts a drain thread for `shared` (which has none running), in state
+/// `Running`; it takes the parked sink.
+pub(crate) fn start(shared: &Arc<Shared>) {
+    shared.state.store(RunState::Running);
+    let for_thread = shared.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("nlsq-ringlog-drain-{}", shared.id))
+        .spawn(move || run(for_thread))
+        .expect("cannot spawn the log drain thread");
+    *lock(&shared.drain) = Some(handle);
+}
+
+/// Stops the drain after it has written what is queued; `then` says whether
+/// it comes back (`Pausing`) or not (`Closing`). No-op when none runs.
+pub(crate) fn stop(shared: &Shared, then: RunState) {
+    let handle = lock(&shared.drain).take();
+    if let Some(handle) = handle {
+        shared.state.store(then);
+        shared.waker.notify();
+        // The drain catches its own panics; a join error cannot happen.
+        let _ = handle.join();
+    }
+}
+
+/// Whether a drain thread runs for `shared`.
+pub(crate) fn is_running(shared: &Shared) -> bool {
+    lock(&shared.drain).is_some()
+}
+
+fn run(shared: Arc<Shared>) {
     shared.waker.register_current();
     let Some(sink) = lock(&shared.sink).take() else {
         return;
@@ -34,7 +65,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
         shared: &shared,
         sink,
         batch: Vec::with_capacity(BATCH),
-        text: String::with_capacity(BATCH * 96),
+        text: Vec::with_capacity(BATCH * 96),
         stamps: Vec::with_capacity(BATCH),
         dirty: false,
         error_reported: false,
@@ -45,7 +76,7 @@ pub(crate) fn run(shared: Arc<Shared>) {
             "[nlsq] log drain stopped after an internal error; records are no longer written"
         );
     }
-    if shared.state.load(SeqCst) != CLOSING {
+    if shared.state.load() != RunState::Closing {
         // Paused around fork(): hand the sink back for the next drain.
         *lock(&shared.sink) = Some(drain.sink);
     }
@@ -56,7 +87,7 @@ struct Drain<'a> {
     sink: Box<dyn Sink>,
     batch: Vec<Record>,
     /// Formatted lines not yet written.
-    text: String,
+    text: Vec<u8>,
     /// Push timestamps of the records in `text`.
     stamps: Vec<u64>,
     /// Something was written since the last sink flush.
@@ -68,7 +99,7 @@ impl Drain<'_> {
     fn run(&mut self) {
         let s = self.shared;
         loop {
-            if s.state.load(SeqCst) != RUNNING {
+            if s.state.load() != RunState::Running {
                 // Write what is queued now (bounded, in case producers keep
                 // pushing), then stop.
                 let mut budget = s.ring.len() + BATCH;
@@ -87,7 +118,7 @@ impl Drain<'_> {
                 self.report_drops();
                 self.flush_sink();
                 s.waker
-                    .sleep_unless(|| !s.ring.is_empty() || s.state.load(SeqCst) != RUNNING);
+                    .sleep_unless(|| !s.ring.is_empty() || s.state.load() != RunState::Running);
             }
         }
     }
@@ -110,7 +141,7 @@ impl Drain<'_> {
                 self.write_out();
                 self.report_drops();
                 self.flush_sink();
-                s.complete_ticket(record.seq);
+                s.tickets.complete(record.seq);
             } else {
                 self.format(&record);
             }
@@ -128,7 +159,7 @@ impl Drain<'_> {
         let start = self.text.len();
         let text = &mut self.text;
         let rendered = catch_unwind(AssertUnwindSafe(|| {
-            entry.template.render(&values[..n], text)
+            entry.template.render_bytes(&values[..n], text)
         }));
         if rendered.is_err() {
             self.text.truncate(start);
@@ -138,7 +169,7 @@ impl Drain<'_> {
             )));
             return;
         }
-        self.text.push('\n');
+        self.text.push(b'\n');
         self.stamps.push(record.ts_ns);
     }
 
@@ -146,7 +177,7 @@ impl Drain<'_> {
         if self.text.is_empty() {
             return;
         }
-        let result = self.sink.write(self.text.as_bytes());
+        let result = self.sink.write(&self.text);
         self.text.clear();
         match result {
             Ok(()) => {

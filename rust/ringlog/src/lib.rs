@@ -5,22 +5,30 @@
 //! I/O. Strings never travel through the ring; a template is registered once
 //! and travels as a `u32` id.
 //!
-//! Files, one concept each: `clock` (cheap push timestamps), `record` (the fixed-size record), `ring` (bounded
-//! queue and full-ring policies), `wake` (parking the drain), `drain` (the
-//! thread that formats and writes), `sink` (destinations), `stats`
-//! (counters, latency histogram), `templates` (a logger's template table),
-//! `logger` (the handle and the registry of live loggers), `template` and
-//! `value` (formatting and numbers).
+//! Files, one concept each: `clock` (cheap push timestamps), `record` (the
+//! fixed-size record), `ring` (bounded queue and full-ring policies), `wake`
+//! (parking the drain), `shared` (the state handles and drain share: run
+//! state, flush tickets), `drain` (the thread that formats and writes),
+//! `live` (opening, closing, the registry of live loggers, fork), `logger`
+//! (the handle: push, flush, stats), `sink` (destinations), `stats`
+//! (counters, latency histogram), `registry` (a logger's table of
+//! registered templates), `template` (one template: parsing and
+//! formatting) and `value` (numbers).
+//!
+//! Dependencies run one way: `logger` → `live` → `drain` → `shared`;
+//! `logger` and `live` also use `shared`; nothing uses `logger`.
 
 pub mod clock;
 mod drain;
+mod live;
 pub mod logger;
 pub mod record;
+mod registry;
 pub mod ring;
+mod shared;
 pub mod sink;
 pub mod stats;
 pub mod template;
-mod templates;
 pub mod value;
 pub mod wake;
 

@@ -1,36 +1,33 @@
-//! The `Logger` handle, its shared state, and the process-wide registry of
-//! live loggers (`lookup`, atexit and fork support).
+//! The `Logger` handle: registering templates, pushing records, flushing,
+//! closing, counters. Opening, closing and the registry of live loggers are
+//! `live`'s; the state behind a handle is `shared`'s.
 //!
 //! Invariants:
-//! - The push path (`push`, `push_f64`) reads the template table without a
-//!   lock, bumps one counter, copies a `Record` into the ring and notifies the
-//!   drain: no formatting, no allocation, no I/O, no syscall while the drain
-//!   is awake.
+//! - The push path ([`Logger::push`], [`Logger::push_f64`],
+//!   [`Logger::try_push`], all through one `offer`) reads the template
+//!   table without a lock, bumps one counter, copies a `Record` into the
+//!   ring and notifies the drain: no formatting, no allocation, no I/O, no
+//!   syscall while the drain is awake.
+//! - `pushed` counts every record queued or dropped; a record a `block`
+//!   push gave up on is taken back out of the count.
 //! - `flush()` returns `true` only when every record whose push returned
 //!   before the call began has been written (or dropped and counted): it
-//!   queues a marker behind them and waits until the drain has written
-//!   everything ahead of the marker (the ring is FIFO).
-//! - At most one drain thread runs per logger; it owns the sink while it
-//!   runs and puts it back in `Shared::sink` when it stops (close, or the
-//!   pause around `fork`).
+//!   queues a marker behind them and waits for its ticket (the flush-ticket
+//!   protocol in `shared.rs`).
 //! - The last `Logger` handle to go closes the logger (drains and joins).
 
 use crate::clock::stamp;
-use crate::drain;
-use crate::record::Record;
+use crate::live::{self, Handle};
+use crate::record::{Field, Record};
 use crate::ring::{Policy, Pushed, Ring};
+use crate::shared::Shared;
 use crate::sink::Sink;
-use crate::stats::{Counters, Stats};
+use crate::stats::Stats;
 use crate::template::TemplateError;
-use crate::templates::Templates;
 use crate::value::{Value, MAX_VALUES};
-use crate::wake::Waker;
-use crossbeam_utils::CachePadded;
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::*};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
-use std::thread::JoinHandle;
+use std::sync::atomic::Ordering::*;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How a logger is built.
@@ -73,196 +70,49 @@ impl fmt::Display for PushError {
 
 impl std::error::Error for PushError {}
 
-/// Drain run state (`Shared::state`).
-pub(crate) const RUNNING: u8 = 0;
-pub(crate) const PAUSING: u8 = 1;
-pub(crate) const CLOSING: u8 = 2;
-
-pub(crate) struct FlushState {
-    pub next_ticket: u64,
-    pub done: u64,
-}
-
-/// Everything the handles and the drain thread share.
-pub(crate) struct Shared {
-    pub id: u64,
-    pub ring: Ring,
-    pub templates: Templates,
-    pub waker: Waker,
-    pub closed: AtomicBool,
-    pub state: AtomicU8,
-    pub pushed: CachePadded<AtomicU64>,
-    pub counters: Counters,
-    /// Drops already reported with a "records dropped" line.
-    pub reported_drops: AtomicU64,
-    pub sink: Mutex<Option<Box<dyn Sink>>>,
-    pub flush: Mutex<FlushState>,
-    pub flushed: Condvar,
-    drain: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Shared {
-    pub fn complete_ticket(&self, ticket: u64) {
-        let mut f = lock(&self.flush);
-        if ticket > f.done {
-            f.done = ticket;
-            self.flushed.notify_all();
-        }
-    }
-
-    fn start_drain(self: &Arc<Self>) {
-        let shared = self.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("nlsq-ringlog-drain-{}", self.id))
-            .spawn(move || drain::run(shared))
-            .expect("cannot spawn the log drain thread");
-        *lock(&self.drain) = Some(handle);
-    }
-
-    /// Stops the drain after it has written what is queued; `state` says
-    /// whether it comes back (`PAUSING`) or not (`CLOSING`).
-    fn stop_drain(&self, state: u8) {
-        let handle = lock(&self.drain).take();
-        if let Some(handle) = handle {
-            self.state.store(state, SeqCst);
-            self.waker.notify();
-            // The drain catches its own panics; a join error cannot happen.
-            let _ = handle.join();
-        }
-    }
-
-    fn close(&self) {
-        if self.closed.swap(true, SeqCst) {
-            return;
-        }
-        self.stop_drain(CLOSING);
-        lock(registry()).remove(&self.id);
-        // Nothing will write what a flusher waits for any more.
-        self.complete_ticket(u64::MAX);
-    }
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind, so
-    // poisoning is ignored rather than propagated to every later caller.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-struct Handle {
-    shared: Arc<Shared>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.shared.close();
-    }
-}
-
 /// A cheap, cloneable handle to one ring logger.
 #[derive(Clone)]
 pub struct Logger {
     handle: Arc<Handle>,
 }
 
-fn registry() -> &'static Mutex<HashMap<u64, Weak<Handle>>> {
-    static LIVE: std::sync::OnceLock<Mutex<HashMap<u64, Weak<Handle>>>> =
-        std::sync::OnceLock::new();
-    LIVE.get_or_init(Default::default)
-}
-
 /// The live logger with this id, if it exists and is not closed.
 pub fn lookup(id: u64) -> Option<Logger> {
-    let handle = lock(registry()).get(&id)?.upgrade()?;
-    Some(Logger { handle })
-}
-
-fn live() -> Vec<Logger> {
-    lock(registry())
-        .values()
-        .filter_map(Weak::upgrade)
-        .map(|handle| Logger { handle })
-        .collect()
+    live::lookup(id).map(|handle| Logger { handle })
 }
 
 /// Flushes and closes every live logger (the atexit hook).
 pub fn close_all() {
-    for l in live() {
-        l.close();
-    }
+    live::close_all();
 }
 
 /// Before `fork()`: writes what is queued and stops every drain thread, so
 /// that no thread holds a lock or a half-written batch while the process is
 /// copied.
 pub fn before_fork() {
-    for l in live() {
-        if !l.shared().closed.load(SeqCst) {
-            l.shared().stop_drain(PAUSING);
-        }
-    }
+    live::before_fork();
 }
 
 /// After `fork()`, in the parent: restarts the drains stopped by
 /// [`before_fork`].
 pub fn after_fork_parent() {
-    restart_all(false);
+    live::after_fork(false);
 }
 
 /// After `fork()`, in the child: the child's loggers start empty (what a
 /// producer queued during the fork belongs to the parent) with fresh
 /// counters, and get a drain thread of their own.
 pub fn after_fork_child() {
-    restart_all(true);
-}
-
-fn restart_all(child: bool) {
-    for l in live() {
-        let s = l.shared();
-        if s.closed.load(SeqCst) || lock(&s.drain).is_some() {
-            continue;
-        }
-        if child {
-            while s.ring.pop().is_some() {}
-            s.ring.reset_dropped();
-            s.pushed.store(0, SeqCst);
-            s.reported_drops.store(0, SeqCst);
-            s.counters.reset();
-            let mut f = lock(&s.flush);
-            f.done = f.next_ticket;
-        }
-        s.state.store(RUNNING, SeqCst);
-        s.start_drain();
-    }
+    live::after_fork(true);
 }
 
 impl Logger {
     /// Builds a logger writing to `sink` and starts its drain thread.
     pub fn new(sink: Box<dyn Sink>, config: Config) -> Logger {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        crate::clock::init();
-        let id = NEXT_ID.fetch_add(1, Relaxed);
-        let shared = Arc::new(Shared {
-            id,
-            ring: Ring::new(config.capacity.max(1), config.policy),
-            templates: Templates::new(),
-            waker: Waker::new(),
-            closed: AtomicBool::new(false),
-            state: AtomicU8::new(RUNNING),
-            pushed: CachePadded::new(AtomicU64::new(0)),
-            counters: Counters::default(),
-            reported_drops: AtomicU64::new(0),
-            sink: Mutex::new(Some(sink)),
-            flush: Mutex::new(FlushState {
-                next_ticket: 0,
-                done: 0,
-            }),
-            flushed: Condvar::new(),
-            drain: Mutex::new(None),
-        });
-        shared.start_drain();
-        let handle = Arc::new(Handle { shared });
-        lock(registry()).insert(id, Arc::downgrade(&handle));
-        Logger { handle }
+        let ring = Ring::new(config.capacity.max(1), config.policy);
+        Logger {
+            handle: live::open(ring, sink),
+        }
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -305,8 +155,33 @@ impl Logger {
         )
     }
 
+    /// Queues one record with `values` in the template's field order.
     #[inline]
-    fn check(&self, tid: u32, got: usize) -> Result<(), PushError> {
+    pub fn push(&self, tid: u32, values: &[Value]) -> Result<(), PushError> {
+        self.offer(tid, values, true).map(|_| ())
+    }
+
+    /// Queues one record of floats; a `d` field formats its float as an
+    /// integer.
+    #[inline]
+    pub fn push_f64(&self, tid: u32, values: &[f64]) -> Result<(), PushError> {
+        self.offer(tid, values, true).map(|_| ())
+    }
+
+    /// Like [`Logger::push`], but under `block` with a full ring it returns
+    /// `Ok(false)` instead of waiting, and the record is neither queued nor
+    /// counted. Lets a caller release a lock (the GIL) before waiting.
+    #[inline]
+    pub fn try_push(&self, tid: u32, values: &[Value]) -> Result<bool, PushError> {
+        self.offer(tid, values, false)
+    }
+
+    /// The one push path: checks the template and arity, counts the record,
+    /// queues it (waiting for room under `block` only if `wait`) and wakes
+    /// the drain. `Ok(false)`: a `block` ring stayed full and the record was
+    /// taken back.
+    #[inline]
+    fn offer<F: Field>(&self, tid: u32, values: &[F], wait: bool) -> Result<bool, PushError> {
         let s = self.shared();
         if s.closed.load(Relaxed) {
             return Err(PushError::Closed);
@@ -315,67 +190,33 @@ impl Logger {
             .templates
             .get(tid)
             .ok_or(PushError::UnknownTemplate(tid))?;
-        if entry.arity != got {
+        if entry.arity != values.len() {
             return Err(PushError::WrongArity {
                 expected: entry.arity,
-                got,
+                got: values.len(),
             });
         }
-        Ok(())
-    }
-
-    /// Queues one record with `values` in the template's field order.
-    #[inline]
-    pub fn push(&self, tid: u32, values: &[Value]) -> Result<(), PushError> {
-        self.check(tid, values.len())?;
-        let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_values(tid, seq, stamp(), values), true) {
-            Pushed::GaveUp => Err(PushError::Closed),
-            _ => Ok(()),
-        }
-    }
-
-    /// Queues one record of floats; a `d` field formats its float as an
-    /// integer.
-    #[inline]
-    pub fn push_f64(&self, tid: u32, values: &[f64]) -> Result<(), PushError> {
-        self.check(tid, values.len())?;
-        let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_f64(tid, seq, stamp(), values), true) {
-            Pushed::GaveUp => Err(PushError::Closed),
-            _ => Ok(()),
-        }
-    }
-
-    /// Like [`Logger::push`], but under `block` with a full ring it returns
-    /// `Ok(false)` instead of waiting, and the record is neither queued nor
-    /// counted. Lets a caller release a lock (the GIL) before waiting.
-    #[inline]
-    pub fn try_push(&self, tid: u32, values: &[Value]) -> Result<bool, PushError> {
-        self.check(tid, values.len())?;
-        let seq = self.shared().pushed.fetch_add(1, Relaxed);
-        match self.enqueue(Record::from_values(tid, seq, stamp(), values), false) {
-            Pushed::GaveUp if self.is_closed() => Err(PushError::Closed),
-            Pushed::GaveUp => Ok(false),
-            _ => Ok(true),
-        }
-    }
-
-    #[inline]
-    fn enqueue(&self, record: Record, wait: bool) -> Pushed {
-        let s = self.shared();
+        let seq = s.pushed.fetch_add(1, Relaxed);
+        let record = Record::new(tid, seq, stamp(), values);
         let outcome = s.ring.push(record, || {
             s.waker.notify();
             wait && !s.closed.load(Relaxed)
         });
         match outcome {
-            Pushed::Queued => s.waker.notify(),
-            Pushed::Dropped => {}
+            Pushed::Queued => {
+                s.waker.notify();
+                Ok(true)
+            }
+            Pushed::Dropped => Ok(true),
             Pushed::GaveUp => {
                 s.pushed.fetch_sub(1, Relaxed);
+                if wait || self.is_closed() {
+                    Err(PushError::Closed)
+                } else {
+                    Ok(false)
+                }
             }
         }
-        outcome
     }
 
     /// Waits until every record pushed before this call is written.
@@ -387,13 +228,9 @@ impl Logger {
         if s.closed.load(SeqCst) {
             return true;
         }
-        let ticket = {
-            let mut f = lock(&s.flush);
-            f.next_ticket += 1;
-            f.next_ticket
-        };
+        let (ticket, marker) = s.tickets.issue();
         let before_deadline = || deadline.is_none_or(|d| Instant::now() < d);
-        let pushed = s.ring.push_marker(Record::marker(ticket), || {
+        let pushed = s.ring.push_marker(marker, || {
             s.waker.notify();
             before_deadline() && !s.closed.load(Relaxed)
         });
@@ -401,29 +238,13 @@ impl Logger {
         if pushed == Pushed::GaveUp {
             return s.closed.load(SeqCst);
         }
-        let mut f = lock(&s.flush);
-        while f.done < ticket {
-            f = match deadline {
-                None => s.flushed.wait(f).unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return false;
-                    }
-                    s.flushed
-                        .wait_timeout(f, d - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
-        }
-        true
+        s.tickets.wait(ticket, deadline)
     }
 
     /// Writes everything queued, stops the drain thread and closes the sink.
     /// Idempotent; pushes afterwards fail with [`PushError::Closed`].
     pub fn close(&self) {
-        self.shared().close();
+        live::close(self.shared());
     }
 
     /// A snapshot of the counters.

@@ -34,43 +34,42 @@ pub struct Record {
 
 const _: () = assert!(MAX_VALUES <= 16, "float_mask has 16 bits");
 
-impl Record {
-    /// Builds a record from typed values. The caller has checked
-    /// `values.len() <= MAX_VALUES`.
+/// One value as a record stores it: [`Value`] (an int or a float), or a
+/// plain `f64` (a `d` field formats it as an integer).
+pub trait Field: Copy {
+    /// The raw bits, and whether they are an `f64`'s.
+    fn bits(self) -> (u64, bool);
+}
+
+impl Field for Value {
     #[inline]
-    pub fn from_values(tid: u32, seq: u64, ts_ns: u64, values: &[Value]) -> Record {
+    fn bits(self) -> (u64, bool) {
+        match self {
+            Value::Int(x) => (x as u64, false),
+            Value::Float(x) => (x.to_bits(), true),
+        }
+    }
+}
+
+impl Field for f64 {
+    #[inline]
+    fn bits(self) -> (u64, bool) {
+        (self.to_bits(), true)
+    }
+}
+
+impl Record {
+    /// Builds a record. The caller has checked `values.len() <= MAX_VALUES`.
+    #[inline]
+    pub fn new<F: Field>(tid: u32, seq: u64, ts_ns: u64, values: &[F]) -> Record {
         debug_assert!(values.len() <= MAX_VALUES);
         let mut bits = [0u64; MAX_VALUES];
         let mut float_mask = 0u16;
         for (i, (slot, v)) in bits.iter_mut().zip(values).enumerate() {
-            *slot = match *v {
-                Value::Int(x) => x as u64,
-                Value::Float(x) => {
-                    float_mask |= 1 << i;
-                    x.to_bits()
-                }
-            };
+            let (b, is_float) = v.bits();
+            *slot = b;
+            float_mask |= u16::from(is_float) << i;
         }
-        Record {
-            tid,
-            len: values.len() as u8,
-            float_mask,
-            seq,
-            ts_ns,
-            bits,
-        }
-    }
-
-    /// Builds a record whose values are all floats. The caller has checked
-    /// `values.len() <= MAX_VALUES`.
-    #[inline]
-    pub fn from_f64(tid: u32, seq: u64, ts_ns: u64, values: &[f64]) -> Record {
-        debug_assert!(values.len() <= MAX_VALUES);
-        let mut bits = [0u64; MAX_VALUES];
-        for (slot, v) in bits.iter_mut().zip(values) {
-            *slot = v.to_bits();
-        }
-        let float_mask = ((1u32 << values.len()) - 1) as u16;
         Record {
             tid,
             len: values.len() as u8,
@@ -125,7 +124,7 @@ mod tests {
             Value::Float(f64::NAN),
             Value::Int(i64::MAX),
         ];
-        let r = Record::from_values(7, 1, 2, &vals);
+        let r = Record::new(7, 1, 2, &vals[..]);
         let mut out = [Value::Int(0); MAX_VALUES];
         let n = r.decode(&mut out);
         assert_eq!(n, 4);
@@ -138,17 +137,17 @@ mod tests {
     #[test]
     fn f64_records_are_all_float_even_when_full() {
         let vals = [1.5f64; MAX_VALUES];
-        let r = Record::from_f64(0, 0, 0, &vals);
+        let r = Record::new(0, 0, 0, &vals[..]);
         let mut out = [Value::Int(0); MAX_VALUES];
         assert_eq!(r.decode(&mut out), MAX_VALUES);
         assert!(out.iter().all(|v| *v == Value::Float(1.5)));
-        assert_eq!(Record::from_f64(0, 0, 0, &[]).float_mask, 0);
+        assert_eq!(Record::new(0, 0, 0, &[] as &[f64]).float_mask, 0);
     }
 
     #[test]
     fn record_stays_small_and_markers_are_distinct() {
         assert!(std::mem::size_of::<Record>() <= 128);
         assert!(Record::marker(3).is_marker());
-        assert!(!Record::from_f64(0, 0, 0, &[1.0]).is_marker());
+        assert!(!Record::new(0, 0, 0, &[1.0][..]).is_marker());
     }
 }

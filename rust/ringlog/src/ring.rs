@@ -175,7 +175,7 @@ mod tests {
     use std::sync::Arc;
 
     fn rec(seq: u64) -> Record {
-        Record::from_f64(0, seq, 0, &[seq as f64])
+        Record::new(0, seq, 0, &[seq as f64][..])
     }
 
     fn drain(ring: &Ring) -> Vec<u64> {

@@ -33,8 +33,9 @@ impl FdSink {
         // SAFETY: `File` only issues read/write/close syscalls on the number;
         // close never runs (ManuallyDrop), and a stale or foreign descriptor
         // yields an io::Error from write, never memory unsafety.
+        let file = unsafe { File::from_raw_fd(fd) };
         FdSink {
-            file: ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }),
+            file: ManuallyDrop::new(file),
         }
     }
 }

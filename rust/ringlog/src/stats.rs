@@ -37,6 +37,23 @@ pub struct Stats {
     pub latency_ns_p99: u64,
 }
 
+impl Stats {
+    /// `(name, value)` of every counter, in declaration order: what a
+    /// binding turns into a dict, so the names are written in one place.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("pushed", self.pushed),
+            ("written", self.written),
+            ("dropped", self.dropped),
+            ("sink_errors", self.sink_errors),
+            ("high_water", self.high_water),
+            ("capacity", self.capacity),
+            ("latency_ns_p50", self.latency_ns_p50),
+            ("latency_ns_p99", self.latency_ns_p99),
+        ]
+    }
+}
+
 /// Log-linear histogram of nanosecond durations, written by one thread,
 /// readable from any.
 pub struct Histogram {
@@ -150,6 +167,27 @@ mod tests {
             }
             assert!(b < BUCKETS);
         }
+    }
+
+    #[test]
+    fn fields_name_every_counter_once() {
+        let s = Stats {
+            pushed: 1,
+            written: 2,
+            dropped: 3,
+            sink_errors: 4,
+            high_water: 5,
+            capacity: 6,
+            latency_ns_p50: 7,
+            latency_ns_p99: 8,
+        };
+        let f = s.fields();
+        assert_eq!(f.map(|(_, v)| v), [1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(f[3].0, "sink_errors");
+        let mut names = f.map(|(n, _)| n).to_vec();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 8);
     }
 
     #[test]

@@ -24,13 +24,16 @@ fn note() {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note();
+        // SAFETY: the caller's contract for `alloc`, passed on unchanged.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` (every allocation here does).
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note();
+        // SAFETY: as for `dealloc`; the rest is the caller's contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -99,4 +102,14 @@ fn render_allocates_nothing_when_out_has_room() {
         }
     });
     assert_eq!(n, 0);
+    // the drain's form: bytes appended to a reused buffer
+    let mut bytes = Vec::with_capacity(4096);
+    let n = allocations(|| {
+        for _ in 0..100 {
+            bytes.clear();
+            line.render_bytes(&vals, &mut bytes);
+        }
+    });
+    assert_eq!(n, 0);
+    assert_eq!(bytes, out.as_bytes());
 }

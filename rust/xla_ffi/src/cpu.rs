@@ -368,14 +368,14 @@ mod tests {
     #[test]
     fn delivery_failure_and_panic_become_errors() {
         let mut fx = Fixture::f64(&[1.0]);
-        // SAFETY: well-formed fixture frame.
         let mut sink = Failing(|| Err(Failure::invalid("no such template")));
+        // SAFETY: well-formed fixture frame.
         let err = take_error(unsafe { execute_with(fx.frame_ptr(), &mut sink) }).unwrap();
         assert_eq!(err.code, abi::ERROR_INVALID_ARGUMENT);
         assert!(err.message.ends_with("no such template"));
 
-        // SAFETY: as above.
         let mut sink = Failing(|| -> Result<(), Failure> { panic!("boom in delivery") });
+        // SAFETY: as above.
         let err = take_error(unsafe { execute_with(fx.frame_ptr(), &mut sink) }).unwrap();
         assert_eq!(err.code, abi::ERROR_INTERNAL);
         assert!(err.message.contains("panicked: boom in delivery"));

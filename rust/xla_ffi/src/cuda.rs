@@ -1,57 +1,80 @@
-//! The XLA:CUDA handler: it never blocks the host or the stream on the log.
-//! On the handler's stream it enqueues an async copy of the few packed values
-//! from device memory into a pinned host staging slot, then a host function
-//! that pushes the record into the ring once the copy has landed.
+//! The XLA:CUDA handler: it enqueues only asynchronous device work and
+//! never waits on the host or on the stream for the log.
 //!
-//! NOT VERIFIED ON A DEVICE: this file is built and unit-tested without a
-//! GPU (driver loading failure, error paths, the host-function body on plain
-//! memory); the stream path itself has not run on CUDA hardware.
+//! Per record (per row of a `vmap` batch) it claims a slot of the pinned,
+//! host-mapped staging ring ([`crate::staging`]) and enqueues on the
+//! handler's stream, in order:
+//! 1. `cuMemcpyDtoHAsync` of the packed values into the slot;
+//! 2. `cuStreamWriteValue64` of the slot's sequence number into the slot's
+//!    `published` word (device address of the mapped memory).
+//!
+//! The poller thread ([`crate::poller`]) sees the published word, pushes the
+//! record into the ring logger and frees the slot. No host function
+//! (`cuLaunchHostFunc`), no host wait on the stream.
+//!
+//! NOT YET MEASURED ON A GPU: built and tested here against a fake driver
+//! (copies and stream writes queued on a fake stream that a test thread
+//! runs); real async-copy/mapped-memory semantics, context handling and the
+//! XLA:GPU integration are unverified.
 //!
 //! Invariants:
 //! - The CUDA driver API is loaded at run time with `dlopen("libcuda.so.1")`,
-//!   so a CPU-only build, its tests and CI need no CUDA. Failure to load is a
-//!   clean error (and Python skips registering this handler).
-//! - A staging slot is owned by exactly one in-flight record: it is taken
-//!   from the lock-free free list before the copy is enqueued and returned
-//!   only by the host function, which CUDA runs after the copy completed
-//!   (stream order). No slot is free → the record is dropped and counted,
-//!   never waited for.
-//! - If the host function cannot be enqueued after the copy was, the slot is
-//!   deliberately leaked (the copy may still write into it) and counted.
+//!   so a CPU-only build, its tests and CI need no CUDA. The stream write is
+//!   `cuStreamWriteValue64_v2` (always supported where it exists), else the
+//!   v1 entry point when the device reports
+//!   `CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS_V1`; without either,
+//!   [`unavailable_reason`] says why and Python keeps the callback route.
+//! - Nothing here fails a fit: a missing driver, a failed pinned allocation
+//!   (retried at most once per [`RETRY_AFTER`], never cached), a failed copy
+//!   or stream write, a full staging ring: each record is counted in
+//!   [`crate::stats`] and the call returns success. Only a malformed call
+//!   (wrong dtype, attributes: a programming error) is an error.
+//! - A full staging ring follows the logger's policy: `block` waits on the
+//!   host, here in the handler, before anything is enqueued (bounded by
+//!   [`crate::poller::BLOCK_PATIENCE`]); any other policy drops and counts.
+//!   The stream itself never waits.
+//! - A slot whose copy was enqueued but whose stream write failed is skipped
+//!   by the poller (committed as not staged). Known hazard, not handled: if
+//!   that copy lands only after the ring wrapped around (4096 records later)
+//!   and the slot's new copy, the new record shows the old values.
+//! - Records are delivered in ticket order. A record whose stream never runs
+//!   (the program failed after this handler enqueued) holds back every later
+//!   record: they are not lost while the ring has room, then counted as
+//!   `staging_full` / `staging_block_timeout`; `flush` gives up after its
+//!   timeout. Not handled: skipping such a slot would let its late copy land
+//!   in a reused slot.
 //! - The handler declares no command-buffer trait, so XLA does not capture
-//!   it into a CUDA graph, where a host function would be replayed wrongly.
-//! - The host function runs on a CUDA driver thread: it calls no CUDA API,
-//!   and no panic leaves it.
-//! - `vmap` rows (`rows = 1`) are refused with a clear error: a slot holds
-//!   one record. The Python side sends rows through the callback path when
-//!   the CUDA target is registered.
+//!   it into a CUDA graph (a captured copy would replay into a stale slot).
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
-use crossbeam_queue::ArrayQueue;
 use libloading::Library;
-use ringlog::MAX_VALUES;
+use ringlog::Policy;
 
 use crate::abi::{self, CallFrame, StreamGetArgs, XlaError};
-use crate::cpu::{dispatch, Deliver, Ring};
+use crate::cpu::Ring as LoggerSink;
 use crate::error::{self, Failure};
-use crate::frame::{Call, Dtype, Packed, Target};
+use crate::frame::{Call, Target};
 use crate::handler::guarded;
-use crate::stats;
+use crate::poller::Poller;
+use crate::staging::{Meta, Ring, REGION_BYTES, SLOTS};
+use crate::{route, stats};
 
 type CuResult = c_int;
 type CuStream = *mut c_void;
 type CuDevicePtr = u64;
-type HostFn = unsafe extern "C" fn(user: *mut c_void);
+type CuDevice = c_int;
+type WriteValue64 = unsafe extern "C" fn(CuStream, CuDevicePtr, u64, c_uint) -> CuResult;
 
 const CU_MEMHOSTALLOC_PORTABLE: c_uint = 0x01;
-/// Records that can be in flight (copied but not yet pushed) at once.
-/// (Few under Miri, where filling the free list is the slow part of a test.)
-pub const SLOTS: usize = if cfg!(miri) { 16 } else { 4096 };
-/// Bytes of one staging slot: the widest record.
-const SLOT_BYTES: usize = MAX_VALUES * 8;
+const CU_MEMHOSTALLOC_DEVICEMAP: c_uint = 0x02;
+const CU_STREAM_WRITE_VALUE_DEFAULT: c_uint = 0;
+const CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS_V1: c_int = 93;
+/// How long after a failed staging setup (allocation) the next record tries
+/// again; the records in between are counted as `cuda_unavailable`.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The driver entry points we use, resolved once.
 pub struct Driver {
@@ -59,9 +82,18 @@ pub struct Driver {
     // (`None` only for the fake driver of the unit tests).
     _lib: Option<Library>,
     memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, CuDevicePtr, usize, CuStream) -> CuResult,
-    launch_host_func: unsafe extern "C" fn(CuStream, HostFn, *mut c_void) -> CuResult,
     mem_host_alloc: unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CuResult,
+    mem_free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    host_get_device_pointer:
+        unsafe extern "C" fn(*mut CuDevicePtr, *mut c_void, c_uint) -> CuResult,
     get_error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+    /// `cuStreamWriteValue64_v2`, else the v1 entry point, else `None`.
+    write_value64: Option<WriteValue64>,
+    /// True when `write_value64` is the v1 entry point, which needs the
+    /// device attribute checked.
+    write_value_v1: bool,
+    ctx_get_device: Option<unsafe extern "C" fn(*mut CuDevice) -> CuResult>,
+    device_get_attribute: Option<unsafe extern "C" fn(*mut c_int, c_int, CuDevice) -> CuResult>,
 }
 
 impl Driver {
@@ -71,7 +103,8 @@ impl Driver {
         // no preconditions on us.
         let lib = unsafe { Library::new(path) }.map_err(|e| format!("cannot load {path}: {e}"))?;
         // SAFETY: each symbol is declared with its documented C signature
-        // (cuda.h, driver API >= 10.0) and kept alive by `_lib`.
+        // (cuda.h, driver API >= 11.7 for the _v2 stream write, >= 10.0 for
+        // the rest) and kept alive by `_lib`.
         unsafe {
             macro_rules! sym {
                 ($name:literal) => {
@@ -80,11 +113,23 @@ impl Driver {
                     })?
                 };
             }
+            macro_rules! optional {
+                ($name:literal) => {
+                    lib.get($name).ok().map(|s| *s)
+                };
+            }
+            let v2: Option<WriteValue64> = optional!(b"cuStreamWriteValue64_v2");
+            let v1: Option<WriteValue64> = optional!(b"cuStreamWriteValue64");
             Ok(Driver {
                 memcpy_dtoh_async: sym!(b"cuMemcpyDtoHAsync_v2"),
-                launch_host_func: sym!(b"cuLaunchHostFunc"),
                 mem_host_alloc: sym!(b"cuMemHostAlloc"),
+                mem_free_host: sym!(b"cuMemFreeHost"),
+                host_get_device_pointer: sym!(b"cuMemHostGetDevicePointer_v2"),
                 get_error_string: sym!(b"cuGetErrorString"),
+                write_value_v1: v2.is_none() && v1.is_some(),
+                write_value64: v2.or(v1),
+                ctx_get_device: optional!(b"cuCtxGetDevice"),
+                device_get_attribute: optional!(b"cuDeviceGetAttribute"),
                 _lib: Some(lib),
             })
         }
@@ -104,6 +149,62 @@ impl Driver {
         };
         format!("{call} failed with CUDA error {rc} ({name})")
     }
+
+    /// Why stream memory operations cannot be used, as far as can be told
+    /// without a CUDA context (`None`: the _v2 entry point exists, or v1
+    /// whose device attribute is checked when the staging ring is set up).
+    fn stream_write_missing(&self) -> Option<String> {
+        self.write_value64.is_none().then(|| {
+            "the CUDA driver has no cuStreamWriteValue64 (stream memory operations); \
+             it is older than CUDA 8"
+                .into()
+        })
+    }
+
+    /// The stream write, checked for the current device (v1 only).
+    fn stream_write(&self) -> Result<WriteValue64, String> {
+        let write = self
+            .write_value64
+            .ok_or_else(|| self.stream_write_missing().unwrap_or_default())?;
+        if !self.write_value_v1 {
+            return Ok(write);
+        }
+        let (Some(get_device), Some(get_attribute)) =
+            (self.ctx_get_device, self.device_get_attribute)
+        else {
+            return Err(
+                "the CUDA driver has only v1 stream memory operations and no \
+                        cuDeviceGetAttribute to check them"
+                    .into(),
+            );
+        };
+        let mut device: CuDevice = 0;
+        let mut supported: c_int = 0;
+        // SAFETY: plain out-parameter queries; XLA made the context current.
+        let rc = unsafe { get_device(&mut device) };
+        if rc != 0 {
+            return Err(self.describe("cuCtxGetDevice", rc));
+        }
+        // SAFETY: as above.
+        let rc = unsafe {
+            get_attribute(
+                &mut supported,
+                CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS_V1,
+                device,
+            )
+        };
+        if rc != 0 {
+            return Err(self.describe("cuDeviceGetAttribute", rc));
+        }
+        if supported == 0 {
+            return Err(
+                "the device does not support 64-bit stream memory operations \
+                        (CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS_V1 is 0)"
+                    .into(),
+            );
+        }
+        Ok(write)
+    }
 }
 
 static DRIVER: OnceLock<Result<Driver, String>> = OnceLock::new();
@@ -116,105 +217,218 @@ pub fn driver() -> Result<&'static Driver, &'static str> {
         .map_err(String::as_str)
 }
 
-/// `None` when the CUDA handler can run here, else why not.
+/// `None` when the CUDA route can run here, else why not (no driver, or a
+/// driver without stream memory operations).
 pub fn unavailable_reason() -> Option<String> {
-    driver().err().map(str::to_owned)
+    match driver() {
+        Err(e) => Some(e.to_owned()),
+        Ok(d) => d.stream_write_missing(),
+    }
 }
 
-/// Pinned staging memory and the free list of its slots.
-pub struct Staging {
-    base: *mut u8,
-    free: ArrayQueue<u32>,
+/// The staging ring in pinned, host-mapped memory, its device address, and
+/// its poller.
+pub struct Stager {
+    driver: &'static Driver,
+    write_value64: WriteValue64,
+    device_base: CuDevicePtr,
+    poller: Arc<Poller>,
 }
 
-// SAFETY: `base` is process-lifetime host memory; a slot is only touched by
-// the one record that took its index from `free` (see the file invariants).
-unsafe impl Send for Staging {}
-unsafe impl Sync for Staging {}
-
-impl Staging {
-    /// # Safety
-    /// `base` points to `SLOTS * SLOT_BYTES` writable bytes, 8-aligned, that
-    /// live for the rest of the process.
-    pub unsafe fn new(base: *mut u8) -> Staging {
-        let free = ArrayQueue::new(SLOTS);
-        for i in 0..SLOTS as u32 {
-            // Cannot fail: the queue has exactly SLOTS places.
-            let _ = free.push(i);
+impl Stager {
+    /// Allocates the pinned region and starts the poller.
+    fn create(driver: &'static Driver) -> Result<Stager, String> {
+        let write_value64 = driver.stream_write()?;
+        let mut base: *mut c_void = ptr::null_mut();
+        // SAFETY: XLA runs the handler with its CUDA context current.
+        // PORTABLE: pinned for every context; DEVICEMAP: mapped into the
+        // device address space, so a stream write can target it.
+        let rc = unsafe {
+            (driver.mem_host_alloc)(
+                &mut base,
+                REGION_BYTES,
+                CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP,
+            )
+        };
+        if rc != 0 || base.is_null() {
+            return Err(driver.describe("cuMemHostAlloc", rc));
         }
-        Staging { base, free }
-    }
-
-    fn slot(&self, index: u32) -> *mut u8 {
-        // In bounds: index < SLOTS by construction of the free list.
-        self.base.wrapping_add(index as usize * SLOT_BYTES)
-    }
-}
-
-static STAGING: OnceLock<Result<Staging, String>> = OnceLock::new();
-
-fn staging(driver: &Driver) -> Result<&'static Staging, Failure> {
-    STAGING
-        .get_or_init(|| {
-            let mut base: *mut c_void = ptr::null_mut();
-            // SAFETY: XLA runs the handler with its CUDA context current;
-            // PORTABLE makes the memory pinned for every context.
-            let rc = unsafe {
-                (driver.mem_host_alloc)(&mut base, SLOTS * SLOT_BYTES, CU_MEMHOSTALLOC_PORTABLE)
-            };
-            if rc != 0 || base.is_null() {
-                return Err(driver.describe("cuMemHostAlloc", rc));
-            }
-            // SAFETY: fresh pinned allocation of the right size, page-aligned,
-            // never freed.
-            Ok(unsafe { Staging::new(base.cast()) })
+        let mut device_base: CuDevicePtr = 0;
+        // SAFETY: `base` is a DEVICEMAP allocation of ours; flags must be 0.
+        let rc = unsafe { (driver.host_get_device_pointer)(&mut device_base, base, 0) };
+        if rc != 0 {
+            // SAFETY: ours, not yet shared with anything.
+            unsafe { (driver.mem_free_host)(base) };
+            return Err(driver.describe("cuMemHostGetDevicePointer", rc));
+        }
+        // SAFETY: a fresh pinned allocation of REGION_BYTES, page-aligned,
+        // never freed, used only by this ring and the GPU work it stages.
+        let ring: &'static Ring = Box::leak(Box::new(unsafe { Ring::new(base.cast()) }));
+        Ok(Stager {
+            driver,
+            write_value64,
+            device_base,
+            poller: Poller::start(ring, || LoggerSink),
         })
-        .as_ref()
-        .map_err(|e| Failure::unavailable(e.clone()))
-}
+    }
 
-/// A record between its enqueue and its host function.
-pub struct Pending {
-    pub staging: &'static Staging,
-    pub slot: u32,
-    pub dtype: Dtype,
-    pub len: usize,
-    pub target: Target,
-}
+    pub fn poller(&self) -> &Poller {
+        &self.poller
+    }
 
-/// The body of the host function: read the landed values, push, free the
-/// slot. Returns whether the push succeeded.
-pub fn complete<D: Deliver>(pending: &Pending, sink: &mut D) -> bool {
-    let staging = pending.staging;
-    let call = Call {
-        packed: Packed {
-            dtype: pending.dtype,
-            data: staging.slot(pending.slot).cast_const().cast(),
-            rows: 1,
-            len: pending.len,
-        },
-        target: pending.target,
-    };
-    // SAFETY: the copy into this slot completed before CUDA ran us (stream
-    // order), and the slot holds `len` values of `dtype`, 8-aligned.
-    let ok = unsafe { dispatch(&call, sink) }.is_ok();
-    // Cannot fail: the slot came out of this queue, so there is room.
-    let _ = staging.free.push(pending.slot);
-    ok
-}
-
-unsafe extern "C" fn host_push(user: *mut c_void) {
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `user` is the Box we leaked when enqueueing this function,
-        // and CUDA calls each host function exactly once.
-        let pending = unsafe { Box::from_raw(user.cast::<Pending>()) };
-        if !complete(&pending, &mut Ring) {
-            stats::host_failed();
+    /// Stages every row of `call` on `stream`; counts what it cannot stage.
+    pub fn stage(&self, stream: CuStream, call: &Call) {
+        let rows = call.packed.rows as u64;
+        if rows == 0 {
+            return;
         }
-    }));
+        if rows > (SLOTS / 2) as u64 {
+            // A batch this wide would hold the whole ring; it cannot wait.
+            stats::staging_full(rows);
+            return;
+        }
+        let block = policy_of(&call.target) == Some(Policy::Block);
+        let Some(first) = self.poller.claim(rows, block) else {
+            if block {
+                stats::staging_block_timeout(rows);
+            } else {
+                stats::staging_full(rows);
+            }
+            return;
+        };
+        let ring = self.poller.ring();
+        let row_bytes = call.packed.len * call.packed.dtype.size();
+        for row in 0..rows {
+            let ticket = first + row;
+            let staged =
+                self.enqueue_row(stream, call, row as usize * row_bytes, row_bytes, ticket);
+            let meta = Meta {
+                target: call.target,
+                dtype: call.packed.dtype,
+                len: call.packed.len,
+                staged,
+            };
+            // SAFETY: `ticket` was claimed above and is committed once.
+            unsafe { ring.commit(ticket, meta) };
+        }
+        self.poller.notify();
+    }
+
+    /// Enqueues the copy of one row and the publication of its slot.
+    fn enqueue_row(
+        &self,
+        stream: CuStream,
+        call: &Call,
+        offset: usize,
+        bytes: usize,
+        ticket: u64,
+    ) -> bool {
+        let ring = self.poller.ring();
+        if bytes > 0 {
+            // SAFETY: the slot is ours (claimed) and holds SLOT_VALUES * 8 >=
+            // `bytes` bytes; `data + offset` lies in the device buffer XLA
+            // gave us, valid in stream order.
+            let rc = unsafe {
+                (self.driver.memcpy_dtoh_async)(
+                    ring.data_ptr(ticket).cast(),
+                    call.packed.data as CuDevicePtr + offset as CuDevicePtr,
+                    bytes,
+                    stream,
+                )
+            };
+            if rc != 0 {
+                stats::enqueue_failed(1, &self.driver.describe("cuMemcpyDtoHAsync", rc));
+                return false;
+            }
+        }
+        let published = self.device_base + Ring::published_offset(ticket) as CuDevicePtr;
+        // SAFETY: `published` is the device address of this slot's aligned
+        // 64-bit word in our mapped allocation; the write runs after the copy
+        // (stream order) and DEFAULT makes the copy visible before it.
+        let rc = unsafe {
+            (self.write_value64)(stream, published, ticket + 1, CU_STREAM_WRITE_VALUE_DEFAULT)
+        };
+        if rc != 0 {
+            stats::enqueue_failed(1, &self.driver.describe("cuStreamWriteValue64", rc));
+            return false;
+        }
+        true
+    }
+}
+
+/// The logger policy that applies to a record for `target`.
+fn policy_of(target: &Target) -> Option<Policy> {
+    match *target {
+        Target::Direct { logger_id, .. } => ringlog::lookup(logger_id).map(|l| l.policy()),
+        Target::Routed { .. } => route::policy(),
+    }
+}
+
+/// The staging setup, made on first use and retried after a failure.
+pub struct StagerCell {
+    state: Mutex<Option<Result<&'static Stager, (Instant, String)>>>,
+    ready: OnceLock<&'static Stager>,
+    retry_after: Duration,
+}
+
+impl StagerCell {
+    pub const fn new(retry_after: Duration) -> StagerCell {
+        StagerCell {
+            state: Mutex::new(None),
+            ready: OnceLock::new(),
+            retry_after,
+        }
+    }
+
+    /// The stager, setting it up now when no attempt failed within
+    /// `retry_after`; a failure is counted and its reason kept.
+    pub fn get(&self, driver: &'static Driver) -> Result<&'static Stager, String> {
+        if let Some(s) = self.ready.get() {
+            return Ok(s);
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*state {
+            Some(Ok(s)) => return Ok(s),
+            Some(Err((when, why))) if when.elapsed() < self.retry_after => return Err(why.clone()),
+            _ => {}
+        }
+        match Stager::create(driver) {
+            Ok(s) => {
+                let s: &'static Stager = Box::leak(Box::new(s));
+                *state = Some(Ok(s));
+                let _ = self.ready.set(s);
+                Ok(s)
+            }
+            Err(why) => {
+                stats::staging_setup_failed(&why);
+                *state = Some(Err((Instant::now(), why.clone())));
+                Err(why)
+            }
+        }
+    }
+
+    /// The stager if it is set up.
+    pub fn current(&self) -> Option<&'static Stager> {
+        self.ready.get().copied()
+    }
+}
+
+static STAGER: StagerCell = StagerCell::new(RETRY_AFTER);
+
+/// Waits until every record staged before the call reached the ring logger
+/// (the caller has waited for the computations that stage them). `true`
+/// at once when nothing was ever staged; `false` on timeout.
+pub fn wait_delivered(timeout: Duration) -> bool {
+    STAGER
+        .current()
+        .is_none_or(|s| s.poller.wait_delivered(timeout))
 }
 
 /// Asks XLA for the handler's CUDA stream.
+///
+/// # Safety
+/// `frame` is the call frame XLA passed to the handler (checked by
+/// [`guarded`]), so its `api` and `ctx` are valid for the call.
 unsafe fn stream_of(frame: &CallFrame) -> Result<CuStream, Failure> {
     // SAFETY: XLA's table from the frame.
     let api = unsafe { frame.api.as_ref() }
@@ -250,106 +464,514 @@ unsafe fn stream_of(frame: &CallFrame) -> Result<CuStream, Failure> {
     Ok(args.stream)
 }
 
+/// The handler body: stage the call, or count why it could not be.
 fn enqueue(frame: &CallFrame, call: Call) -> Result<(), Failure> {
-    if let Target::Routed { rows: true, .. } = call.target {
-        return Err(Failure {
-            code: abi::ERROR_UNIMPLEMENTED,
-            message: "vmap rows (rows = 1) are not supported by the CUDA handler; \
-                      send them through the callback path"
-                .into(),
-        });
-    }
-    let driver =
-        driver().map_err(|e| Failure::unavailable(format!("CUDA driver unavailable: {e}")))?;
-    // SAFETY: `frame` is XLA's, checked by `guarded`.
-    let stream = unsafe { stream_of(frame)? };
-    let staging = staging(driver)?;
-    enqueue_on(driver, staging, stream, call)
-}
-
-/// Stages `call` on `stream`: copy into a free slot, then the host function.
-fn enqueue_on(
-    driver: &Driver,
-    staging: &'static Staging,
-    stream: CuStream,
-    call: Call,
-) -> Result<(), Failure> {
-    let Some(slot) = staging.free.pop() else {
-        stats::no_slot();
-        return Ok(());
-    };
-    if call.packed.len > 0 {
-        // SAFETY: the slot is ours and large enough; `data` is the device
-        // buffer XLA gave us, valid in stream order.
-        let rc = unsafe {
-            (driver.memcpy_dtoh_async)(
-                staging.slot(slot).cast(),
-                call.packed.data as CuDevicePtr,
-                call.packed.bytes(),
-                stream,
-            )
-        };
-        if rc != 0 {
-            let _ = staging.free.push(slot);
-            return Err(Failure::internal(driver.describe("cuMemcpyDtoHAsync", rc)));
+    let records = call.packed.rows as u64;
+    let driver = match driver() {
+        Ok(d) => d,
+        Err(why) => {
+            stats::cuda_unavailable(records, why);
+            return Ok(());
         }
-    }
-    let pending = Box::into_raw(Box::new(Pending {
-        staging,
-        slot,
-        dtype: call.packed.dtype,
-        len: call.packed.len,
-        target: call.target,
-    }));
-    // SAFETY: `host_push` matches CUhostFn and takes ownership of `pending`.
-    let rc = unsafe { (driver.launch_host_func)(stream, host_push, pending.cast()) };
-    if rc != 0 {
-        // SAFETY: not enqueued, so still ours. The slot stays taken: the
-        // copy enqueued above may still write into it.
-        drop(unsafe { Box::from_raw(pending) });
-        stats::host_failed();
-        return Err(Failure::internal(driver.describe("cuLaunchHostFunc", rc)));
+    };
+    // SAFETY: `frame` is XLA's, checked by `guarded`.
+    let stream = match unsafe { stream_of(frame) } {
+        Ok(s) => s,
+        Err(f) => {
+            stats::enqueue_failed(records, &f.message);
+            return Ok(());
+        }
+    };
+    match STAGER.get(driver) {
+        Ok(stager) => stager.stage(stream, &call),
+        Err(why) => stats::cuda_unavailable(records, &why),
     }
     Ok(())
 }
 
-/// `XLA_FFI_Handler` for platform "CUDA". NOT VERIFIED ON A DEVICE.
+/// `XLA_FFI_Handler` for platform "CUDA". NOT YET MEASURED ON A GPU.
 ///
 /// # Safety
-/// Called by XLA with a valid call frame.
+/// Called by XLA with a valid call frame (or null, which is counted).
 pub unsafe extern "C" fn cuda_handler(frame: *mut CallFrame) -> *mut XlaError {
     // SAFETY: XLA's contract for handlers.
     unsafe { guarded(frame, enqueue) }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::testing::{take_error, Fixture};
+    use crate::frame::{Dtype, Packed};
+    use crate::testing::{take_error, Fixture, ROUTE_TABLE};
+    use ringlog::{Config, Logger, MemorySink};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    use std::sync::MutexGuard;
 
-    struct Recorder(Option<(u64, u32, Vec<f64>)>, Result<(), Failure>);
+    /// A stand-in for the CUDA driver: "device" pointers are host pointers;
+    /// copies and stream writes are queued on one fake stream and run, in
+    /// order, when a test runs the stream (on its own thread, as a GPU
+    /// would). Failure codes can be injected.
+    mod fake_driver {
+        use super::*;
+        use std::collections::VecDeque;
+        use std::sync::atomic::AtomicI32;
 
-    impl Deliver for Recorder {
-        fn direct(&mut self, l: u64, t: u32, v: &[f64]) -> Result<(), Failure> {
-            self.0 = Some((l, t, v.to_vec()));
-            self.1.clone()
+        pub static MEMCPY_RC: AtomicI32 = AtomicI32::new(0);
+        pub static WRITE_RC: AtomicI32 = AtomicI32::new(0);
+        pub static ALLOC_RC: AtomicI32 = AtomicI32::new(0);
+        pub static ALLOCS: AtomicU64 = AtomicU64::new(0);
+        pub static V1_SUPPORTED: AtomicI32 = AtomicI32::new(1);
+        /// Serialises the tests that use the fake stream and failure codes.
+        pub static SERIAL: Mutex<()> = Mutex::new(());
+
+        enum Op {
+            Copy { dst: usize, src: u64, n: usize },
+            Write { addr: u64, value: u64 },
         }
-        fn routed(&mut self, _: u32, _: &[f64]) {}
+        static STREAM: Mutex<VecDeque<Op>> = Mutex::new(VecDeque::new());
+
+        /// Fake `cuMemcpyDtoHAsync`: queues the copy.
+        ///
+        /// # Safety
+        /// At stream run time, `src` is host memory of `n` bytes and `dst` holds `n` bytes.
+        unsafe extern "C" fn memcpy(dst: *mut c_void, src: u64, n: usize, _: CuStream) -> c_int {
+            let rc = MEMCPY_RC.load(SeqCst);
+            if rc == 0 {
+                let op = Op::Copy {
+                    dst: dst as usize,
+                    src,
+                    n,
+                };
+                STREAM.lock().unwrap().push_back(op);
+            }
+            rc
+        }
+
+        /// Fake `cuStreamWriteValue64`: queues the write.
+        ///
+        /// # Safety
+        /// `addr` is an 8-aligned word that is only accessed atomically.
+        unsafe extern "C" fn write(_: CuStream, addr: u64, value: u64, flags: c_uint) -> c_int {
+            assert_eq!(flags, CU_STREAM_WRITE_VALUE_DEFAULT);
+            let rc = WRITE_RC.load(SeqCst);
+            if rc == 0 {
+                STREAM.lock().unwrap().push_back(Op::Write { addr, value });
+            }
+            rc
+        }
+
+        /// Fake `cuMemHostAlloc`: leaked zeroed heap memory.
+        ///
+        /// # Safety
+        /// `out` is writable.
+        unsafe extern "C" fn alloc(out: *mut *mut c_void, n: usize, flags: c_uint) -> c_int {
+            assert_eq!(flags, CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP);
+            ALLOCS.fetch_add(1, SeqCst);
+            let rc = ALLOC_RC.load(SeqCst);
+            if rc == 0 {
+                let memory: &'static mut [u64] = Box::leak(vec![0u64; n / 8].into_boxed_slice());
+                // SAFETY: `out` is the caller's local.
+                unsafe { *out = memory.as_mut_ptr().cast() };
+            }
+            rc
+        }
+
+        /// Fake `cuMemFreeHost`: keeps the memory (it is leaked anyway).
+        ///
+        /// # Safety
+        /// None; it touches nothing.
+        unsafe extern "C" fn free_host(_: *mut c_void) -> c_int {
+            0
+        }
+
+        /// Fake `cuMemHostGetDevicePointer`: the host address.
+        ///
+        /// # Safety
+        /// `out` is writable.
+        unsafe extern "C" fn device_pointer(out: *mut u64, host: *mut c_void, _: c_uint) -> c_int {
+            // SAFETY: `out` is the caller's local. Unified addressing: the
+            // device address of mapped host memory is its host address.
+            unsafe { *out = host as u64 };
+            0
+        }
+
+        /// Fake `cuGetErrorString`.
+        ///
+        /// # Safety
+        /// `out` is writable.
+        unsafe extern "C" fn error_string(_: c_int, out: *mut *const c_char) -> c_int {
+            // SAFETY: `out` is the driver wrapper's local.
+            unsafe { *out = c"fake error".as_ptr() };
+            0
+        }
+
+        /// Fake `cuCtxGetDevice`: device 0.
+        ///
+        /// # Safety
+        /// `out` is writable.
+        unsafe extern "C" fn ctx_device(out: *mut CuDevice) -> c_int {
+            // SAFETY: the caller's local.
+            unsafe { *out = 0 };
+            0
+        }
+
+        /// Fake `cuDeviceGetAttribute` for the v1 stream-memory-operations attribute.
+        ///
+        /// # Safety
+        /// `out` is writable.
+        unsafe extern "C" fn attribute(out: *mut c_int, attr: c_int, _: CuDevice) -> c_int {
+            assert_eq!(attr, CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS_V1);
+            // SAFETY: the caller's local.
+            unsafe { *out = V1_SUPPORTED.load(SeqCst) };
+            0
+        }
+
+        /// A fake driver with the _v2 stream write (`v1`: only v1).
+        pub fn driver(v1: bool) -> &'static Driver {
+            Box::leak(Box::new(Driver {
+                _lib: None,
+                memcpy_dtoh_async: memcpy,
+                mem_host_alloc: alloc,
+                mem_free_host: free_host,
+                host_get_device_pointer: device_pointer,
+                get_error_string: error_string,
+                write_value64: Some(write),
+                write_value_v1: v1,
+                ctx_get_device: Some(ctx_device),
+                device_get_attribute: Some(attribute),
+            }))
+        }
+
+        /// Runs every operation enqueued so far, in stream order.
+        pub fn run_stream() -> usize {
+            let work = std::mem::take(&mut *STREAM.lock().unwrap());
+            for op in &work {
+                match *op {
+                    // SAFETY: `src` is host memory of `n` bytes owned by the
+                    // test; `dst` a claimed slot.
+                    Op::Copy { dst, src, n } => unsafe {
+                        ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, n)
+                    },
+                    // SAFETY: a slot's aligned published word; the poller
+                    // reads it atomically.
+                    Op::Write { addr, value } => unsafe {
+                        std::sync::atomic::AtomicU64::from_ptr(addr as *mut u64)
+                            .store(value, std::sync::atomic::Ordering::Release)
+                    },
+                }
+            }
+            work.len()
+        }
+
+        pub fn pending() -> usize {
+            STREAM.lock().unwrap().len()
+        }
+    }
+
+    /// Runs the fake stream continuously on another thread (the GPU).
+    struct Gpu {
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Gpu {
+        fn start() -> Gpu {
+            let stop = Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let thread = std::thread::spawn(move || {
+                while !flag.load(SeqCst) {
+                    if fake_driver::run_stream() == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                fake_driver::run_stream();
+            });
+            Gpu {
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for Gpu {
+        fn drop(&mut self) {
+            self.stop.store(true, SeqCst);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    struct Env {
+        _serial: MutexGuard<'static, ()>,
+        _route: MutexGuard<'static, ()>,
+        stager: &'static Stager,
+    }
+
+    fn env(driver: &'static Driver) -> Env {
+        let serial = fake_driver::SERIAL
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let route = ROUTE_TABLE.lock().unwrap_or_else(PoisonError::into_inner);
+        fake_driver::run_stream(); // nothing left over from another test
+        let stager = Box::leak(Box::new(Stager::create(driver).unwrap()));
+        Env {
+            _serial: serial,
+            _route: route,
+            stager,
+        }
+    }
+
+    const STREAM: CuStream = 0x5eed as CuStream;
+
+    fn direct(device: &[f64], logger: &Logger, tid: u32) -> Call {
+        Call {
+            packed: Packed {
+                dtype: Dtype::F64,
+                data: device.as_ptr().cast(),
+                rows: 1,
+                len: device.len(),
+            },
+            target: Target::Direct {
+                logger_id: logger.id(),
+                template_id: tid,
+            },
+        }
+    }
+
+    /// Keep-flagged rows `[keep, values...]` (f32) for template key `key`.
+    fn rows(device: &[f32], width: usize, key: u32) -> Call {
+        Call {
+            packed: Packed {
+                dtype: Dtype::F32,
+                data: device.as_ptr().cast(),
+                rows: device.len() / width,
+                len: width,
+            },
+            target: Target::Routed { key, rows: true },
+        }
+    }
+
+    fn logger(policy: Policy) -> (Logger, MemorySink) {
+        let sink = MemorySink::new();
+        let config = Config {
+            policy,
+            ..Config::default()
+        };
+        (Logger::new(Box::new(sink.clone()), config), sink)
+    }
+
+    fn settle(stager: &Stager, logger: &Logger) {
+        assert!(stager.poller().wait_delivered(Duration::from_secs(10)));
+        assert!(logger.flush(Some(Duration::from_secs(10))));
     }
 
     #[test]
-    fn rows_are_refused_before_touching_cuda() {
-        let attrs = [
-            ("rows", abi::DTYPE_S64, 1),
-            ("template_key", abi::DTYPE_S64, 0),
-        ];
-        let mut fx = Fixture::raw(vec![0, 0], abi::DTYPE_F64, 1, &attrs);
-        fx.buffer().rank = 2;
-        fx.dims()[1] = 2;
-        // SAFETY: well-formed fixture frame.
-        let err = take_error(unsafe { cuda_handler(fx.frame_ptr()) }).unwrap();
-        assert_eq!(err.code, abi::ERROR_UNIMPLEMENTED);
-        assert!(err.message.contains("not supported by the CUDA handler"));
+    #[cfg_attr(
+        miri,
+        ignore = "real-time waits; the slot protocol is covered in staging.rs"
+    )]
+    fn records_go_enqueue_publish_poll_push_format() {
+        let env = env(fake_driver::driver(false));
+        let (logger, sink) = logger(Policy::DropNew);
+        let tid = logger.register("{a:.1f} {b:.1f}").unwrap();
+        let key_tid = logger.register("it {i:d} cost {c:.2f}").unwrap();
+        assert!(route::set(logger.id(), &[i64::from(key_tid)]).is_ok());
+
+        // Enqueued, not yet run: nothing reaches the logger.
+        let device = [1.0f64, 2.0];
+        env.stager.stage(STREAM, &direct(&device, &logger, tid));
+        assert_eq!(fake_driver::pending(), 2, "one copy and one stream write");
+        assert!(logger.flush(None));
+        assert_eq!(sink.contents(), "");
+        assert_eq!(fake_driver::run_stream(), 2);
+        // Keep-flagged rows: the keep flag travels with each record; the
+        // poller drops flag-0 rows without counting a loss.
+        let batch = [1.0f32, 0.0, 0.5, 0.0, 1.0, 0.25, 1.0, 2.0, 0.125];
+        let before = stats::snapshot();
+        env.stager.stage(STREAM, &rows(&batch, 3, 0));
+        let gpu = Gpu::start();
+        settle(env.stager, &logger);
+        drop(gpu);
+        assert_eq!(sink.contents(), "1.0 2.0\nit 0 cost 0.50\nit 2 cost 0.12\n");
+        let after = stats::snapshot();
+        assert_eq!(after.cuda_lost(), before.cuda_lost());
+        assert_eq!(logger.stats().dropped, 0);
+        route::clear();
+        logger.close();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "real-time waits; the slot protocol is covered in staging.rs"
+    )]
+    fn many_laps_of_the_ring_arrive_in_order_with_no_drop() {
+        let env = env(fake_driver::driver(false));
+        let (logger, sink) = logger(Policy::Block);
+        let tid = logger.register("{i:d}").unwrap();
+        let gpu = Gpu::start();
+        let n = 3 * SLOTS + 7;
+        // The device buffers must outlive their (asynchronous) copies.
+        let values: Vec<[f64; 1]> = (0..n).map(|i| [i as f64]).collect();
+        let before = stats::snapshot();
+        for v in &values {
+            env.stager.stage(STREAM, &direct(v, &logger, tid));
+        }
+        settle(env.stager, &logger);
+        drop(gpu);
+        let expected: String = (0..n).map(|i| format!("{i}\n")).collect();
+        assert_eq!(sink.contents(), expected);
+        assert_eq!(stats::snapshot().cuda_lost(), before.cuda_lost());
+        logger.close();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "real-time waits; the slot protocol is covered in staging.rs"
+    )]
+    fn full_ring_drops_and_counts_under_drop_new() {
+        let env = env(fake_driver::driver(false));
+        let (logger, sink) = logger(Policy::DropNew);
+        let tid = logger.register("{i:d}").unwrap();
+        let values: Vec<[f64; 1]> = (0..=SLOTS).map(|i| [i as f64]).collect();
+        let before = stats::snapshot().staging_full;
+        for v in &values {
+            env.stager.stage(STREAM, &direct(v, &logger, tid));
+        }
+        assert_eq!(stats::snapshot().staging_full, before + 1, "the last one");
+        fake_driver::run_stream();
+        settle(env.stager, &logger);
+        assert_eq!(sink.contents().lines().count(), SLOTS);
+        logger.close();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "real-time waits; the slot protocol is covered in staging.rs"
+    )]
+    fn full_ring_waits_on_the_host_under_block_never_on_the_stream() {
+        let env = env(fake_driver::driver(false));
+        let (logger, sink) = logger(Policy::Block);
+        let tid = logger.register("{i:d}").unwrap();
+        let values: Vec<[f64; 1]> = (0..=SLOTS).map(|i| [i as f64]).collect();
+        for v in &values[..SLOTS] {
+            env.stager.stage(STREAM, &direct(v, &logger, tid));
+        }
+        let done = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                env.stager
+                    .stage(STREAM, &direct(&values[SLOTS], &logger, tid));
+                done.store(true, SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!done.load(SeqCst), "the producer waits for a free slot");
+            // Nothing of the waiting record was enqueued on the stream.
+            assert_eq!(fake_driver::pending(), 2 * SLOTS);
+            fake_driver::run_stream(); // the GPU catches up, the poller frees slots
+        });
+        assert!(done.load(SeqCst));
+        fake_driver::run_stream();
+        settle(env.stager, &logger);
+        assert_eq!(sink.contents().lines().count(), SLOTS + 1);
+
+        // A stream that never runs: the wait gives up, counted, no hang.
+        let before = stats::snapshot().staging_block_timeout;
+        for v in &values {
+            env.stager.stage(STREAM, &direct(v, &logger, tid));
+        }
+        assert_eq!(stats::snapshot().staging_block_timeout, before + 1);
+        fake_driver::run_stream();
+        settle(env.stager, &logger);
+        logger.close();
+    }
+
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "real-time waits; the slot protocol is covered in staging.rs"
+    )]
+    fn failed_copy_or_stream_write_is_counted_and_skipped() {
+        let env = env(fake_driver::driver(false));
+        let (logger, sink) = logger(Policy::DropNew);
+        let tid = logger.register("{i:d}").unwrap();
+        let values: Vec<[f64; 1]> = (0..3).map(|i| [i as f64]).collect();
+        let before = stats::snapshot().enqueue_failed;
+        env.stager.stage(STREAM, &direct(&values[0], &logger, tid));
+        fake_driver::MEMCPY_RC.store(700, SeqCst);
+        env.stager.stage(STREAM, &direct(&values[1], &logger, tid));
+        fake_driver::MEMCPY_RC.store(0, SeqCst);
+        fake_driver::WRITE_RC.store(1, SeqCst);
+        env.stager.stage(STREAM, &direct(&values[1], &logger, tid));
+        fake_driver::WRITE_RC.store(0, SeqCst);
+        env.stager.stage(STREAM, &direct(&values[2], &logger, tid));
+        assert_eq!(stats::snapshot().enqueue_failed, before + 2);
+        assert!(stats::last_failure().unwrap().contains("fake error"));
+        fake_driver::run_stream();
+        settle(env.stager, &logger);
+        assert_eq!(sink.contents(), "0\n2\n");
+        logger.close();
+    }
+
+    #[test]
+    fn failed_pinned_allocation_is_retried_not_cached() {
+        let _serial = fake_driver::SERIAL
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let driver = fake_driver::driver(false);
+        let cell = StagerCell::new(Duration::from_secs(3600));
+        fake_driver::ALLOC_RC.store(2, SeqCst);
+        let allocs = fake_driver::ALLOCS.load(SeqCst);
+        let failed = stats::snapshot().staging_setup_failed;
+        let err = cell.get(driver).err().unwrap();
+        assert!(
+            err.starts_with("cuMemHostAlloc failed with CUDA error 2"),
+            "{err}"
+        );
+        assert!(cell.get(driver).is_err(), "within the retry interval");
+        assert_eq!(
+            fake_driver::ALLOCS.load(SeqCst),
+            allocs + 1,
+            "not retried yet"
+        );
+        assert_eq!(stats::snapshot().staging_setup_failed, failed + 1);
+
+        let cell = StagerCell::new(Duration::ZERO);
+        assert!(cell.get(driver).is_err());
+        fake_driver::ALLOC_RC.store(0, SeqCst);
+        assert!(cell.get(driver).is_ok(), "a later call tries again");
+        assert!(cell.current().is_some());
+    }
+
+    #[test]
+    fn stream_memory_operations_are_checked() {
+        let _serial = fake_driver::SERIAL
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let v1 = fake_driver::driver(true);
+        assert!(v1.stream_write_missing().is_none());
+        assert!(v1.stream_write().is_ok());
+        fake_driver::V1_SUPPORTED.store(0, SeqCst);
+        let err = v1.stream_write().err().unwrap();
+        fake_driver::V1_SUPPORTED.store(1, SeqCst);
+        assert!(
+            err.contains("CAN_USE_64_BIT_STREAM_MEM_OPS_V1 is 0"),
+            "{err}"
+        );
+
+        let none: &'static Driver = Box::leak(Box::new(Driver {
+            write_value64: None,
+            _lib: None,
+            ..*fake_driver::driver(false)
+        }));
+        assert!(none
+            .stream_write_missing()
+            .unwrap()
+            .contains("no cuStreamWriteValue64"));
+        assert!(Stager::create(none).is_err());
     }
 
     #[test]
@@ -376,226 +998,32 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "Miri cannot dlopen")]
-    fn execute_without_usable_cuda_returns_an_error_not_a_crash() {
+    fn execute_without_usable_cuda_counts_and_never_fails_the_call() {
         let mut fx = Fixture::f64(&[1.0, 2.0]);
+        let before = stats::snapshot();
         // SAFETY: well-formed fixture frame; its fake API has no stream_get.
-        let err = take_error(unsafe { cuda_handler(fx.frame_ptr()) })
-            .expect("no CUDA stream is available in a unit test");
+        let err = take_error(unsafe { cuda_handler(fx.frame_ptr()) });
+        assert!(err.is_none(), "{err:?}");
+        let after = stats::snapshot();
         match unavailable_reason() {
-            Some(reason) => {
-                assert_eq!(err.code, abi::ERROR_UNAVAILABLE);
-                assert!(
-                    err.message.contains("CUDA driver unavailable"),
-                    "{}",
-                    err.message
-                );
-                assert!(err.message.contains(&reason));
+            Some(_) if driver().is_err() => {
+                assert!(after.cuda_unavailable > before.cuda_unavailable)
             }
-            None => assert!(err.message.contains("no XLA_FFI_Stream_Get")),
+            _ => assert!(after.enqueue_failed > before.enqueue_failed),
         }
+        assert!(stats::last_failure().is_some());
+
+        // A malformed call is still a clear error (a programming error).
+        fx.buffer().dtype = abi::DTYPE_S64;
+        // SAFETY: as above.
+        let err = take_error(unsafe { cuda_handler(fx.frame_ptr()) }).unwrap();
+        assert!(err.message.contains("dtype int64"), "{}", err.message);
     }
 
-    #[test]
-    fn host_function_body_pushes_and_frees_the_slot() {
-        let staging = plain_staging();
-        let slot = staging.free.pop().unwrap();
-        let values = [2.5f32, -1.0, 1.0e-3];
-        // SAFETY: the slot is in bounds and ours.
-        unsafe {
-            ptr::copy_nonoverlapping(values.as_ptr(), staging.slot(slot).cast(), values.len())
-        };
-        let staging: &'static Staging = Box::leak(Box::new(staging));
-        let pending = Pending {
-            staging,
-            slot,
-            dtype: Dtype::F32,
-            len: 3,
-            target: Target::Direct {
-                logger_id: 11,
-                template_id: 9,
-            },
-        };
-        let mut sink = Recorder(None, Ok(()));
-        assert!(complete(&pending, &mut sink));
-        assert_eq!(sink.0, Some((11, 9, vec![2.5, -1.0, f64::from(1.0e-3f32)])));
-        assert_eq!(
-            staging.free.len(),
-            SLOTS,
-            "slot must return to the free list"
-        );
-
-        let slot = staging.free.pop().unwrap();
-        let failing = Pending { slot, ..pending };
-        let mut sink = Recorder(None, Err(Failure::invalid("x")));
-        assert!(!complete(&failing, &mut sink));
-        assert_eq!(
-            staging.free.len(),
-            SLOTS,
-            "a failed push frees its slot too"
-        );
-    }
-
-    /// Staging on ordinary (not pinned) memory, leaked like the real one.
-    fn plain_staging() -> &'static Staging {
-        let memory: &'static mut [u64] =
-            Box::leak(vec![0u64; SLOTS * SLOT_BYTES / 8].into_boxed_slice());
-        // SAFETY: right size, 8-aligned, never freed.
-        Box::leak(Box::new(unsafe {
-            Staging::new(memory.as_mut_ptr().cast())
-        }))
-    }
-
-    /// A stand-in for the CUDA driver: "device" pointers are host pointers,
-    /// copies happen at enqueue time, host functions wait in a queue until
-    /// the test "runs the stream". Failure codes can be injected.
-    mod fake_driver {
-        use super::*;
-        use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
-        use std::sync::Mutex;
-
-        pub static MEMCPY_RC: AtomicI32 = AtomicI32::new(0);
-        pub static LAUNCH_RC: AtomicI32 = AtomicI32::new(0);
-        static STREAM: Mutex<Vec<(HostFn, usize)>> = Mutex::new(Vec::new());
-
-        unsafe extern "C" fn memcpy(dst: *mut c_void, src: u64, n: usize, _: CuStream) -> c_int {
-            let rc = MEMCPY_RC.load(SeqCst);
-            if rc == 0 {
-                // SAFETY: the test passes host memory of `n` bytes as `src`.
-                unsafe { ptr::copy_nonoverlapping(src as *const u8, dst.cast::<u8>(), n) };
-            }
-            rc
-        }
-
-        unsafe extern "C" fn launch(_: CuStream, f: HostFn, user: *mut c_void) -> c_int {
-            let rc = LAUNCH_RC.load(SeqCst);
-            if rc == 0 {
-                STREAM.lock().unwrap().push((f, user as usize));
-            }
-            rc
-        }
-
-        unsafe extern "C" fn alloc(_: *mut *mut c_void, _: usize, _: c_uint) -> c_int {
-            2 // CUDA_ERROR_OUT_OF_MEMORY: the tests bring their own staging
-        }
-
-        unsafe extern "C" fn error_string(_: c_int, out: *mut *const c_char) -> c_int {
-            // SAFETY: `out` is the driver wrapper's local.
-            unsafe { *out = c"fake error".as_ptr() };
-            0
-        }
-
-        pub fn driver() -> Driver {
-            Driver {
-                _lib: None,
-                memcpy_dtoh_async: memcpy,
-                launch_host_func: launch,
-                mem_host_alloc: alloc,
-                get_error_string: error_string,
-            }
-        }
-
-        /// Runs every host function enqueued so far, in stream order.
-        pub fn run_stream() -> usize {
-            let work = std::mem::take(&mut *STREAM.lock().unwrap());
-            for &(f, user) in &work {
-                // SAFETY: enqueued by `enqueue_on` with its own Box.
-                unsafe { f(user as *mut c_void) };
-            }
-            work.len()
-        }
-    }
-
-    // One test for every fake-driver scenario: the injected failure codes
-    // are process-wide.
-    #[test]
-    #[cfg_attr(miri, ignore = "spawns the drain thread; covered natively")]
-    fn stream_path_with_a_fake_driver() {
-        use ringlog::{Config, Logger, MemorySink};
-        use std::sync::atomic::Ordering::SeqCst;
-
-        let sink = MemorySink::new();
-        let logger = Logger::new(Box::new(sink.clone()), Config::default());
-        let tid = logger.register("{a:.1f} {b:.1f}").unwrap();
-        let driver = fake_driver::driver();
-        let staging = plain_staging();
-        let stream = 0x5eed as CuStream;
-        let mut device = [1.0f64, 2.0];
-        let call = |device: &[f64; 2]| Call {
-            packed: Packed {
-                dtype: Dtype::F64,
-                data: device.as_ptr().cast(),
-                rows: 1,
-                len: 2,
-            },
-            target: Target::Direct {
-                logger_id: logger.id(),
-                template_id: tid,
-            },
-        };
-
-        // Enqueued, not yet pushed: the host function waits for the stream;
-        // the record holds the values as they were when the copy ran.
-        assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
-        device[0] = 9.0;
-        assert!(logger.flush(None));
-        assert_eq!(sink.contents(), "");
-        assert_eq!(staging.free.len(), SLOTS - 1, "the slot is in flight");
-        assert_eq!(fake_driver::run_stream(), 1);
-        assert!(logger.flush(None));
-        assert_eq!(sink.contents(), "1.0 2.0\n");
-        assert_eq!(
-            staging.free.len(),
-            SLOTS,
-            "the host function frees the slot"
-        );
-
-        // A failed copy is reported and its slot returned.
-        fake_driver::MEMCPY_RC.store(700, SeqCst);
-        let err = enqueue_on(&driver, staging, stream, call(&device)).unwrap_err();
-        fake_driver::MEMCPY_RC.store(0, SeqCst);
-        assert_eq!(
-            err.message,
-            "cuMemcpyDtoHAsync failed with CUDA error 700 (fake error)"
-        );
-        assert_eq!(staging.free.len(), SLOTS);
-
-        // A failed host-function launch is reported; the slot stays taken
-        // because the enqueued copy may still write into it.
-        let failed = stats::snapshot().host_failed;
-        fake_driver::LAUNCH_RC.store(1, SeqCst);
-        let err = enqueue_on(&driver, staging, stream, call(&device)).unwrap_err();
-        fake_driver::LAUNCH_RC.store(0, SeqCst);
-        assert!(err
-            .message
-            .starts_with("cuLaunchHostFunc failed with CUDA error 1"));
-        assert_eq!(staging.free.len(), SLOTS - 1);
-        assert!(stats::snapshot().host_failed > failed);
-        assert_eq!(fake_driver::run_stream(), 0);
-
-        // Every slot in flight: the record is dropped and counted, never
-        // waited for.
-        let taken: Vec<u32> = std::iter::from_fn(|| staging.free.pop()).collect();
-        let no_slot = stats::snapshot().no_slot;
-        assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
-        assert!(stats::snapshot().no_slot > no_slot);
-        assert_eq!(fake_driver::run_stream(), 0);
-        for slot in taken {
-            let _ = staging.free.push(slot);
-        }
-
-        // Ten records in flight at once land in order.
-        for i in 0..10 {
-            device = [f64::from(i), 0.5];
-            assert!(enqueue_on(&driver, staging, stream, call(&device)).is_ok());
-        }
-        assert_eq!(fake_driver::run_stream(), 10);
-        assert!(logger.flush(None));
-        let lines: Vec<String> = sink.contents().lines().skip(1).map(str::to_owned).collect();
-        let expected: Vec<String> = (0..10).map(|i| format!("{i}.0 0.5")).collect();
-        assert_eq!(lines, expected);
-        logger.close();
-    }
-
+    /// Fake `XLA_FFI_Stream_Get`: a made-up stream.
+    ///
+    /// # Safety
+    /// `args` points to a writable `StreamGetArgs`.
     unsafe extern "C" fn fake_stream_get(args: *mut StreamGetArgs) -> *mut XlaError {
         // SAFETY: called by `stream_of` with its local args.
         unsafe { (*args).stream = 0xabc as *mut c_void };

@@ -158,6 +158,11 @@ pub unsafe fn decode(frame: &CallFrame) -> Result<Request, Failure> {
 /// version we were built for, no traits (in particular not command-buffer
 /// compatible: the CUDA handler enqueues a host function, which must not be
 /// captured into a CUDA graph), and no state.
+///
+/// # Safety
+/// `ext` is non-null and is the `XLA_FFI_Metadata_Extension` XLA put in the
+/// frame's extension chain (its type tag says so), valid for the call; its
+/// `metadata` is null or XLA's metadata struct.
 unsafe fn answer_metadata(ext: *mut MetadataExtension) -> Result<(), Failure> {
     // SAFETY: `ext` is non-null (checked by the caller) and, having the
     // metadata type tag, is an XLA_FFI_Metadata_Extension.
@@ -209,6 +214,12 @@ fn dtype_name(dtype: i32) -> String {
     }
 }
 
+/// Checks and decodes the one buffer argument.
+///
+/// # Safety
+/// `frame` is XLA's call frame: `args.types`/`args.args` point to `size`
+/// entries and a buffer-typed entry to an `XLA_FFI_Buffer` whose `dims` has
+/// `rank` elements, all valid for the call.
 unsafe fn decode_args(frame: &CallFrame, rows: bool) -> Result<Packed, Failure> {
     let args = &frame.args;
     if args.struct_size < abi::ARGS_SIZE {
@@ -320,6 +331,11 @@ fn decode_rets(frame: &CallFrame) -> Result<(), Failure> {
 }
 
 /// Reads one `i64` scalar attribute.
+///
+/// # Safety
+/// When `kind` is the scalar tag, `attr` is null or points to an
+/// `XLA_FFI_Scalar` whose `value` (when the dtype is S64) points to 8
+/// readable bytes, valid for the call.
 unsafe fn scalar_i64(name: &str, kind: i32, attr: *mut c_void) -> Result<i64, Failure> {
     if kind != abi::ATTR_SCALAR {
         return Err(Failure::invalid(format!(
@@ -341,6 +357,12 @@ unsafe fn scalar_i64(name: &str, kind: i32, attr: *mut c_void) -> Result<i64, Fa
     Ok(unsafe { scalar.value.cast::<i64>().read_unaligned() })
 }
 
+/// Checks and decodes the attributes into the call's target.
+///
+/// # Safety
+/// `frame` is XLA's call frame: `attrs.types`, `attrs.names` and
+/// `attrs.attrs` point to `size` entries, each name to a byte span of `len`
+/// bytes and each attribute as its type tag says, all valid for the call.
 unsafe fn decode_attrs(frame: &CallFrame) -> Result<Target, Failure> {
     let attrs = &frame.attrs;
     if attrs.struct_size < abi::ATTRS_SIZE {

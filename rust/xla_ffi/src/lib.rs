@@ -8,27 +8,44 @@
 //! `template_key` and optionally `rows` (routed through [`route`]).
 //!
 //! - [`cpu_handler`]: platform "cpu"; reads the host buffer and pushes.
-//! - [`cuda_handler`]: platform "CUDA"; async copy to pinned memory plus a
-//!   host function on the handler's stream (NOT VERIFIED ON A DEVICE).
+//! - [`cuda_handler`]: platform "CUDA"; per record an async copy into a
+//!   pinned, host-mapped staging slot and a stream write that publishes it,
+//!   emptied by a host poller thread (NOT YET MEASURED ON A GPU).
 //!
 //! Every handler answers XLA's metadata query, checks struct sizes, dtype,
 //! rank and attributes, and returns an `XLA_FFI_Error` on anything
 //! unexpected; no panic crosses the FFI boundary.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(loom, allow(dead_code))]
+
+// Under `cfg(loom)` only the staging ring's protocol is built (and model
+// checked): `RUSTFLAGS="--cfg loom" cargo test -p nlsq-xla-ffi --lib staging`.
 pub mod abi;
+#[cfg(not(loom))]
 mod cpu;
+#[cfg(not(loom))]
 pub mod cuda;
 mod error;
 mod frame;
+#[cfg(not(loom))]
 mod handler;
+#[cfg(not(loom))]
+pub mod poller;
+#[cfg(not(loom))]
 mod push;
+#[cfg(not(loom))]
 pub mod route;
+pub mod staging;
 pub mod stats;
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod testing;
 
+#[cfg(not(loom))]
 pub use cpu::{cpu_handler, execute_with as cpu_execute_with, Deliver};
+#[cfg(not(loom))]
 pub use cuda::cuda_handler;
 pub use error::Failure;
 pub use stats::Stats;

@@ -17,6 +17,10 @@ pub struct FakeError {
     pub message: String,
 }
 
+/// Fake `XLA_FFI_Error_Create`: boxes the code and message.
+///
+/// # Safety
+/// `args` points to a valid `ErrorCreateArgs` with a NUL-terminated message.
 unsafe extern "C" fn fake_error_create(args: *mut ErrorCreateArgs) -> *mut XlaError {
     // SAFETY: called by `error::to_xla` with a valid args struct.
     let args = unsafe { &*args };
@@ -271,3 +275,7 @@ impl Drop for Fixture {
         }
     }
 }
+
+/// Held by every test that installs or reads the process-wide route table,
+/// so parallel tests do not see each other's routes.
+pub static ROUTE_TABLE: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -16,19 +16,33 @@ use super::spec::{Align, Sign, Spec};
 
 /// Appends the finished field to `out`. `body` has no sign; `negative` says
 /// whether it takes a minus.
-pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut String) {
+pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut Vec<u8>) {
     let sign = match (negative, spec.sign) {
-        (true, _) => Some('-'),
-        (false, Sign::Plus) => Some('+'),
-        (false, Sign::Space) => Some(' '),
+        (true, _) => Some(b'-'),
+        (false, Sign::Plus) => Some(b'+'),
+        (false, Sign::Space) => Some(b' '),
         (false, Sign::Negative) => None,
     };
+    let zero_widened = spec.fill == '0' && spec.align == Align::AfterSign;
+    if spec.grouping.is_none() && !zero_widened {
+        // The common case: the body goes in as it is, between the paddings.
+        let used = usize::from(sign.is_some()) + body.len();
+        let (lpad, spad, rpad) = split_padding(spec.align, spec.width.saturating_sub(used));
+        push_fill(out, spec.fill, lpad);
+        if let Some(s) = sign {
+            out.push(s);
+        }
+        push_fill(out, spec.fill, spad);
+        out.extend_from_slice(body);
+        push_fill(out, spec.fill, rpad);
+        return;
+    }
     let n_digits = body.iter().take_while(|b| b.is_ascii_digit()).count();
     let (digits, rest) = body.split_at(n_digits);
     let fixed = usize::from(sign.is_some()) + rest.len();
     let width = spec.width as isize;
 
-    let min_width = if spec.fill == '0' && spec.align == Align::AfterSign {
+    let min_width = if zero_widened {
         width - fixed as isize
     } else {
         0
@@ -40,12 +54,7 @@ pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut String)
     };
 
     let padding = (width - (fixed + grouped_len) as isize).max(0) as usize;
-    let (lpad, spad, rpad) = match spec.align {
-        Align::Left => (0, 0, padding),
-        Align::Right => (padding, 0, 0),
-        Align::Center => (padding / 2, 0, padding - padding / 2),
-        Align::AfterSign => (0, padding, 0),
-    };
+    let (lpad, spad, rpad) = split_padding(spec.align, padding);
 
     out.reserve(lpad + spad + rpad + grouped_len + rest.len() + 1);
     push_fill(out, spec.fill, lpad);
@@ -54,7 +63,7 @@ pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut String)
     }
     push_fill(out, spec.fill, spad);
     if virtual_digits == n_digits && spec.grouping.is_none() {
-        out.push_str(ascii(body));
+        out.extend_from_slice(body);
     } else {
         // `virtual_digits` digits (leading zeros, then the real ones) with
         // a separator before every group of three from the right.
@@ -62,52 +71,39 @@ pub(super) fn finish(spec: &Spec, negative: bool, body: &[u8], out: &mut String)
         for k in 0..virtual_digits {
             if k > 0 && (virtual_digits - k) % 3 == 0 {
                 if let Some(sep) = spec.grouping {
-                    out.push(sep as char);
+                    out.push(sep);
                 }
             }
-            out.push(if k < zeros {
-                '0'
-            } else {
-                digits[k - zeros] as char
-            });
+            out.push(if k < zeros { b'0' } else { digits[k - zeros] });
         }
-        out.push_str(ascii(rest));
+        out.extend_from_slice(rest);
     }
     push_fill(out, spec.fill, rpad);
 }
 
-/// The body is ASCII by construction (see `scratch`); an empty string
-/// stands in should that ever not hold, rather than a panic.
-fn ascii(b: &[u8]) -> &str {
-    std::str::from_utf8(b).unwrap_or("")
+/// `(before the sign, between sign and digits, after)` for `align`.
+fn split_padding(align: Align, padding: usize) -> (usize, usize, usize) {
+    match align {
+        Align::Left => (0, 0, padding),
+        Align::Right => (padding, 0, 0),
+        Align::Center => (padding / 2, 0, padding - padding / 2),
+        Align::AfterSign => (0, padding, 0),
+    }
 }
 
-fn push_fill(out: &mut String, fill: char, n: usize) {
+/// Appends `n` copies of `fill` (UTF-8 encoded).
+fn push_fill(out: &mut Vec<u8>, fill: char, n: usize) {
     if n == 0 {
         return;
     }
-    // The common fills go in as one slice (widths are at most MAX_WIDTH).
-    const SPACES: &str = concat!(
-        "                                                                ",
-        "                                                                "
-    );
-    const ZEROS: &str = concat!(
-        "0000000000000000000000000000000000000000000000000000000000000000",
-        "0000000000000000000000000000000000000000000000000000000000000000"
-    );
-    let run = match fill {
-        ' ' => SPACES,
-        '0' => ZEROS,
-        _ => {
-            out.extend(std::iter::repeat_n(fill, n));
-            return;
-        }
-    };
-    let mut left = n;
-    while left > 0 {
-        let k = left.min(run.len());
-        out.push_str(&run[..k]);
-        left -= k;
+    if fill.is_ascii() {
+        out.resize(out.len() + n, fill as u8);
+        return;
+    }
+    let mut utf8 = [0u8; 4];
+    let encoded = fill.encode_utf8(&mut utf8).as_bytes();
+    for _ in 0..n {
+        out.extend_from_slice(encoded);
     }
 }
 
@@ -147,14 +143,14 @@ mod tests {
     use crate::template::spec::parse;
 
     fn fin(spec: &str, negative: bool, body: &str) -> String {
-        let mut out = String::from(">");
+        let mut out = b">".to_vec();
         finish(
             &parse(spec, 0).unwrap(),
             negative,
             body.as_bytes(),
             &mut out,
         );
-        out
+        String::from_utf8(out).unwrap()
     }
 
     #[test]

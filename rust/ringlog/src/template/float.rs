@@ -2,13 +2,15 @@
 //! without sign or padding, exactly as CPython's `format_float_short` lays
 //! them out.
 //!
-//! Digits: Ryu's shortest round-tripping digits (CPython's dtoa mode 0, used
-//! by `repr`), rounded where `decimal` proves that equals rounding the exact
-//! value; otherwise `core::fmt`'s `{:.*e}` / `{:.*}`, which are correctly
-//! rounded (ties to even on the exact binary value, as dtoa modes 2 and 3).
-//! What is written here is the layout on top: when `g` and repr switch to
-//! exponent notation, padding zeros, `#`, the two-digit signed exponent,
-//! upper case, `nan`/`inf`.
+//! Digits: for `e`, `f`, `g`, `%` (and no type with a precision) the
+//! correctly rounded digits of the exact binary value, ties to even, as
+//! CPython's dtoa modes 2 and 3: from `exact`'s integer arithmetic where the
+//! value fits, else from `core::fmt`'s `{:.*e}` / `{:.*}`, which are exact
+//! too. With no type and no precision (repr, dtoa mode 0): Ryu's shortest
+//! round-tripping digits, with a tie re-decided to even. What is written
+//! here is the layout on top: when `g` and repr switch to exponent
+//! notation, padding zeros, `#`, the two-digit signed exponent, upper case,
+//! `nan`/`inf`.
 //!
 //! Invariant: for specs accepted by `spec::parse` (precision at most
 //! `MAX_PRECISION`), a body fits `Scratch<SMALL>` unless it is fixed
@@ -18,11 +20,9 @@
 use std::fmt::Write;
 
 use super::decimal::Decimal;
+use super::exact;
 use super::scratch::Scratch;
 use super::spec::{Kind, Spec};
-
-/// Enough for `MAX_PRECISION + 1` significant digits plus `.` and `e-324`.
-type Digits = Scratch<128>;
 
 /// Writes the body of `v` for `spec` into `out` (which must be empty) and
 /// returns whether the number takes a minus sign.
@@ -34,17 +34,16 @@ pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) ->
     };
     // CPython multiplies first, so a huge value can overflow to inf%.
     let x = if percent { v * 100.0 } else { v };
-    if x.is_nan() {
-        // CPython ignores the sign bit of a nan.
-        out.extend(if upper { b"NAN" } else { b"nan" });
-        if percent {
-            out.push(b'%');
-        }
-        return false;
-    }
-    let negative = x.is_sign_negative();
-    if x.is_infinite() {
-        out.extend(if upper { b"INF" } else { b"inf" });
+    // CPython ignores the sign bit of a nan.
+    let negative = x.is_sign_negative() && !x.is_nan();
+    if !x.is_finite() {
+        let word: &[u8] = match (x.is_nan(), upper) {
+            (true, false) => b"nan",
+            (true, true) => b"NAN",
+            (false, false) => b"inf",
+            (false, true) => b"INF",
+        };
+        out.extend(word);
         if percent {
             out.push(b'%');
         }
@@ -52,14 +51,21 @@ pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) ->
     }
     let a = x.abs();
     let alt = spec.alternate;
-    let mut ryu = ryu::Buffer::new();
-    let short = Decimal::shortest(a, &mut ryu);
-    let subnormal = a != 0.0 && a < f64::MIN_POSITIVE;
     match (spec.kind, spec.precision) {
         (Kind::F { .. } | Kind::Percent, p) => {
             let p = p.unwrap_or(6);
-            match short.round(short.decpt + p as isize, subnormal) {
-                Some(r) => layout(r.digits(), r.decpt, Layout::Fixed(p), alt, upper, out),
+            match exact::fixed(a, p) {
+                Some(q) => {
+                    let mut text = itoa::Buffer::new();
+                    // The u64 conversion is the cheaper one; q rarely needs more.
+                    let digits = match u64::try_from(q) {
+                        Ok(small) => text.format(small),
+                        Err(_) => text.format(q),
+                    }
+                    .as_bytes();
+                    let decpt = digits.len() as isize - p as isize;
+                    layout(digits, decpt, Layout::Fixed(p), alt, upper, out);
+                }
                 None => {
                     let _ = write!(out, "{a:.p$}");
                     if p == 0 && alt {
@@ -70,21 +76,9 @@ pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) ->
         }
         (Kind::E { .. }, p) => {
             let p = p.unwrap_or(6);
-            match short.round(p as isize + 1, subnormal) {
-                Some(r) => layout(r.digits(), r.decpt, Layout::Exp(p + 1), alt, upper, out),
-                None => {
-                    // Rust's `D.DDDe-X` already has the digits and point
-                    // where CPython puts them; only the exponent differs.
-                    let _ = write!(out, "{a:.p$e}");
-                    let at = out.as_bytes().iter().rposition(|&b| b == b'e').unwrap_or(0);
-                    let exp = parse_exp(&out.as_bytes()[at + 1..]);
-                    out.truncate(at);
-                    if p == 0 && alt {
-                        out.push(b'.');
-                    }
-                    push_exp(out, exp, upper);
-                }
-            }
+            with_digits(a, p + 1, |digits, decpt| {
+                layout(digits, decpt, Layout::Exp(p + 1), alt, upper, out)
+            });
         }
         (Kind::G { .. } | Kind::None | Kind::D, Some(_)) | (Kind::G { .. }, None) => {
             // precision 0 makes no sense for 'g'; CPython reads it as 1.
@@ -94,27 +88,35 @@ pub(super) fn body<const N: usize>(v: f64, spec: &Spec, out: &mut Scratch<N>) ->
             let dot0 = !matches!(spec.kind, Kind::G { .. });
             let how = Layout::General { precision: p, dot0 };
             let upper = upper && !dot0;
-            match short.round(p as isize, subnormal) {
-                Some(r) => layout(r.digits(), r.decpt, how, alt, upper, out),
-                None => {
-                    let mut d = Digits::new();
-                    let decpt = digits_exact(a, p, &mut d);
-                    strip_trailing_zeros(&mut d);
-                    layout(d.as_bytes(), decpt, how, alt, upper, out);
-                }
-            }
+            // dtoa mode 2 returns no trailing zeros.
+            with_digits(a, p, |digits, decpt| {
+                let kept = digits.len() - digits.iter().rev().take_while(|&&b| b == b'0').count();
+                layout(&digits[..kept.max(1)], decpt, how, alt, upper, out)
+            });
         }
         (Kind::None | Kind::D, None) => {
-            let (mut d, mut decpt) = (Digits::new(), short.decpt);
-            d.extend(short.digits());
-            repr_tie_to_even(a, &mut d, &mut decpt);
-            layout(d.as_bytes(), decpt, Layout::Repr, alt, false, out);
+            let mut d = Decimal::shortest(a);
+            repr_tie_to_even(a, &mut d);
+            layout(d.digits(), d.decpt, Layout::Repr, alt, false, out);
         }
     }
     if percent {
         out.push(b'%');
     }
     negative && !(spec.no_neg_zero && is_zero(out.as_bytes()))
+}
+
+/// Calls `then(digits, decpt)` with `n` correctly rounded significant
+/// digits of a finite `a >= 0` (`a == 0.DIGITS * 10^decpt`, rounded).
+fn with_digits<R>(a: f64, n: usize, then: impl FnOnce(&[u8], isize) -> R) -> R {
+    if n <= exact::MAX_SIGNIFICANT {
+        if let Some((q, k)) = exact::significant(a, n) {
+            let mut text = itoa::Buffer::new();
+            return then(text.format(q).as_bytes(), k as isize + 1);
+        }
+    }
+    let d = Decimal::exact(a, n);
+    then(d.digits(), d.decpt)
 }
 
 /// True when the mantissa (everything before an exponent) has no nonzero
@@ -125,14 +127,6 @@ fn is_zero(body: &[u8]) -> bool {
         .all(|&b| !b.is_ascii_digit() || b == b'0')
 }
 
-/// `n` correctly rounded significant digits of `a >= 0` (finite) into `d`;
-/// returns the decimal point position (`0.d1d2... * 10^decpt`).
-fn digits_exact(a: f64, n: usize, d: &mut Digits) -> isize {
-    let mut tmp = Digits::new();
-    let _ = write!(tmp, "{a:.prec$e}", prec = n - 1);
-    split_exp(tmp.as_bytes(), d)
-}
-
 /// repr's digits are the shortest that round-trip, the nearest among them,
 /// and on an exact tie at the last digit the even one (dtoa mode 0).
 /// Ryu breaks ties the same way; this re-decides a possible tie with the
@@ -140,35 +134,24 @@ fn digits_exact(a: f64, n: usize, d: &mut Digits) -> isize {
 /// because a tie is where shortest-digit algorithms differ (Rust's own
 /// `{:e}` gives `2134917602002159.3` for 2134917602002159.25, Python
 /// `...159.2`) and checking costs nothing unless a tie is possible.
-fn repr_tie_to_even(a: f64, d: &mut Digits, decpt: &mut isize) {
-    let odd_last = d.last().is_some_and(|b| b % 2 == 1);
+fn repr_tie_to_even(a: f64, d: &mut Decimal) {
+    let odd_last = d.digits().last().is_some_and(|b| b % 2 == 1);
     if !(odd_last && may_tie(a)) {
         return;
     }
-    let mut even = Digits::new();
-    let even_decpt = digits_exact(a, d.as_bytes().len(), &mut even);
-    if even.as_bytes() != d.as_bytes() && round_trips(even.as_bytes(), even_decpt, a) {
+    let even = Decimal::exact(a, d.digits().len());
+    if even.digits() != d.digits() && round_trips(even.digits(), even.decpt, a) {
         *d = even;
-        strip_trailing_zeros(d);
-        *decpt = even_decpt;
     }
 }
 
 /// False when `a`'s exact decimal expansion is too long for a tie at the
 /// last digit of a shortest (at most 17-digit) string; see `repr_tie_to_even`.
 fn may_tie(a: f64) -> bool {
-    let bits = a.to_bits();
-    let biased = ((bits >> 52) & 0x7ff) as i32;
-    let frac = bits & ((1u64 << 52) - 1);
-    let (m, q) = if biased == 0 {
-        (frac, -1074)
-    } else {
-        (frac | (1u64 << 52), biased - 1075)
-    };
+    let (m, q) = exact::decompose(a);
     if m == 0 {
         return false;
     }
-    let q = q + m.trailing_zeros() as i32;
     // k = -q fractional bits give at least min(k + 1, 0.69 k) significant
     // decimal digits: over 18 once k > 25. Integers below 2^53 are printed
     // exactly, never rounded.
@@ -177,7 +160,7 @@ fn may_tie(a: f64) -> bool {
 
 /// Whether `0.DIGITS * 10^decpt` parses back to `a`.
 fn round_trips(digits: &[u8], decpt: isize, a: f64) -> bool {
-    let mut s = Digits::new();
+    let mut s = Scratch::<64>::new();
     s.extend(b"0.");
     s.extend(digits);
     let _ = write!(s, "e{decpt}");
@@ -185,33 +168,6 @@ fn round_trips(digits: &[u8], decpt: isize, a: f64) -> bool {
         .ok()
         .and_then(|t| t.parse::<f64>().ok())
         == Some(a)
-}
-
-/// Splits Rust's `D.DDDe[-]X` into digits (into `d`) and `X + 1`.
-fn split_exp(s: &[u8], d: &mut Digits) -> isize {
-    let at = s.iter().position(|&b| b == b'e').unwrap_or(s.len());
-    for &b in &s[..at] {
-        if b != b'.' {
-            d.push(b);
-        }
-    }
-    parse_exp(s.get(at + 1..).unwrap_or(&[])) + 1
-}
-
-/// Reads Rust's exponent, `[-]X`.
-fn parse_exp(s: &[u8]) -> isize {
-    let (neg, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    let e = digits
-        .iter()
-        .fold(0isize, |e, &b| e * 10 + (b.wrapping_sub(b'0') as isize));
-    if neg {
-        -e
-    } else {
-        e
-    }
 }
 
 /// CPython's exponent: `e`, a sign, at least two digits.
@@ -224,13 +180,6 @@ fn push_exp<const N: usize>(out: &mut Scratch<N>, exp: isize, upper: bool) {
         out.push(b'0' + (e % 10) as u8);
     } else {
         out.push_u64(e as u64);
-    }
-}
-
-/// dtoa modes 0 and 2 never return trailing zeros (but keep a lone `0`).
-fn strip_trailing_zeros(d: &mut Digits) {
-    while d.as_bytes().len() > 1 && d.last() == Some(b'0') {
-        d.pop();
     }
 }
 

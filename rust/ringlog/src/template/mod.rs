@@ -27,11 +27,13 @@
 //!   - `Int` with no type: as `d`; but where Python would refuse the spec
 //!     for an int, with a precision it renders `format(float(v), spec)`,
 //!     and a `z` flag is ignored (an int has no negative zero).
-//! * [`Template::render`] appends to the caller's `String` and allocates
-//!   nothing else: numbers are built in fixed stack buffers.
+//! * [`Template::render`] and [`Template::render_bytes`] append to the
+//!   caller's buffer and allocate nothing else: numbers are built in fixed
+//!   stack buffers.
 
 mod align;
 mod decimal;
+mod exact;
 mod float;
 mod parse;
 mod scratch;
@@ -109,30 +111,52 @@ impl Template {
     /// builds extra values are ignored and missing ones render as nothing,
     /// so a bug upstream never panics the drain thread.
     pub fn render(&self, values: &[Value], out: &mut String) {
+        // Borrow the string's buffer (no allocation), append, give it back.
+        let mut bytes = std::mem::take(out).into_bytes();
+        let start = bytes.len();
+        self.render_bytes(values, &mut bytes);
+        *out = String::from_utf8(bytes).unwrap_or_else(|e| {
+            // Cannot happen (see `render_bytes`); keep what was there.
+            let mut bytes = e.into_bytes();
+            bytes.truncate(start);
+            String::from_utf8(bytes).unwrap_or_default()
+        });
+    }
+
+    /// [`Template::render`] onto bytes: what the drain uses, since a sink
+    /// takes bytes. What it appends is always valid UTF-8 (literal text
+    /// from the template, fill characters, ASCII numbers).
+    pub fn render_bytes(&self, values: &[Value], out: &mut Vec<u8>) {
         debug_assert_eq!(values.len(), self.arity(), "{:?}", self.source);
         for (i, field) in self.fields.iter().enumerate() {
-            out.push_str(&self.text[field.literal.clone()]);
+            out.extend_from_slice(self.text[field.literal.clone()].as_bytes());
             if let Some(&v) = values.get(i) {
                 render_value(&field.spec, v, out);
             }
         }
-        out.push_str(&self.text[self.tail.clone()]);
+        out.extend_from_slice(self.text[self.tail.clone()].as_bytes());
     }
 }
 
 /// Formats one value with `spec` onto `out`.
-fn render_value(spec: &Spec, v: Value, out: &mut String) {
-    // Only fixed notation (and `d` of a float) can be 309 digits long; the
-    // rest use a smaller buffer, which is cheaper to set up.
-    match (spec.kind, v) {
-        (Kind::F { .. } | Kind::Percent, _) | (Kind::D, Value::Float(_)) => {
-            render_in::<{ scratch::CAPACITY }>(spec, v, out)
-        }
-        _ => render_in::<{ scratch::SMALL }>(spec, v, out),
+fn render_value(spec: &Spec, v: Value, out: &mut Vec<u8>) {
+    // Only fixed notation (and `d` of a float) of a large value or with a
+    // large precision can outgrow the small buffer, which is cheaper to set
+    // up: below 1e38 (1e40 once `%` multiplies) a fixed body has at most 41
+    // integer digits, so with at most 80 decimals, `.` and `%` it fits 128.
+    let magnitude = match v {
+        Value::Int(_) => 0.0,
+        Value::Float(f) => f.abs(),
+    };
+    let fixed = matches!(spec.kind, Kind::F { .. } | Kind::Percent | Kind::D);
+    if fixed && (magnitude >= 1e38 || spec.precision.is_some_and(|p| p > 80)) {
+        render_in::<{ scratch::CAPACITY }>(spec, v, out)
+    } else {
+        render_in::<{ scratch::SMALL }>(spec, v, out)
     }
 }
 
-fn render_in<const N: usize>(spec: &Spec, v: Value, out: &mut String) {
+fn render_in<const N: usize>(spec: &Spec, v: Value, out: &mut Vec<u8>) {
     let mut body = Scratch::<N>::new();
     let negative = match (spec.kind, v) {
         (Kind::D, Value::Int(i)) | (Kind::None, Value::Int(i)) if spec.precision.is_none() => {

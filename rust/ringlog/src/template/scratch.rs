@@ -58,10 +58,6 @@ impl<const N: usize> Scratch<N> {
         Some(self.buf[self.len])
     }
 
-    pub(super) fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
     pub(super) fn last(&self) -> Option<u8> {
         self.as_bytes().last().copied()
     }

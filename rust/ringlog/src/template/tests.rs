@@ -44,6 +44,9 @@ fn multi_field_line() {
 }
 
 #[test]
+// `below` is written as Python's repr writes it (clippy would have the
+// literal spelled out as the float's exact integer value)
+#[allow(clippy::excessive_precision)]
 fn large_bodies_fit_the_scratch_buffer() {
     // the longest bodies accepted specs can produce, checked by length
     // against Python: len(format(1.7976931348623157e308, ',.100f')) == 512
@@ -54,6 +57,24 @@ fn large_bodies_fit_the_scratch_buffer() {
     assert_eq!(render_one(".100e", F(-max)).len(), 108);
     assert_eq!(render_one("#.100g", F(5e-324)).len(), 106);
     assert_eq!(render_one("0=256,.100f", F(1.0)).len(), 256);
+    // just below the bound where fixed notation switches to the large
+    // buffer (1e38, precision 80): the longest bodies the small one holds
+    let below = 9.999999999999999e37;
+    let int_digits = "99999999999999997748809823456034029568";
+    assert_eq!(
+        render_one(".80f", F(below)),
+        format!("{int_digits}.{}", "0".repeat(80))
+    );
+    assert_eq!(
+        render_one(".80%", F(below)),
+        format!(
+            "10000000000000000303786028427003666890752.{}%",
+            "0".repeat(80)
+        )
+    );
+    assert_eq!(render_one("d", F(below)), int_digits);
+    assert_eq!(render_one(".81f", F(below)).len(), 120);
+    assert_eq!(render_one(".80f", F(-1e38)).len(), 120);
 }
 
 #[test]

@@ -1,11 +1,12 @@
-//! A logger's table of registered templates: interned by source text,
-//! append-only, read without locks.
+//! A logger's template registry: the table of its registered templates
+//! (each one a `template::Template`), interned by source text, append-only,
+//! read without locks.
 //!
 //! Invariants:
 //! - Ids are dense, start at 0 and are never reused or removed, so a reader
 //!   that sees slot `tid` filled can use it for the logger's lifetime.
 //! - A slot is filled once (`OnceLock`) before its id is returned from
-//!   [`Templates::register`]; producers and the drain read it with one
+//!   [`Registry::register`]; producers and the drain read it with one
 //!   acquire load, no lock.
 
 use crate::template::{Template, TemplateError};
@@ -20,20 +21,20 @@ pub struct Entry {
     pub arity: usize,
 }
 
-pub struct Templates {
+pub struct Registry {
     slots: Box<[OnceLock<Box<Entry>>]>,
     by_text: Mutex<HashMap<String, u32>>,
 }
 
-impl Default for Templates {
+impl Default for Registry {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Templates {
-    pub fn new() -> Templates {
-        Templates {
+impl Registry {
+    pub fn new() -> Registry {
+        Registry {
             slots: (0..MAX_TEMPLATES).map(|_| OnceLock::new()).collect(),
             by_text: Mutex::new(HashMap::new()),
         }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The support matrix: the Python test suite against ONE wheel, in one virtualenv
+# per (CPython, JAX) combination. Called by `make test-matrix` (and so by
+# `make test` and CI). Environments live in .venv-matrix/<name> (git-ignored) and
+# are reused; their dependencies are reinstalled only when pyproject.toml or the
+# pins below change, the wheel (nlsq itself) every run.
+#
+#   name          interpreter      pins
+#   py313         CPython 3.13     newest jax
+#   py312         CPython 3.12     jax 0.11.x (what the GPU machines run)
+#   py311-oldest  CPython 3.11     jax/jaxlib 0.9.2, numpy 2.0.2, scipy 1.13.1: the floor
+#
+# The default environment (.venv: CPython 3.11, newest jax for it) is tested by
+# `make py-test`. Usage: .ci/matrix.sh WHEEL [NAME...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYENV_VERSIONS="${PYENV_ROOT:-$HOME/.pyenv}/versions"
+MATRIX_DIR="${MATRIX_DIR:-.venv-matrix}"
+declare -A PYTHONS=(
+  [py313]="$PYENV_VERSIONS/3.13.0/bin/python"
+  [py312]="$PYENV_VERSIONS/3.12.1/bin/python"
+  [py311-oldest]="$PYENV_VERSIONS/3.11.7/bin/python"
+)
+declare -A PINS=(
+  [py313]="jax"
+  [py312]="jax>=0.11,<0.12"
+  [py311-oldest]="jax==0.9.2 jaxlib==0.9.2 numpy==2.0.2 scipy==1.13.1"
+)
+ORDER=(py313 py312 py311-oldest)
+
+wheel="${1:?usage: .ci/matrix.sh WHEEL [NAME...]}"
+shift
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=("${ORDER[@]}")
+
+summary=()
+status=0
+for name in "${names[@]}"; do
+  python="${PYTHONS[$name]:?unknown matrix environment $name}"
+  venv="$MATRIX_DIR/$name"
+  if [ ! -x "$python" ]; then
+    echo "matrix: $name needs $python, which is missing" >&2
+    exit 1
+  fi
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  stamp="$venv/.deps-stamp"
+  want="$(cat pyproject.toml; echo "${PINS[$name]}")"
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    "$venv/bin/pip" install --quiet --upgrade pip
+    # shellcheck disable=SC2086 # PINS are separate requirement words
+    "$venv/bin/pip" install --quiet "$wheel[test,bench]" ${PINS[$name]}
+    printf '%s' "$want" > "$stamp"
+  fi
+  "$venv/bin/pip" install --quiet --force-reinstall --no-deps "$wheel"
+  versions="$("$venv/bin/python" -c 'import sys, jax, nlsq, os; assert "site-packages" in nlsq.__file__, nlsq.__file__; print(f"CPython {sys.version.split()[0]}, jax {jax.__version__}")')"
+  echo "=== matrix $name: $versions"
+  start=$SECONDS
+  # The installed wheel, not the source tree: python/ is not on sys.path.
+  # With pipefail the pipeline fails when pytest does.
+  if "$venv/bin/python" -m pytest -q -p no:cacheprovider tests | tee "$venv/pytest.log" | tail -n 3; then
+    result="passed"
+  else
+    result="FAILED"
+    status=1
+  fi
+  summary+=("$name ($versions): $result, $(tail -n 1 "$venv/pytest.log" | tr -d '=') [$((SECONDS - start)) s]")
+done
+echo "=== support matrix"
+printf '  %s\n' "${summary[@]}"
+exit $status

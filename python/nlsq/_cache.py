@@ -1,0 +1,224 @@
+"""Compile once: the persistent compilation cache and code-keyed model functions.
+
+Persistent cache
+----------------
+The first fit of a process points JAX's persistent compilation cache at
+:func:`cache_dir` (``${XDG_CACHE_HOME:-~/.cache}/nlsq``; ``NLSQ_CACHE_DIR=<dir>``
+moves it, ``NLSQ_CACHE_DIR=off`` disables it), through JAX's public
+configuration only, and never when the user already chose a cache directory.
+A fresh process then loads the compiled solver instead of compiling it again.
+
+Several processes may share the directory: JAX's file cache writes an entry
+with a plain ``write_bytes`` (not atomic), and only locks its reads and writes
+(``filelock``) when a size limit is set.  So we set one
+(:data:`DEFAULT_MAX_BYTES`, unless the user set their own): every read and write
+then holds the directory's lock file, no process reads a half-written entry,
+and the directory cannot grow without bound (least recently used entries go).
+
+Code-keyed functions
+--------------------
+The jitted solver is keyed (statically) by the model function.  A fresh
+``lambda`` with the same code is a new object, so keying by identity would trace
+and lower it again on every call.  :func:`code_keyed` wraps a function in an
+object that compares equal to another wrapper when both functions have the same
+code, closure values, defaults and referenced global values -- that is, when they
+compute the same thing -- so the in-memory jit cache is hit as well.  Whenever
+one of those parts cannot be hashed, the wrapper falls back to identity.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import types
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["DEFAULT_MAX_BYTES", "cache_dir", "code_keyed", "enable_persistent_cache"]
+
+#: Size limit given to JAX's cache directory when the user has not set one (bytes).
+DEFAULT_MAX_BYTES = 1 << 30
+#: Compilations faster than this are not written (JAX's default is 1 s, which
+#: would skip exactly the sub-second solver compilations we want to keep).
+MIN_COMPILE_SECS = 0.05
+
+_OFF = {"off", "0", "false", "no", "none", "disable", "disabled"}
+_LOCK = threading.Lock()
+_DONE = False
+
+
+def cache_dir() -> str | None:
+    """The persistent compilation cache directory nlsq uses, or None when disabled.
+
+    ``NLSQ_CACHE_DIR=off`` (or ``0``, ``false``, ``no``, ``none``) disables it;
+    any other non-empty value is the directory; otherwise
+    ``${XDG_CACHE_HOME:-~/.cache}/nlsq``.
+    """
+    env = os.environ.get("NLSQ_CACHE_DIR", "").strip()
+    if env.lower() in _OFF:
+        return None
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return os.path.join(base, "nlsq")
+
+
+def enable_persistent_cache() -> str | None:
+    """Switch JAX's persistent cache on at :func:`cache_dir` (once per process).
+
+    Returns the directory in use (the user's own if they set one), or None.
+    A directory that cannot be created leaves the cache off; fits still work.
+    """
+    global _DONE
+    if _DONE:
+        return _in_use()
+    with _LOCK:
+        if _DONE:
+            return _in_use()
+        _DONE = True
+        import jax
+
+        if jax.config.jax_compilation_cache_dir:
+            return _in_use()  # the user's choice wins
+        path = cache_dir()
+        if path is None:
+            return None
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
+            return None
+        if jax.config.jax_compilation_cache_max_size == -1 and _have_filelock():
+            jax.config.update("jax_compilation_cache_max_size", DEFAULT_MAX_BYTES)
+        if jax.config.jax_persistent_cache_min_compile_time_secs > MIN_COMPILE_SECS:
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
+        jax.config.update("jax_compilation_cache_dir", path)
+        return path
+
+
+def _in_use() -> str | None:
+    import jax
+
+    return jax.config.jax_compilation_cache_dir or None
+
+
+def _have_filelock() -> bool:
+    try:
+        import filelock  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _function_key(fn: Callable) -> tuple | None:
+    """What a plain Python function computes with, hashable; None if it cannot be."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType) or not isinstance(fn, types.FunctionType):
+        return None
+    try:
+        cells = tuple(cell.cell_contents for cell in fn.__closure__ or ())
+        kwdefaults = tuple(sorted((fn.__kwdefaults__ or {}).items()))
+        globals_ = fn.__globals__
+        used = tuple(sorted((n, globals_[n]) for n in _global_names(code) if n in globals_))
+        key = (code, cells, fn.__defaults__, kwdefaults, used)
+        hash(key)
+    except (TypeError, ValueError):  # an unhashable value, or an empty cell
+        return None
+    return key
+
+
+class CodeKeyed:
+    """A callable that compares by what its function computes (see the module doc)."""
+
+    __slots__ = ("fn", "_key", "_hash")
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self._key = _function_key(fn)
+        self._hash = hash(self._key) if self._key is not None else id(fn)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CodeKeyed):
+            return NotImplemented
+        if self._key is not None and other._key is not None:
+            # Keys are taken when the wrapper is made: the same function after a
+            # global it reads has changed is a different computation.
+            return self._key == other._key
+        return self.fn is other.fn
+
+    @property
+    def __name__(self) -> str:  # noqa: PLW3201 - the name messages show
+        return getattr(self.fn, "__name__", repr(self.fn))
+
+    def __repr__(self) -> str:
+        return f"CodeKeyed({self.fn!r})"
+
+
+def code_keyed(fn: Callable | None) -> Callable | None:
+    """``fn`` wrapped so that equal code (and captured values) gives equal keys."""
+    if fn is None or isinstance(fn, CodeKeyed):
+        return fn
+    return CodeKeyed(fn)
+
+
+#: XLA options for the solver programs.  The CPU backend's newer fusion emitters
+#: take about twice as long to compile this solver (many small fusions inside
+#: while loops) with no measurable gain at run time, so the solver uses the
+#: classic emitters (``benches/bench_many_fits.py``, compile time per bucket).
+SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+class SolverJit:
+    """``jax.jit(fn, compiler_options=SOLVER_OPTIONS)``, made on first use.
+
+    An XLA that does not know an option refuses it when compiling; the jit is
+    then made again without options (once) and the call retried, so no probe
+    compilation is spent on the first fit.  ``trace``/``lower``/``_cache_size``
+    are the jitted function's.
+    """
+
+    def __init__(self, fn: Callable, **jit_kwargs: Any):
+        self._fn = fn
+        self._jit_kwargs = jit_kwargs
+        self._jitted = None
+        self._options_ok: bool | None = None
+
+    def _get(self):
+        if self._jitted is None:
+            import jax
+
+            options = SOLVER_OPTIONS if self._options_ok is not False else {}
+            self._jitted = jax.jit(self._fn, compiler_options=options, **self._jit_kwargs)
+        return self._jitted
+
+    def __call__(self, *args: Any):
+        jitted = self._jitted or self._get()
+        if self._options_ok:
+            return jitted(*args)
+        try:
+            out = jitted(*args)
+        except Exception as err:
+            if self._options_ok is not None or "compile option" not in str(err):
+                raise
+            self._options_ok, self._jitted = False, None
+            return self._get()(*args)
+        self._options_ok = True
+        return out
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)

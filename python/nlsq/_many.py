@@ -1,0 +1,356 @@
+"""``curve_fit_many``: B independent fits of one model as one compiled program.
+
+The B datasets are padded to one common length (the bucket of the longest, see
+``nlsq._buckets``) with zero-weight rows and stacked, so the batch is one
+``Problem`` whose traced leaves have a leading axis.  The solver's driver
+(``init`` / ``step`` / ``result`` of the method, as in ``_driver.run``) is
+``vmap``-ed over that axis: ``lax.while_loop`` under ``vmap`` runs until every fit
+has stopped, and a fit that has stopped keeps its state unchanged (the batched
+loop selects the old carry for it), so each fit ends on its own criteria with the
+same iterates, counts and status as ``curve_fit`` on that dataset alone.
+
+Logging
+-------
+Nothing is logged from inside the batched loop (where rows of all fits would
+come out interleaved, iteration by iteration, and finished fits would still run
+the body).  ``verbose=2`` keeps each fit's table rows in a small on-device
+history (``max_nfev + 1`` rows of 6 numbers per fit) and writes, per fit, one whole
+table with a fit-index column, then its closing lines; ``verbose=1`` writes one
+summary line per fit (index, nfev, cost, status), in the order the fits
+finished.  Both go through the ring logger, under the lock that keeps tables of
+concurrent fits apart (``_verbose.table_lock``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from scipy.optimize import OptimizeWarning
+
+from ._buckets import PaddedModelResidual, bucket_size, buckets_enabled, model_is_rowwise
+from ._cache import SolverJit, code_keyed, enable_persistent_cache
+from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
+from ._curve_fit import _initialize_feasible, _n_params
+from ._driver import SolveResult
+from ._jax_compat import enable_x64
+from ._lm import LM
+from ._problem import check_jac, make_problem, prepare_bounds
+from ._reduce import pcov_from_R
+from ._trf import TRF
+from ._verbose import write_many_tables
+
+__all__ = ["ManyFitResult", "curve_fit_many"]
+
+_METHODS = {"trf": TRF, "lm": LM}
+
+
+@dataclasses.dataclass
+class ManyFitResult:
+    """Results of :func:`curve_fit_many`, one entry per dataset along the first axis."""
+
+    popt: np.ndarray  # (B, p)
+    pcov: np.ndarray  # (B, p, p)
+    status: np.ndarray  # (B,)
+    success: np.ndarray  # (B,) bool
+    nfev: np.ndarray  # (B,)
+    cost: np.ndarray  # (B,) half the sum of squared weighted residuals (least_squares' cost)
+    message: list[str]
+
+    def __len__(self) -> int:
+        return self.popt.shape[0]
+
+
+def _run_one(problem, history_len: int):
+    """The driver of ``_driver.run`` for one problem, keeping table rows when asked."""
+    method = _METHODS[problem.method]
+    state = method.init(problem)
+
+    def as_row(state):
+        return jnp.stack([jnp.asarray(v, jnp.float64) for v in method.row(state)])
+
+    history = jnp.zeros((history_len, 6)).at[0].set(as_row(state)) if history_len else None
+
+    def body(carry):
+        state, history = carry
+        state = method.step(problem, state)
+        if history is not None:
+            slot = jnp.minimum(state.iteration, history_len - 1)
+            history = history.at[slot].set(as_row(state))
+        return state, history
+
+    state, history = lax.while_loop(
+        lambda carry: carry[0].status == RUNNING, body, (state, history)
+    )
+    out: SolveResult = method.result(problem, state)
+    m_true = problem.residual.true_m(problem.data)
+    pcov = pcov_from_R(out.R, m_true, problem.n)
+    return out, pcov, state.iteration, history
+
+
+_solve_batch = SolverJit(
+    lambda problem, history_len: jax.vmap(lambda p: _run_one(p, history_len))(problem),
+    static_argnums=1,
+)
+
+
+def _solve_many(problem, history_len: int):
+    return _solve_batch(problem, history_len)
+
+
+def _as_list(data, what: str) -> list[np.ndarray]:
+    if isinstance(data, np.ndarray | jax.Array):
+        arr = np.asarray(data, dtype=float)
+        if arr.ndim != 2:
+            raise ValueError(
+                f"`{what}` must be a 2-D array (batch, n) or a sequence of 1-D arrays; "
+                f"got shape {arr.shape}."
+            )
+        return list(arr)
+    if not isinstance(data, Sequence):
+        raise ValueError(f"`{what}` must be a 2-D array or a sequence of 1-D arrays.")
+    out = [np.asarray(d, dtype=float) for d in data]
+    for i, d in enumerate(out):
+        if d.ndim != 1:
+            raise ValueError(f"`{what}[{i}]` must be 1-D; got shape {d.shape}.")
+    return out
+
+
+def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
+    """A (p,) or scalar value shared by all fits, or (B, p) per fit -> (B, p)."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim <= 1:
+        return np.broadcast_to(np.resize(arr, p) if arr.ndim == 0 else arr, (batch, p)).copy()
+    if arr.shape != (batch, p):
+        raise ValueError(f"`{what}` must have shape ({p},) or ({batch}, {p}); got {arr.shape}.")
+    return arr.copy()
+
+
+def curve_fit_many(
+    f: Callable,
+    xdata,
+    ydata,
+    p0=None,
+    sigma=None,
+    absolute_sigma: bool = False,
+    bounds=(-np.inf, np.inf),
+    method: str | None = None,
+    jac=None,
+    verbose: int = 0,
+    ftol: float = 1e-8,
+    xtol: float = 1e-8,
+    gtol: float = 1e-8,
+    max_nfev: int | None = None,
+    loss="linear",
+    f_scale: float = 1.0,
+    x_scale=1.0,
+) -> ManyFitResult:
+    """Fit ``f(x, *params)`` to B datasets at once, in one compiled program.
+
+    Parameters
+    ----------
+    f : callable
+        Element-wise model ``f(x, p1, p2, ...)`` written with ``jax.numpy``.
+    xdata, ydata : array (B, n) or sequence of B 1-D arrays
+        The datasets; lengths may differ (shorter ones are padded with zero-weight
+        rows).  ``xdata`` may also be one 1-D array shared by every dataset.
+    p0 : array (p,) or (B, p), optional
+        Initial guesses, shared or per dataset (default as ``curve_fit``).
+    sigma : None, scalar, array (n,), (B, n) or sequence of 1-D arrays
+        Standard deviations of ``ydata`` (covariance matrices are not supported).
+    absolute_sigma, method, ftol, xtol, gtol, max_nfev, loss, f_scale, x_scale
+        As in ``curve_fit``, the same for every dataset.
+    bounds : 2-tuple
+        ``(lb, ub)``, each a scalar, (p,) shared, or (B, p) per dataset.
+    jac : None, '2-point' or '3-point'
+        Jacobian (JAX autodiff by default); callables are not supported here.
+    verbose : {0, 1, 2}
+        1: one summary line per fit; 2: each fit's iteration table (with a fit
+        index column), written whole.
+
+    Returns
+    -------
+    ManyFitResult
+        ``popt (B, p)``, ``pcov (B, p, p)``, ``status``, ``success``, ``nfev``,
+        ``cost`` (B,) and ``message`` (list).  Fits that fail are reported in
+        ``status``/``success``, not raised.
+    """
+    if not callable(f):
+        raise TypeError("`f` must be callable.")
+    if verbose not in (0, 1, 2):
+        raise ValueError("`verbose` must be in [0, 1, 2].")
+    if method not in (None, "trf", "lm"):
+        raise ValueError("`method` must be None, 'trf' or 'lm' in curve_fit_many.")
+    if callable(jac):
+        raise ValueError("curve_fit_many does not take a `jac` callable; use None (autodiff).")
+    if callable(loss):
+        raise ValueError("curve_fit_many takes a loss name, not a callable.")
+    jac_mode, _ = check_jac(jac)
+    ys = _as_list(ydata, "ydata")
+    batch = len(ys)
+    if batch == 0:
+        raise ValueError("`ydata` holds no dataset.")
+    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
+        xs = [np.asarray(xdata, dtype=float)] * batch
+    else:
+        xs = _as_list(xdata, "xdata")
+    if len(xs) != batch:
+        raise ValueError(f"`xdata` holds {len(xs)} datasets, `ydata` {batch}.")
+    lengths = np.array([y.size for y in ys])
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if x.shape != y.shape:
+            raise ValueError(f"dataset {i}: `xdata` has shape {x.shape}, `ydata` {y.shape}.")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+
+    if p0 is None:
+        p = _n_params(f)
+    else:
+        p0 = np.asarray(p0, dtype=float)
+        p = p0.shape[-1] if p0.ndim else 1
+    if np.any(lengths < p):
+        bad = np.flatnonzero(lengths < p).tolist()
+        raise TypeError(f"datasets {bad} have fewer data points than the {p} parameters.")
+    lb_b, ub_b = (
+        _per_fit(b, batch, p, name)
+        for b, name in zip(prepare_bounds(bounds, p), ("bounds[0]", "bounds[1]"), strict=True)
+    )
+    if p0 is None:
+        x0_b = np.stack([_initialize_feasible(lb_b[i], ub_b[i]) for i in range(batch)])
+    else:
+        x0_b = _per_fit(p0, batch, p, "p0")
+    method = method or "trf"
+    if method == "lm" and (np.isfinite(lb_b).any() or np.isfinite(ub_b).any()):
+        raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' instead.")
+
+    # Weights 1/sigma, per row.
+    if sigma is None:
+        ws = [np.ones(n) for n in lengths]
+    elif isinstance(sigma, list | tuple):
+        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
+    elif np.ndim(sigma) == 0:
+        ws = [np.full(n, 1.0 / float(sigma)) for n in lengths]
+    elif isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
+        ws = [1.0 / np.asarray(sigma, dtype=float)] * batch
+    else:
+        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
+    for i, w in enumerate(ws):
+        if w.shape != (lengths[i],):
+            raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"dataset {i}: `sigma` must not contain zeros.")
+
+    model = code_keyed(f)
+    longest = int(lengths.max())
+    size = bucket_size(longest) if buckets_enabled() else longest
+    if (size > lengths.min() or size > longest) and not model_is_rowwise(model, p):
+        if lengths.min() != longest:
+            raise ValueError(
+                "datasets of different lengths are padded, which needs a model that works "
+                "element by element (this one mixes data points); fit them with curve_fit."
+            )
+        size = longest
+    X = np.empty((batch, size))
+    Y = np.empty((batch, size))
+    W = np.zeros((batch, size))
+    for i, (x, y, w) in enumerate(zip(xs, ys, ws, strict=True)):
+        n = lengths[i]
+        X[i, :n], X[i, n:] = x, x[-1]
+        Y[i, :n], Y[i, n:] = y, y[-1]
+        W[i, :n] = w
+
+    enable_persistent_cache()
+    with enable_x64(True):
+        # One problem checks the shared options; its traced leaves are then replaced
+        # by per-dataset stacks (checked the same way, vectorized).
+        template = make_problem(
+            PaddedModelResidual(model, None, 1),
+            (X[0], Y[0], W[0], np.float64(lengths[0])),
+            x0_b[0],
+            jac_mode=jac_mode,
+            bounds=(lb_b[0], ub_b[0]),
+            method=method,
+            loss=loss,
+            f_scale=f_scale,
+            x_scale=x_scale,
+            ftol=ftol,
+            xtol=xtol,
+            gtol=gtol,
+            max_nfev=max_nfev,
+            verbose=0,
+            want_pcov=True,
+        )
+        if np.any(lb_b >= ub_b):
+            raise ValueError("Each lower bound must be strictly less than each upper bound.")
+        outside = np.flatnonzero(np.any((x0_b < lb_b) | (x0_b > ub_b), axis=1))
+        if outside.size:
+            raise ValueError(f"Initial guess is outside of the bounds for datasets {outside}.")
+        if method == "trf":
+            from ._common import make_strictly_feasible_np
+
+            x0_b = make_strictly_feasible_np(x0_b, lb_b, ub_b)
+        bounded = bool(np.isfinite(lb_b).any() or np.isfinite(ub_b).any())
+
+        def stack(leaf):
+            return np.broadcast_to(leaf, (batch,) + np.shape(leaf)).copy()
+
+        problem = dataclasses.replace(
+            template,
+            x0=x0_b,
+            lb=lb_b,
+            ub=ub_b,
+            x_scale=stack(template.x_scale),
+            ftol=stack(template.ftol),
+            xtol=stack(template.xtol),
+            gtol=stack(template.gtol),
+            max_nfev=stack(template.max_nfev),
+            f_scale=stack(template.f_scale),
+            diff_step=stack(template.diff_step),
+            data=(X, Y, W, lengths.astype(np.float64)),
+            bounded=bounded,
+        )
+        history_len = int(template.max_nfev) + 1 if verbose == 2 else 0
+        out, pcov, iterations, history = jax.device_get(_solve_many(problem, history_len))
+
+    status = np.asarray(out.status).astype(int)
+    cost = np.asarray(out.cost)
+    pcov = np.array(pcov, dtype=float)
+    dof = lengths - p
+    bad_cov = np.isnan(pcov).any(axis=(1, 2))
+    if not absolute_sigma:
+        bad_cov |= dof <= 0
+        scale = np.where(dof > 0, 2 * cost / np.where(dof > 0, dof, 1), np.inf)
+        pcov = pcov * scale[:, None, None]
+    pcov[bad_cov] = np.inf
+    if bad_cov.any():
+        warnings.warn(
+            f"Covariance of the parameters could not be estimated for datasets "
+            f"{np.flatnonzero(bad_cov).tolist()}",
+            category=OptimizeWarning,
+            stacklevel=2,
+        )
+    messages = [
+        "Residuals are not finite in the initial point."
+        if s == BAD_START
+        else TERMINATION_MESSAGES.get(int(s), str(s))
+        for s in status
+    ]
+    nfev = np.asarray(out.nfev).astype(int)
+    if verbose:
+        write_many_tables(
+            verbose, messages, out, np.asarray(iterations), None if history is None else history
+        )
+    return ManyFitResult(
+        popt=np.asarray(out.x),
+        pcov=pcov,
+        status=status,
+        success=status > 0,
+        nfev=nfev,
+        cost=cost,
+        message=messages,
+    )

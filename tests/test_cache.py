@@ -1,0 +1,175 @@
+"""The persistent compilation cache (nlsq._cache): where it lives, that fresh processes
+load from it with identical results, that processes can share it, and that a fresh
+lambda with the same code reuses the compiled solver."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax.numpy as jnp
+import nlsq
+import numpy as np
+import pytest
+from nlsq import _cache, _solve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One fit; prints the popt bits, the cache hits JAX counted, and the cache dir in use.
+FIT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    HIT = "/jax/compilation_cache/cache_hits"
+    hits = []
+    def on_event(name, **kw):
+        if name == HIT:
+            hits.append(name)
+    jax.monitoring.register_event_listener(on_event)
+    import nlsq
+    x = np.linspace(0, 5, 300)
+    y = 2.5 * np.exp(-1.3 * x) + 0.5 + 0.01 * np.cos(7 * x)
+    popt, pcov = nlsq.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y, p0=[1, 0.5, 0])
+    print(json.dumps({
+        "popt": [float(v).hex() for v in popt],
+        "pcov": [float(v).hex() for v in pcov.ravel()],
+        "hits": len(hits),
+        "dir": jax.config.jax_compilation_cache_dir,
+    }))
+    """
+)
+
+
+def _run(cache: str | None, script: str = FIT_SCRIPT, **extra_env) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT / "python"), **extra_env)
+    if cache is None:
+        env.pop("NLSQ_CACHE_DIR", None)
+    else:
+        env["NLSQ_CACHE_DIR"] = cache
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "persistent compilation cache" not in err.lower(), err  # no read/write errors
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _entries(path: Path) -> list[str]:
+    return sorted(p.name for p in path.glob("*-cache"))
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("NLSQ_CACHE_DIR", str(tmp_path / "here"))
+    assert _cache.cache_dir() == str(tmp_path / "here")
+    for off in ("off", "OFF", "0", "false", "none"):
+        monkeypatch.setenv("NLSQ_CACHE_DIR", off)
+        assert _cache.cache_dir() is None
+    monkeypatch.delenv("NLSQ_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert _cache.cache_dir() == str(tmp_path / "xdg" / "nlsq")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert _cache.cache_dir() == str(tmp_path / "home" / ".cache" / "nlsq")
+
+
+def test_processes_share_the_cache_and_results_do_not_change(tmp_path):
+    cache = tmp_path / "cache"
+    # Two cold processes at once write the same entry: both must succeed, read no
+    # half-written file, and agree bit for bit.
+    first = [_run(str(cache)) for _ in range(2)]
+    cold = [_result(p) for p in first]
+    assert cold[0]["dir"] == str(cache)
+    assert cold[0]["hits"] == 0 or cold[1]["hits"] == 0
+    entries = _entries(cache)
+    assert any(name.startswith("jit__solve") for name in entries), entries
+    # A third process loads the solver from the cache and gets the same numbers.
+    warm = _result(_run(str(cache)))
+    assert warm["hits"] >= 1
+    assert _entries(cache) == entries  # nothing recompiled, nothing new written
+    for other in cold:
+        assert warm["popt"] == other["popt"]
+        assert warm["pcov"] == other["pcov"]
+
+
+def test_cache_off_and_user_directory_respected(tmp_path):
+    off = _result(_run("off"))
+    assert off["dir"] is None
+    mine = tmp_path / "mine"
+    script = (
+        f"import jax; jax.config.update('jax_compilation_cache_dir', {str(mine)!r})\n" + FIT_SCRIPT
+    )
+    res = _result(_run(str(tmp_path / "nlsq-default"), script))
+    assert res["dir"] == str(mine)
+    assert not (tmp_path / "nlsq-default").exists()
+
+
+def _make_model(k):
+    # Every call returns a new function object with the same code.
+    return lambda x, a, b: a * jnp.exp(-b * x) + k
+
+
+def _jit_cache_size() -> int:
+    return _solve.solve._cache_size()
+
+
+def test_fresh_lambda_with_same_code_reuses_the_compiled_solver():
+    x = np.linspace(0, 4, 97)
+    y = 1.7 * np.exp(-0.8 * x) + 0.25
+    popt1, _ = nlsq.curve_fit(_make_model(0.25), x, y, p0=[1, 1])
+    size = _jit_cache_size()
+    popt2, _ = nlsq.curve_fit(_make_model(0.25), x, y, p0=[1, 1])
+    assert _jit_cache_size() == size  # no new trace for a new object with equal code
+    np.testing.assert_array_equal(popt1, popt2)
+    np.testing.assert_allclose(popt1, [1.7, 0.8], rtol=1e-6)
+    # A different captured value is a different function: traced anew, other result.
+    popt3, _ = nlsq.curve_fit(_make_model(0.5), x, y + 0.25, p0=[1, 1])
+    assert _jit_cache_size() == size + 1
+    np.testing.assert_allclose(popt3, [1.7, 0.8], rtol=1e-6)
+
+
+def test_code_key_falls_back_to_identity_for_unhashable_captures():
+    w = np.ones(3)
+    f = lambda x: x * w  # noqa: E731
+    g = lambda x: x * w  # noqa: E731
+    assert _cache.code_keyed(f) == _cache.code_keyed(f)
+    assert _cache.code_keyed(f) != _cache.code_keyed(g)  # the array cannot be hashed
+    h1, h2 = _make_model(1.0), _make_model(2.0)
+    assert _cache.code_keyed(h1) != _cache.code_keyed(h2)
+    assert _cache.code_keyed(_make_model(1.0)) == _cache.code_keyed(h1)
+
+
+@pytest.mark.parametrize("value", [1.0, 2.0])
+def test_code_key_sees_global_values(value):
+    ns = {"jnp": jnp, "K": value}
+    exec("f = lambda x, a: a * x + K", ns)  # noqa: S102
+    first = _cache.code_keyed(ns["f"])
+    exec("f = lambda x, a: a * x + K", ns)  # noqa: S102
+    assert first == _cache.code_keyed(ns["f"])
+    ns["K"] = value + 1
+    assert first != _cache.code_keyed(ns["f"])  # same object, but it now computes otherwise
+    exec("f = lambda x, a: a * x + K", ns)  # noqa: S102
+    assert first != _cache.code_keyed(ns["f"])
+
+
+def test_unknown_compiler_option_falls_back(monkeypatch):
+    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_no_such_option_for_nlsq": True})
+    jitted = _cache.SolverJit(lambda x: x * 2.0)
+    assert float(jitted(np.float32(1.5))) == 3.0
+    assert jitted._options_ok is False
+    # A known option is kept.
+    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_cpu_use_fusion_emitters": False})
+    jitted = _cache.SolverJit(lambda x: x * 3.0)
+    assert float(jitted(np.float32(1.5))) == 4.5
+    assert jitted._options_ok is True
