@@ -59,7 +59,9 @@ PAIRS = [(name, 1024) for name in CASES] + [("plain", 4999), ("sigma", 4999)]
 def test_chunked_equals_unchunked(name, chunk):
     kw = dict(CASES[name])
     ydata = kw.pop("ydata", Y)
-    ref = curve_fit(exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=0, **kw)
+    ref = curve_fit(
+        exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=0, method="trf", **kw
+    )
     out = curve_fit(exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=chunk, **kw)
     # Huber and Cauchy: an outlier row's loss weight is scipy's clamp sqrt(EPS) (its
     # exact value is 0 or negative), its rescaled residual ~1/sqrt(EPS) times the data,
@@ -78,7 +80,7 @@ def test_chunked_finite_differences_close():
     # chunks of another length (XLA vectorises them differently), so the Jacobians
     # agree to ~1e-8 and the fits to ~1e-9, not bit for bit.
     for mode in ("2-point", "3-point"):
-        ref, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=0)
+        ref, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=0, method="trf")
         out, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=700)
         np.testing.assert_allclose(out, ref, rtol=1e-8)
 
@@ -86,7 +88,9 @@ def test_chunked_finite_differences_close():
 def test_two_predictors_scipy_layout():
     xdata = np.stack([X, np.cos(X)])  # (k, m): scipy's layout for several predictors
     y = plane_model(xdata, 1.5, 0.4, 0.7) + 0.01 * RNG.standard_normal(X.size)
-    ref, pref = curve_fit(plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=0)
+    ref, pref = curve_fit(
+        plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=0, method="trf"
+    )
     out, pout = curve_fit(plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=333)
     np.testing.assert_allclose(out, ref, rtol=1e-10)
     np.testing.assert_allclose(pout, pref, rtol=1e-8)
@@ -96,7 +100,7 @@ def _table(**kw):
     buf = io.StringIO()
     async_logger.configure(sink=buf)
     try:
-        curve_fit(exp_model, X, Y, p0=[1, 1, 0], verbose=2, **kw)
+        curve_fit(exp_model, X, Y, p0=[1, 1, 0], verbose=2, method="trf", **kw)
         async_logger.flush()
     finally:
         async_logger.configure(sink=None)

@@ -132,8 +132,10 @@ def test_two_processes_same_fit_one_table():
     ]
     assert len(results) == 2
     x, y, sigma = data()
-    ref, pref, iref, _, ier = curve_fit(model, x, y, p0=[1, 1, 0], sigma=sigma, full_output=True)
-    plain, pplain = curve_fit(model, x, y, p0=[1, 1, 0])
+    ref, pref, iref, _, ier = curve_fit(
+        model, x, y, p0=[1, 1, 0], sigma=sigma, full_output=True, method="trf"
+    )
+    plain, pplain = curve_fit(model, x, y, p0=[1, 1, 0], method="trf")
     lsq = least_squares(lambda p: model(x, *p) - y, [1.0, 1.0, 0.0])
     for r in results:
         np.testing.assert_allclose(r["popt"], ref, rtol=1e-10)
