@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy.linalg import LinAlgError, cholesky
 from scipy.optimize import OptimizeWarning
@@ -16,12 +17,13 @@ from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
+from ._sharding import plan_rows, with_rows
 from ._solve import fit
 
 __all__ = ["curve_fit", "CurveFit"]
 
 _LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
-               "diff_step", "tr_solver", "callback"}  # fmt: skip
+               "diff_step", "tr_solver", "callback", "chunk_size", "mesh"}  # fmt: skip
 
 
 def _n_params(f: Callable) -> int:
@@ -50,7 +52,30 @@ def _initialize_feasible(lb, ub):
     return p0
 
 
+@jax.jit
+def _all_finite(a):
+    return jnp.all(jnp.isfinite(a))
+
+
+@jax.jit
+def _any_zero(a):
+    return jnp.any(a == 0)
+
+
+def _reciprocal(a):
+    with enable_x64(True):
+        return 1.0 / a.astype(jnp.float64)
+
+
 def _as_float_array(a, check_finite: bool, what: str):
+    if isinstance(a, jax.Array):
+        # Stays where it is (sharded, or spanning processes); checked on the device.
+        if check_finite:
+            with enable_x64(True):  # as it is: no float32 copy of the data
+                finite = bool(_all_finite(a))
+            if not finite:
+                raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
+        return a
     a = np.asarray(a, dtype=float)
     if check_finite and not np.all(np.isfinite(a)):
         raise ValueError(f"`{what}` must not contain infs or NaNs (check_finite=True).")
@@ -116,7 +141,21 @@ def curve_fit(
         nearby lengths share one compiled program (``nlsq._buckets``; results are
         unchanged).  Default: on unless ``NLSQ_BUCKETS=off``.
     **kwargs
-        ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``.
+        ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``, and:
+
+        ``chunk_size`` (int or None): rows per chunk of the Jacobian.  None (default)
+        chunks long problems automatically (about 32 MB of ``[J | f]`` per chunk once
+        the Jacobian would fill four chunks); 0 never chunks.  A chunked fit never
+        holds the ``m x n`` Jacobian: its reduced problem is accumulated by a
+        chunked QR inside the compiled loop, and the solver keeps the ``n x n``
+        triangle ``R`` (``R^T R = J^T J``, whence ``pcov``) in its place.
+
+        ``mesh`` (``jax.sharding.Mesh``): shard host data over this mesh's devices
+        (padded with zero-weight rows to a multiple of the device count).  Data
+        already given as ``jax.Array``s sharded over a mesh are fitted where they
+        are without it.  Sharded fits (and fits under ``jax.distributed``) need
+        1-D ``ydata``, ``xdata`` of shape ``(m,)``, ``(m, k)`` or ``(k, m)``, and
+        ``sigma`` as a scalar or 1-D array.
 
     Returns
     -------
@@ -227,11 +266,10 @@ class CurveFit:
         if isinstance(xdata, (list, tuple, np.ndarray)):
             xdata = _as_float_array(xdata, check_finite, "xdata")
         elif isinstance(xdata, jax.Array):
-            if check_finite and not bool(np.all(np.isfinite(np.asarray(xdata)))):
-                raise ValueError("`xdata` must not contain infs or NaNs (check_finite=True).")
+            xdata = _as_float_array(xdata, check_finite, "xdata")
         if ydata.size == 0:
             raise ValueError("`ydata` must not be empty!")
-        ydata = np.atleast_1d(ydata)
+        ydata = jnp.atleast_1d(ydata) if isinstance(ydata, jax.Array) else np.atleast_1d(ydata)
         if not check_finite and nan_policy is not None:
             x_np = np.asarray(xdata, dtype=float)
             has_nan = np.isnan(x_np)
@@ -257,7 +295,14 @@ class CurveFit:
             )
 
         transform, kind = None, 0
-        if sigma is not None:
+        if isinstance(sigma, jax.Array) and sigma.ndim == 1 and sigma.shape == ydata.shape:
+            # A device (possibly sharded) sigma stays on the device: 1/sigma there.
+            with enable_x64(True):
+                any_zero = bool(_any_zero(sigma))
+            if any_zero:
+                raise ValueError("`sigma` must not contain zeros.")
+            transform, kind = _reciprocal(sigma), 1
+        elif sigma is not None:
             sigma = np.asarray(sigma, dtype=float)
             if sigma.size == 1 or sigma.shape == (ydata.size,):
                 if np.any(sigma == 0):
@@ -282,10 +327,29 @@ class CurveFit:
         with enable_x64(True):
             if isinstance(xdata, jax.Array) and xdata.dtype != np.float64:
                 xdata = xdata.astype(np.float64)
+            if isinstance(ydata, jax.Array) and ydata.dtype != np.float64:
+                ydata = ydata.astype(np.float64)
+            # Long or sharded rows: chunked / per-device reduction (nlsq._sharding);
+            # such fits are not padded to a shape bucket.
+            xdata, ydata, transform, kind, layout = plan_rows(
+                xdata,
+                ydata,
+                transform,
+                kind,
+                n,
+                chunk_size=kwargs.get("chunk_size"),
+                mesh=kwargs.get("mesh"),
+            )
+            if layout is not None and self.method is None:
+                # The chunked / sharded reduction is TRF's (LM would form the m x n
+                # Jacobian): long or sharded fits default to 'trf'.
+                method = "trf"
             model = code_keyed(f)
             m = ydata.size
             padded = (
-                buckets_enabled(buckets)
+                layout is None
+                and not isinstance(ydata, jax.Array)
+                and buckets_enabled(buckets)
                 and kind in (0, 1)
                 and user_jac is None
                 and not callable(kwargs.get("loss"))
@@ -318,7 +382,7 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(problem, f, callback=kwargs.get("callback"))
+            res, pcov = fit(with_rows(problem, layout), f, callback=kwargs.get("callback"))
         if padded:
             res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:

@@ -72,6 +72,10 @@ class Method(NamedTuple):
 def run(method: Method, problem: Problem) -> SolveResult:
     """Iterate ``method.step`` from ``method.init`` until the status leaves RUNNING."""
     log_row = make_log_row(problem.verbose)
+    if problem.mesh is not None and log_row is not None:
+        from ._sharding import log_row_on_mesh
+
+        log_row = log_row_on_mesh(problem.verbose, problem.mesh)
 
     def emit(state, first: bool) -> None:
         if log_row is not None:

@@ -19,6 +19,7 @@ from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
+from ._sharding import with_rows
 from ._solve import fit
 
 __all__ = ["least_squares"]
@@ -145,5 +146,5 @@ def least_squares(
             diff_step=diff_step,
             verbose=verbose,
         )
-        result, _ = fit(problem, fun, callback=callback)
+        result, _ = fit(with_rows(problem, None), fun, callback=callback)
     return result

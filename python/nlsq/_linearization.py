@@ -39,6 +39,15 @@ def linearize(problem: Problem, f_true, J_true, cost) -> Linearization:
     return Linearization(f_true, J, f, R, qtf, J.T @ f, cost)
 
 
+def linearize_at(problem: Problem, x, f_true, cost) -> Linearization:
+    """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows."""
+    if problem.layout is not None and problem.jac_mode != "host":
+        from ._sharding import reduced_linearization
+
+        return reduced_linearization(problem, x, f_true, cost)
+    return linearize(problem, f_true, problem.jac(x), cost)
+
+
 def actual_reduction(problem: Problem, lin: Linearization, f_new, cost_new):
     """``cost - cost_new``; for the linear loss written without cancellation.
 

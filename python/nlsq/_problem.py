@@ -65,6 +65,8 @@ class Problem:
     # problems (``curve_fit_many``'s vmap) carry nothing extra.
     fit_id: Any = None
     has_callback: bool = False
+    layout: Any = None  # nlsq._sharding.RowLayout: rows chunked / sharded (trf)
+    mesh: Any = None  # the data's jax.sharding.Mesh: verbose rows written by one device
 
     @property
     def n(self) -> int:
@@ -111,7 +113,7 @@ class Problem:
 _TRACED = ("x0", "lb", "ub", "x_scale", "ftol", "xtol", "gtol", "max_nfev", "f_scale",
            "diff_step", "data", "fit_id")  # fmt: skip
 _STATIC = ("residual", "jac_mode", "method", "loss", "bounded", "jac_scale", "verbose",
-           "want_pcov", "has_callback")  # fmt: skip
+           "want_pcov", "has_callback", "layout", "mesh")  # fmt: skip
 jax.tree_util.register_dataclass(Problem, data_fields=list(_TRACED), meta_fields=list(_STATIC))
 
 

@@ -24,6 +24,7 @@ from scipy.optimize import OptimizeResult
 from ._buckets import true_m
 from ._cache import SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES
+from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, SolveResult, run
 from ._lm import LM
@@ -55,6 +56,8 @@ def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
         )
     out = run(METHODS[problem.method], problem)
     m_true = true_m(problem)
+    if problem.layout is not None:
+        m_true = problem.layout.m_valid  # without the mesh's zero-weight padding rows
     pcov = pcov_from_R(out.R, m if m_true is None else m_true, n) if problem.want_pcov else None
     return out, pcov
 
@@ -107,7 +110,7 @@ def _run(problem: Problem, fit_id: int):
     """Run the compiled loop; an exception of the user's code raised in a host
     callback (residual, Jacobian, ``callback``) is re-raised as itself."""
     try:
-        return jax.device_get(solve(problem))
+        return fetch(solve(problem))
     except jax.errors.JaxRuntimeError:
         user_error = take_user_exception(fit_id)
         if user_error is None:
@@ -138,7 +141,8 @@ def fit(
 
 
 def _fit(problem: Problem, model: Any, fit_id: int):
-    verbose = problem.verbose
+    # One table per fit: under jax.distributed, process 0 writes it (rows included).
+    verbose = table_verbosity(problem.verbose)
     log_header(verbose)
     if _known_host(model):
         out, pcov = _run(_on_host(problem, fit_id), fit_id)
@@ -161,7 +165,10 @@ def _fit(problem: Problem, model: Any, fit_id: int):
                 stacklevel=4,
             )
             out, pcov = _run(host, fit_id)
-    out, pcov = jax.device_get((out, pcov))
+    out, pcov = fetch((out, pcov))
+    layout = problem.layout
+    if layout is not None and layout.m_valid != layout.m:
+        out = out._replace(fun=out.fun[: layout.m_valid])
     status = int(out.status)
     if status == BAD_START:
         if verbose:
@@ -175,8 +182,9 @@ def _fit(problem: Problem, model: Any, fit_id: int):
     result = OptimizeResult(
         x=np.asarray(out.x),
         cost=float(out.cost),
-        fun=np.asarray(out.fun),
-        jac=np.asarray(out.jac),
+        # Per-row outputs spanning other processes stay global jax.Arrays.
+        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
+        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
         grad=np.asarray(out.grad),
         optimality=float(out.optimality),
         active_mask=np.asarray(out.active_mask, dtype=int),

@@ -40,7 +40,7 @@ from ._common import (
     update_tr_radius,
 )
 from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
-from ._linearization import Linearization, actual_reduction, linearize
+from ._linearization import Linearization, actual_reduction, linearize_at
 from ._loss import loss_cost
 from ._problem import Problem
 
@@ -143,7 +143,7 @@ def init(problem: Problem) -> TRFState:
     x0 = problem.x0
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
-    lin = linearize(problem, f0, problem.jac(x0), cost0)
+    lin = linearize_at(problem, x0, f0, cost0)
     if problem.jac_scale:
         scale, scale_inv = compute_jac_scale(lin.J)
     else:
@@ -272,7 +272,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
     accept = t.actual_reduction > 0
 
     def on_accept(_):
-        new = linearize(problem, t.f, problem.jac(t.x), t.cost)
+        new = linearize_at(problem, t.x, t.f, t.cost)
         if problem.jac_scale:
             scale, scale_inv = compute_jac_scale(new.J, state.scale_inv)
         else:

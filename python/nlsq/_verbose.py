@@ -50,13 +50,17 @@ def _constant(text: str):
     return _template(text.replace("{", "{{").replace("}", "}}"))
 
 
-def make_log_row(verbose: int):
+def make_log_row(verbose: int, gate=None):
     """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
 
     Rows go through :func:`nlsq.utils._emit.inline_row_emitter`: on CPU with
     the FFI route they take the effect-free inline route (the fit keeps JAX's
     fast dispatch path, and the rows are in the ring once the solver's results
     are ready, which ``log_closing`` waits for); elsewhere the route table's.
+
+    ``gate``: a zero-argument function traced where the row is emitted, returning
+    a device predicate; the row is written only where it is true (one device of a
+    mesh, :func:`nlsq._sharding.log_row_on_mesh`).
     """
     if verbose == 0:
         return None
@@ -76,7 +80,18 @@ def make_log_row(verbose: int):
                 optimality=st.g_norm,
             )
         keep = True if verbose >= 2 else st.iteration % 10 == 0
-        _row_emitter(text)(keep, verbose, **fields)
+        if gate is None:
+            _row_emitter(text)(keep, verbose, **fields)
+            return
+        from .utils import _emit
+
+        if _emit.inline_rows_available():
+            # The inline row has no effect: a cond around it would be dead code.
+            _row_emitter(text)(gate() & keep, verbose, **fields)
+        else:
+            import jax
+
+            jax.lax.cond(gate(), lambda: _row_emitter(text)(keep, verbose, **fields), lambda: None)
 
     return log_row
 

@@ -1,0 +1,248 @@
+"""Data sharded over 4 (forced) CPU devices: fitted where they are, same result as one device.
+
+JAX fixes the device count when it starts, so each check runs in a fresh
+interpreter with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` and
+reports JSON on its last line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
+
+PRELUDE = """
+import json, os, re, io
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import nlsq._solve as solve_module
+from nlsq import curve_fit
+from nlsq.utils import async_logger
+
+assert len(jax.devices()) == 4, jax.devices()
+MESH = Mesh(np.array(jax.devices()), ("data",))
+ROWS = NamedSharding(MESH, P("data"))
+COMPILED = []
+_solve = solve_module.solve
+
+def spy(problem):
+    # Keep the compiled program of every solve for inspection.
+    COMPILED.append(_solve.lower(problem).compile())
+    return _solve(problem)
+
+solve_module.solve = spy
+
+def model(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+def put(a):
+    with jax.enable_x64(True):
+        return jax.device_put(a, ROWS)
+
+def table(fit):
+    buf = io.StringIO()
+    async_logger.configure(sink=buf)
+    try:
+        out = fit()
+        async_logger.flush()
+    finally:
+        async_logger.configure(sink=None)
+    return out, buf.getvalue()
+
+def row_dims(text):
+    # Every array dimension in the per-device (partitioned) program.
+    return {int(d) for shape in re.findall(r"f64\\[([\\d,]+)\\]", text)
+            for d in shape.split(",") if d}
+
+rng = np.random.default_rng(7)
+"""
+
+
+def run_script(body: str, timeout: float = 600) -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    env["PYTHONPATH"] = str(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    code = PRELUDE + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_fit_equals_single_device_and_stays_sharded():
+    out = run_script(
+        """
+        M = 4 * 2503  # a length that no other array in the program has
+        x = np.linspace(0, 5, M)
+        y = 2 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_normal(M)
+        sigma = 0.05 * (1 + rng.random(M))
+        res = {}
+        for name, kw in [("plain", {}), ("sigma", {"sigma": sigma}),
+                         ("soft_l1 bounds", {"loss": "soft_l1",
+                                             "bounds": ([0, 0, 0], [5, 5, 1])}),
+                         ("x_scale jac chunked", {"x_scale": "jac", "chunk_size": 1000})]:
+            ref, pref = curve_fit(model, x, y, p0=[1, 1, 0], method="trf",
+                                  **{k: v for k, v in kw.items() if k != "chunk_size"})
+            n_before = len(COMPILED)
+            kw = dict(kw)
+            if "sigma" in kw:
+                kw["sigma"] = put(kw["sigma"])
+            (popt, pcov, info, msg, ier), tab = table(lambda: curve_fit(
+                model, put(x), put(y), p0=[1, 1, 0], full_output=True, verbose=2, **kw))
+            prog = COMPILED[n_before]
+            text = prog.as_text()
+            if name == "plain":
+                plain_text = text
+            fvec = info["fvec"]
+            res[name] = dict(
+                dp=float(np.max(np.abs(popt / ref - 1))),
+                dc=float(np.max(np.abs(pcov / pref - 1))),
+                full_rows_in_program=M in row_dims(text),
+                local_rows_in_program=(M // 4) in row_dims(text),
+                fvec_shards=sorted({s.data.shape[0] for s in fvec.addressable_shards})
+                if isinstance(fvec, jax.Array) else None,
+                fvec_len=int(np.shape(fvec)[0]),
+                all_gathers=re.findall(r"all-gather\\(([^)]*)\\)", text),
+                gathers=[l.split("=")[1].split()[0] for l in text.splitlines()
+                         if " all-gather(" in l],
+                rows=tab.count("\\n"),
+                first=tab.splitlines()[:2],
+            )
+        def collectives(text):
+            ops = r" (all-gather|all-reduce|collective-permute|all-to-all)(?:-start)?\\("
+            return sorted(re.findall(ops, text))
+        n_before = len(COMPILED)
+        curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=0)
+        res["collectives_verbose0"] = collectives(COMPILED[n_before].as_text())
+        res["collectives_verbose2"] = collectives(plain_text)
+        _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2, method="trf"))
+        res["ref_rows"] = ref_tab.count("\\n")
+        res["ref_first"] = ref_tab.splitlines()[:2]
+        print(json.dumps(res))
+        """
+    )
+    for name in ("plain", "sigma", "soft_l1 bounds", "x_scale jac chunked"):
+        r = out[name]
+        assert r["dp"] < 1e-10, (name, r["dp"])
+        assert r["dc"] < 1e-8, (name, r["dc"])
+        # The partitioned program only ever sees a quarter of the rows.
+        assert not r["full_rows_in_program"], name
+        assert r["local_rows_in_program"], name
+        assert r["fvec_len"] == 4 * 2503
+        # Only the (n+1) x (n+1) triangles are gathered: 4 devices x 4 rows, 4 columns.
+        assert r["gathers"] and all(g == "f64[16,4]{1,0}" for g in r["gathers"]), r["gathers"]
+    # The verbose rows add no collective to the sharded program (no gather to log).
+    assert out["collectives_verbose2"] == out["collectives_verbose0"]
+    assert "all-gather" in out["collectives_verbose0"]  # the TSQR's triangles
+    # One table, written once (not once per device), with the same rows as one device.
+    assert out["plain"]["rows"] == out["ref_rows"]
+    assert out["plain"]["first"] == out["ref_first"]
+
+
+def test_uneven_length_padded_with_zero_weight_rows():
+    out = run_script(
+        """
+        M = 10011  # not a multiple of 4
+        x = np.linspace(0, 5, M)
+        y = 2 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_normal(M)
+        ref, pref, iref, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], full_output=True,
+                                          method="trf")
+        popt, pcov, info, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], mesh=MESH,
+                                           full_output=True)
+        text = COMPILED[-1].as_text()
+        print(json.dumps(dict(
+            dp=float(np.max(np.abs(popt / ref - 1))),
+            dc=float(np.max(np.abs(pcov / pref - 1))),
+            fvec_len=int(np.shape(info["fvec"])[0]),
+            dfvec=float(np.max(np.abs(np.asarray(info["fvec"]) - iref["fvec"]))),
+            local=(10012 // 4) in row_dims(text),
+        )))
+        """
+    )
+    assert out["dp"] < 1e-10
+    # pcov is scaled by cost / (m - n) with the true m, not the padded one.
+    assert out["dc"] < 1e-8
+    assert out["fvec_len"] == 10011
+    assert out["dfvec"] < 1e-12
+    assert out["local"]
+
+
+def test_sharded_errors_are_clear():
+    out = run_script(
+        """
+        errors = {}
+        x = np.linspace(0, 1, 40)
+        y = np.exp(-x)
+        try:
+            curve_fit(model, put(x), put(y), p0=[1, 1, 0], sigma=np.eye(40))
+        except ValueError as e:
+            errors["cov"] = str(e)
+        try:
+            curve_fit(model, x, y, p0=[1, 1, 0], mesh="data")
+        except TypeError as e:
+            errors["mesh"] = str(e)
+        print(json.dumps(errors))
+        """
+    )
+    assert "covariance matrix" in out["cov"]
+    assert "Mesh" in out["mesh"]
+
+
+@pytest.mark.parametrize("route", ["ffi"])
+def test_log_records_from_every_device_without_all_gather(route):
+    """Inside shard_map, a log call runs on each device with its own rows' summary.
+
+    The HLO shows the log custom call fed by device-local values and no collective
+    at all; ``jax.debug.print`` of the same values under automatic sharding pins
+    its callback to one device and gathers the sharded operand there.
+    """
+    out = run_script(
+        f"""
+        from nlsq.utils import _emit
+        async_logger.configure(backend={route!r})
+        assert _emit.inline_rows_available()
+        # The emitter the solvers' verbose rows go through.
+        row = _emit.inline_row_emitter("dev {{i:d}} sum {{s:.1f}}")
+
+        @jax.jit
+        def per_device_log(x):
+            def body(xl):
+                row(True, 2, i=jax.lax.axis_index("data"), s=jnp.sum(xl))
+                return xl * 2
+            return jax.shard_map(body, mesh=MESH, in_specs=P("data"),
+                                 out_specs=P("data"))(x)
+
+        @jax.jit
+        def debug_print(x):
+            jax.debug.print("{{}}", x)
+            return x * 2
+
+        x = put(np.arange(16.0))
+        ours = per_device_log.lower(x).compile().as_text()
+        theirs = debug_print.lower(x).compile().as_text()
+        _, tab = table(lambda: per_device_log(x).block_until_ready())
+        collectives = ("all-gather", "all-reduce", "collective-permute", "all-to-all")
+        print(json.dumps(dict(
+            ours=[c for c in collectives if c in ours],
+            theirs=[c for c in collectives if c in theirs],
+            lines=sorted(tab.splitlines()),
+        )))
+        """
+    )
+    assert out["ours"] == []
+    assert out["theirs"], "expected jax.debug.print to move the sharded operand"
+    assert out["lines"] == [
+        "dev 0 sum 6.0",
+        "dev 1 sum 22.0",
+        "dev 2 sum 38.0",
+        "dev 3 sum 54.0",
+    ]
