@@ -277,6 +277,38 @@ def test_each_route_logs_the_same_lines(tmp_path: Path, backend: str) -> None:
     ]
 
 
+def test_configure_backend_reaches_templates_traced_before(tmp_path: Path) -> None:
+    # A template's emitters are traced with the route active then, and JAX
+    # caches those traces (jit always, custom_vmap from 0.11 on): a new route
+    # must still reach every function traced after configure().
+    # (Functions traced before keep their route, so each round defines new ones.)
+    primitive = {"callback": "nlsq_log_emit", "debug_callback": "debug_callback"}
+    fmt = async_logger.template("route switch {v:g}")
+
+    def functions() -> list[tuple[Any, Any]]:
+        def one(x: jax.Array) -> jax.Array:
+            fmt(v=x)
+            return x
+
+        def rows(x: jax.Array) -> jax.Array:
+            jax.vmap(lambda v: fmt(v=v))(x)
+            return x
+
+        def eager(x: jax.Array) -> None:
+            fmt._jit_for("always")(x)  # what an eager call with a device value runs
+
+        return [(one, jnp.float32(1.0)), (rows, jnp.arange(2.0)), (eager, 1.0)]
+
+    try:
+        for backend in ("callback", "debug_callback", "callback"):
+            async_logger.configure(sink=str(tmp_path / f"{backend}.txt"), backend=backend)
+            for fn, arg in functions():
+                names = {e.primitive.name for e in emit_eqns(jax.make_jaxpr(fn)(arg))}
+                assert names == {primitive[backend]}, (backend, fn.__name__, names)
+    finally:
+        async_logger.configure(sink=str(tmp_path / "after.txt"), backend=None)
+
+
 def test_stats_has_ring_counters_and_callback_errors(log: LogFile) -> None:
     log_iteration_async(0, 1.0, 1.0, verbose=2)
     log.lines()

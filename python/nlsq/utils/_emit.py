@@ -53,6 +53,19 @@ _EVERY_10 = "every 10th"
 
 _BATCH_PREFIX = "[{batch_index:d}] "
 
+# Why emitters are cached per route
+# ---------------------------------
+# An emitter (a ``custom_vmap`` function, or the ``jit`` of eager device values)
+# calls ``_routes.emit`` while it is traced, so its trace contains the route
+# active then.  JAX caches such traces by function identity (``jit`` always;
+# ``custom_vmap`` from JAX 0.11 on, through ``pe.trace_to_jaxpr``), so reusing
+# one emitter after ``configure(backend=...)`` would keep staging the old
+# route in functions traced afterwards.  The caches below are therefore
+# dropped whenever the active route object changes (each ``configure`` makes
+# a new one); the next trace builds fresh emitters, and the dropped ones leave
+# JAX's weakly keyed caches with them.
+_NO_ROUTE_YET = object()
+
 
 def is_jax_array(x: Any) -> bool:
     """True for a ``jax.Array`` or a tracer, False for NumPy arrays, scalars and the rest.
@@ -191,6 +204,9 @@ class LogTemplate:
         self.fields = _field_names(text)
         self._key = _log_runtime.intern(text)
         self._batched_key: int | None = None
+        # Both caches hold functions whose traces bake in the route: they are
+        # only valid for ``self._route`` (see :func:`_route_changed`).
+        self._route: object = _NO_ROUTE_YET
         self._emitters: dict[bool, Callable[[jax.Array, jax.Array], None]] = {}
         self._jitted: dict[Any, Callable[..., None]] = {}
 
@@ -247,7 +263,15 @@ class LogTemplate:
             # so the host does not wait for the device to produce them.
             self._jit_for(level)(*values)
 
+    def _forget_stale_route(self) -> None:
+        route = _routes.active_route()
+        if route is not self._route:
+            self._emitters = {}
+            self._jitted = {}
+            self._route = route
+
     def _jit_for(self, level: str) -> Callable[..., None]:
+        self._forget_stale_route()
         fn = self._jitted.get(level)
         if fn is None:
             fn = jax.jit(lambda *values: self._stage(values, level))
@@ -292,6 +316,7 @@ class LogTemplate:
         return self._batched_key
 
     def _emitter(self, gated: bool) -> Callable[[jax.Array, jax.Array], None]:
+        self._forget_stale_route()
         emitter = self._emitters.get(gated)
         if emitter is None:
             emitter = _make_emitter(self._key, self._batched, gated)
@@ -336,12 +361,18 @@ def _make_emitter(
     return emit_one
 
 
-_ROWS_EMITTERS: dict[int, Callable[[jax.Array], None]] = {}
+class _Rows:
+    route: object = None
+    emitters: dict[int, Callable[[jax.Array], None]] = {}  # noqa: RUF012 - for ``route`` only
 
 
 def _rows_emitter(key: int) -> Callable[[jax.Array], None]:
     """Transfer rows ``[keep, index, values...]``; nested vmap flattens the index."""
-    emitter = _ROWS_EMITTERS.get(key)
+    route = _routes.active_route()
+    if route is not _Rows.route:
+        _Rows.emitters = {}
+        _Rows.route = route
+    emitter = _Rows.emitters.get(key)
     if emitter is not None:
         return emitter
 
@@ -359,7 +390,7 @@ def _rows_emitter(key: int) -> Callable[[jax.Array], None]:
         emit_rows(rows.reshape(axis_size * n, rows.shape[2]))
         return None, None
 
-    _ROWS_EMITTERS[key] = emit_rows
+    _Rows.emitters[key] = emit_rows
     return emit_rows
 
 

@@ -273,6 +273,7 @@ def log_array_async(name: str, array: Any, verbose: int = 2) -> None:
     elif _is_tracer(x):
         tpl._stage(_summary_device(x), level)
     else:
+        tpl._forget_stale_route()  # the jit's trace holds the route (see _emit)
         fn = tpl._jitted.get("array")
         if fn is None:
             fn = jax.jit(lambda a: tpl._stage(_summary_device(a), _ALWAYS))
