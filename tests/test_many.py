@@ -41,13 +41,23 @@ def _check_equal(many, i, alone):
 
 def test_sequences_of_different_lengths_with_sigma():
     xs, ys, sig = _datasets(5)
-    many = curve_fit_many(exp_model, xs, ys, p0=[1, 0.5, 0.1], sigma=sig)
-    assert many.popt.shape == (5, 3) and many.pcov.shape == (5, 3, 3) and len(many.message) == 5
-    for i in range(5):
-        alone = curve_fit(
-            exp_model, xs[i], ys[i], p0=[1, 0.5, 0.1], sigma=sig[i], method="trf", full_output=True
-        )
-        _check_equal(many, i, alone)
+    # method=None follows curve_fit's rule ('lm' here: no bounds, linear loss), so the
+    # default batch equals the default curve_fit; an explicit method equals that method.
+    for method in (None, "trf"):
+        many = curve_fit_many(exp_model, xs, ys, p0=[1, 0.5, 0.1], sigma=sig, method=method)
+        assert many.popt.shape == (5, 3) and many.pcov.shape == (5, 3, 3)
+        assert len(many.message) == 5
+        for i in range(5):
+            alone = curve_fit(
+                exp_model,
+                xs[i],
+                ys[i],
+                p0=[1, 0.5, 0.1],
+                sigma=sig[i],
+                method=method,
+                full_output=True,
+            )
+            _check_equal(many, i, alone)
 
 
 def test_arrays_with_per_dataset_p0_and_bounds():
@@ -76,9 +86,7 @@ def test_fits_stop_on_their_own_criteria():
     assert many.nfev[1] < many.nfev[0]
     for i in range(3):
         try:
-            ref = curve_fit(
-                exp_model, xs[i], ys[i], p0=p0[i], max_nfev=7, method="trf", full_output=True
-            )
+            ref = curve_fit(exp_model, xs[i], ys[i], p0=p0[i], max_nfev=7, full_output=True)
         except RuntimeError as err:  # max_nfev reached: curve_fit raises, the batch reports
             assert many.status[i] == 0 and not many.success[i]
             assert many.message[i] in str(err)
