@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ._loss import loss_rho, scale_for_robust_loss_function
 from ._problem import Problem
 from ._reduce import reduce_jacobian
+from ._sharding import reduced_problem
 
 
 class Linearization(NamedTuple):
@@ -40,11 +41,14 @@ def linearize(problem: Problem, f_true, J_true, cost) -> Linearization:
 
 
 def linearize_at(problem: Problem, x, f_true, cost) -> Linearization:
-    """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows."""
-    if problem.layout is not None and problem.jac_mode != "host":
-        from ._sharding import reduced_linearization
+    """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows.
 
-        return reduced_linearization(problem, x, f_true, cost)
+    From chunked/sharded rows, ``J`` is the ``n x n`` triangle ``R`` and ``f`` is
+    ``Q^T f`` (see :func:`nlsq._sharding.reduced_problem`).
+    """
+    if problem.layout is not None and problem.jac_mode != "host":
+        R, qtf, g = reduced_problem(problem, x, f_true)
+        return Linearization(f_true, R, qtf, R, qtf, g, cost)
     return linearize(problem, f_true, problem.jac(x), cost)
 
 

@@ -2,8 +2,9 @@
 
 A :class:`RowLayout` is static metadata of the ``Problem``.  It says how the
 residual rows are laid out: cut into chunks (:mod:`nlsq._chunked`), sharded over
-the devices of a mesh, or both.  :func:`reduced_linearization` builds the reduced
-problem (``R``, ``Q^T f``, ``g``) from it, in place of the one-shot QR:
+the devices of a mesh, or both.  :func:`reduced_problem` builds the reduced
+problem (``R``, ``Q^T f``, ``g``) from it, in place of the one-shot QR
+(:func:`nlsq._linearization.linearize_at` wraps it in a ``Linearization``):
 
 * one host, no mesh: chunked TSQR over all rows;
 * a mesh: inside ``shard_map`` every device runs the chunked TSQR over its own
@@ -200,15 +201,14 @@ def with_rows(problem, layout: RowLayout | None):
     return dataclasses.replace(problem, layout=layout, mesh=mesh)
 
 
-def reduced_linearization(problem, x, f_true, cost):
-    """The solvers' linearization at ``x`` built from ``problem.layout``'s rows.
+def reduced_problem(problem, x, f_true):
+    """``(R, Q^T f, g)`` at ``x`` built from ``problem.layout``'s rows.
 
-    The returned linearization's ``J`` is the ``n x n`` triangle ``R`` (same
-    ``J^T J``, column norms and singular values as the full Jacobian) and its ``f``
-    is ``Q^T f``: the ``m x n`` Jacobian is never formed.
+    ``R`` is the ``n x n`` triangle of the (robust-loss scaled) Jacobian (same
+    ``J^T J``, column norms and singular values as the full Jacobian), ``Q^T f``
+    its companion and ``g = J^T f`` the gradient: the ``m x n`` Jacobian is never
+    formed.
     """
-    from ._linearization import Linearization
-
     layout = problem.layout
     jac_chunk = _chunked.chunk_jacobian(
         problem.residual, problem.jac_mode, problem.lb, problem.ub, problem.diff_step
@@ -253,8 +253,7 @@ def reduced_linearization(problem, x, f_true, cost):
             check_vma=False,
         )(x, f_true, *present)
     n = x.shape[0]
-    R, qtf = R_aug[:n, :n], R_aug[:n, n]
-    return Linearization(f_true, R, qtf, R, qtf, g, cost)
+    return R_aug[:n, :n], R_aug[:n, n], g
 
 
 def data_mesh(data) -> Mesh | None:
