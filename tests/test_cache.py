@@ -11,7 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import jaxlib
 import nlsq
 import numpy as np
 import pytest
@@ -163,13 +165,37 @@ def test_code_key_sees_global_values(value):
     assert first != _cache.code_keyed(ns["f"])
 
 
+def _xla_accepts(name, value):
+    """Ground truth, asked of JAX directly: does a jit with this option compile?"""
+    try:
+        jax.jit(lambda x: x + 1.0, compiler_options={name: value})(np.float32(0.0))
+    except Exception as err:
+        assert "No such compile option" in str(err), err
+        return False
+    return True
+
+
 def test_unknown_compiler_option_falls_back(monkeypatch):
-    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_no_such_option_for_nlsq": True})
+    known = "xla_cpu_use_fusion_emitters"
+    # jaxlib <= 0.10 has the classic CPU emitters behind this option; XLA removed
+    # it in jaxlib 0.11 (only the fusion emitters are left) and refuses the name.
+    jaxlib_version = tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
+    assert _xla_accepts(known, False) is (jaxlib_version < (0, 11))
+    assert _xla_accepts("xla_no_such_option_for_nlsq", True) is False
+
+    monkeypatch.setattr(_cache, "_ACCEPTED", {})
+    monkeypatch.setattr(
+        _cache, "SOLVER_OPTIONS", {"xla_no_such_option_for_nlsq": True, known: False}
+    )
+    expected = {known: False} if _xla_accepts(known, False) else {}
+    assert _cache.solver_options() == expected
+    # Every route to the program compiles: calling it, and lower().compile() first.
     jitted = _cache.SolverJit(lambda x: x * 2.0)
     assert float(jitted(np.float32(1.5))) == 3.0
-    assert jitted._options_ok is False
-    # A known option is kept.
-    monkeypatch.setattr(_cache, "SOLVER_OPTIONS", {"xla_cpu_use_fusion_emitters": False})
+    assert jitted.options == expected
     jitted = _cache.SolverJit(lambda x: x * 3.0)
-    assert float(jitted(np.float32(1.5))) == 4.5
-    assert jitted._options_ok is True
+    assert float(jitted.lower(np.float32(1.5)).compile()(np.float32(1.5))) == 4.5
+    assert jitted.options == expected
+    # The solver itself runs with the options this XLA accepts.
+    monkeypatch.undo()
+    assert _cache.solver_options() == (_cache.SOLVER_OPTIONS if _xla_accepts(known, False) else {})

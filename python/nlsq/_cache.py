@@ -175,45 +175,70 @@ def code_keyed(fn: Callable | None) -> Callable | None:
 #: take about twice as long to compile this solver (many small fusions inside
 #: while loops) with no measurable gain at run time, so the solver uses the
 #: classic emitters (``benches/bench_many_fits.py``, compile time per bucket).
+#: XLA removed this option (jaxlib 0.11 and later have only the fusion
+#: emitters and refuse the name), so :func:`solver_options` applies only the
+#: options the running XLA accepts.
 SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+_ACCEPTED: dict[tuple[str, Any], bool] = {}
+
+
+def _accepts(name: str, value: Any) -> bool:
+    """Whether XLA accepts the compile option ``name=value`` (asked once per process).
+
+    XLA checks option names when it builds the compile options, before compiling,
+    and refuses an unknown name with "No such compile option"; there is no API
+    listing the names, so a trivial program is compiled with the option once.
+    """
+    key = (name, value)
+    found = _ACCEPTED.get(key)
+    if found is None:
+        import jax
+        import numpy as np
+
+        try:
+            jax.jit(lambda x: x, compiler_options={name: value}).lower(np.float32(0)).compile()
+        except Exception as err:
+            if "compile option" not in str(err):
+                raise
+            found = False
+        else:
+            found = True
+        _ACCEPTED[key] = found
+    return found
+
+
+def solver_options() -> dict[str, Any]:
+    """:data:`SOLVER_OPTIONS` less those the running XLA does not know."""
+    return {name: value for name, value in SOLVER_OPTIONS.items() if _accepts(name, value)}
 
 
 class SolverJit:
-    """``jax.jit(fn, compiler_options=SOLVER_OPTIONS)``, made on first use.
+    """``jax.jit(fn, compiler_options=solver_options())``, made on first use.
 
-    An XLA that does not know an option refuses it when compiling; the jit is
-    then made again without options (once) and the call retried, so no probe
-    compilation is spent on the first fit.  ``trace``/``lower``/``_cache_size``
-    are the jitted function's.
+    Each option is checked once per process (:func:`_accepts`, a trivial
+    compilation), so every route to the program -- calling it, ``lower``,
+    ``trace`` -- gets the same options, and an option this XLA does not know is
+    left out instead of failing the solver's compilation.  ``options`` are the
+    ones in use; ``trace``/``lower``/``_cache_size`` are the jitted function's.
     """
 
     def __init__(self, fn: Callable, **jit_kwargs: Any):
         self._fn = fn
         self._jit_kwargs = jit_kwargs
         self._jitted = None
-        self._options_ok: bool | None = None
+        self.options: dict[str, Any] | None = None
 
     def _get(self):
         if self._jitted is None:
             import jax
 
-            options = SOLVER_OPTIONS if self._options_ok is not False else {}
-            self._jitted = jax.jit(self._fn, compiler_options=options, **self._jit_kwargs)
+            self.options = solver_options()
+            self._jitted = jax.jit(self._fn, compiler_options=self.options, **self._jit_kwargs)
         return self._jitted
 
     def __call__(self, *args: Any):
-        jitted = self._jitted or self._get()
-        if self._options_ok:
-            return jitted(*args)
-        try:
-            out = jitted(*args)
-        except Exception as err:
-            if self._options_ok is not None or "compile option" not in str(err):
-                raise
-            self._options_ok, self._jitted = False, None
-            return self._get()(*args)
-        self._options_ok = True
-        return out
+        return (self._jitted or self._get())(*args)
 
     def __getattr__(self, name: str):
         return getattr(self._get(), name)
