@@ -93,3 +93,33 @@ def test_vmap_pushes_each_kept_row(log_path: Path) -> None:
     assert log_path.read_text().splitlines() == [
         f"inline {i:>4d} {float(i):.3e}" for i in (1, 2, 3)
     ]
+
+
+def test_rows_in_an_output_free_shard_map_inside_a_loop(log_path: Path) -> None:
+    # A sharded fit writes its rows inside a shard_map with no outputs (one device
+    # of the mesh emits).  JAX 0.12 runs DCE inside while_loop bodies, and
+    # shard_map's own DCE rule drops an effect-free body with no outputs.
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    key = _log_runtime.intern(TEXT)
+    mesh = Mesh(jax.devices()[:1], ("data",))
+
+    def emit(i: jax.Array, v: jax.Array) -> tuple[()]:
+        _emit._stage_inline_row(key, lax.axis_index("data") == 0, [i, v])
+        return ()
+
+    @jax.jit
+    def run(x: jax.Array) -> jax.Array:
+        def body(c: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            i, v = c
+            jax.shard_map(emit, mesh=mesh, in_specs=(P(), P()), out_specs=(), check_vma=False)(i, v)
+            return i + 1, v * 0.5
+
+        return lax.while_loop(lambda c: c[0] < 5, body, (0, x))[1]
+
+    assert not jax.make_jaxpr(run)(jnp.float32(1.0)).effects
+    assert "nlsq_ringlog_push" in run.lower(jnp.float32(1.0)).as_text()
+    run(jnp.float32(1.0)).block_until_ready()
+    async_logger.flush()
+    assert log_path.read_text().splitlines() == [f"inline {i:>4d} {0.5**i:.3e}" for i in range(5)]
