@@ -69,6 +69,7 @@ from _harness import (  # noqa: E402
     platform_tag,
     write_json,
 )
+from bench_callback import _loop as logged_loop  # noqa: E402  (the loop bench_callback times)
 from nlsq import curve_fit  # noqa: E402
 from nlsq.utils import _routes, async_logger  # noqa: E402
 
@@ -128,24 +129,6 @@ def use_route(name: str, sink: str) -> None:
     """
     async_logger.configure(sink=sink, backend=name)
     jax.clear_caches()
-
-
-def logged_loop(n: int, log: Callable[[Any, Any, Any], None] | None) -> Callable[[Any], Any]:
-    """A jitted ``while_loop`` of ``n`` small steps, each calling ``log(i, cost, grad)``."""
-
-    def body(carry: tuple[Any, Any]) -> tuple[Any, Any]:
-        i, x = carry
-        cost = 0.5 * x * x
-        grad = jnp.abs(x)
-        if log is not None:
-            log(i, cost, grad)
-        return i + 1, x * 0.999 + 1e-4
-
-    @jax.jit
-    def run(x0: Any) -> Any:
-        return jax.lax.while_loop(lambda c: c[0] < n, body, (jnp.int32(0), x0))[1]
-
-    return run
 
 
 def ring_log(i: Any, c: Any, g: Any) -> None:
