@@ -184,7 +184,7 @@ def test_callable_loss():
         (dict(x_scale="auto"), "x_scale"),
         (dict(max_nfev=-1), "max_nfev"),
         (dict(verbose=5), "verbose"),
-        (dict(tr_solver="lsmr"), "tr_solver"),
+        (dict(tr_solver="cg"), "`tr_solver` must be None, .exact. or .lsmr."),
         (dict(jac="5-point"), "`jac` must be"),
         (dict(callback=1), "`callback` must be callable"),
         (dict(jac=lambda p, t, y: jnp.ones((3, 3))), "`jac` has wrong shape"),

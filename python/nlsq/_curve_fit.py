@@ -19,11 +19,14 @@ from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._sharding import plan_rows, with_rows
 from ._solve import fit
+from ._tr_lsmr import choose_tr_solver, configure, residual_count
+from ._workers import WorkerPool, check_workers
 
 __all__ = ["curve_fit", "CurveFit"]
 
 _LSQ_KWARGS = {"ftol", "xtol", "gtol", "max_nfev", "maxfev", "x_scale", "loss", "f_scale",
-               "diff_step", "tr_solver", "callback", "chunk_size", "mesh"}  # fmt: skip
+               "diff_step", "tr_solver", "tr_options", "jac_sparsity", "workers", "callback",
+               "chunk_size", "mesh"}  # fmt: skip
 
 
 def _n_params(f: Callable) -> int:
@@ -143,6 +146,12 @@ def curve_fit(
     **kwargs
         ``ftol xtol gtol max_nfev (maxfev) x_scale loss f_scale diff_step``, and:
 
+        ``tr_solver``, ``tr_options``, ``jac_sparsity``, ``workers``: as in
+        :func:`nlsq.least_squares` (method None becomes 'trf' with 'lsmr' or a
+        pattern).  With 'lsmr', ``pcov`` is still the full ``(J^T J)^{-1}``: the
+        Jacobian is formed once, at the solution (as scipy's ``curve_fit``, which
+        takes the SVD of ``res.jac``); the iterations never form it.
+
         ``chunk_size`` (int or None): rows per chunk of the Jacobian.  None (default)
         chunks long problems automatically (about 32 MB of ``[J | f]`` per chunk once
         the Jacobian would fill four chunks); 0 never chunks.  A chunked fit never
@@ -247,7 +256,9 @@ class CurveFit:
             # scipy's rule: 'lm' without bounds, 'trf' with them.  A robust loss also
             # takes 'trf' (scipy's 'lm' is leastsq, which would reject `loss`).
             robust = kwargs.get("loss", "linear") != "linear"
-            method = "trf" if bounded or robust else "lm"
+            # Likewise 'lsmr' / jac_sparsity (large problems), which 'lm' cannot use.
+            large = kwargs.get("tr_solver") == "lsmr" or kwargs.get("jac_sparsity") is not None
+            method = "trf" if bounded or robust or large else "lm"
         if method == "lm" and bounded:
             raise ValueError(
                 "Method 'lm' only works for unconstrained problems. Use 'trf' or 'dogbox' instead."
@@ -256,6 +267,10 @@ class CurveFit:
             # scipy hands **kwargs to leastsq, which has no callback: a TypeError there too.
             raise TypeError("curve_fit(method='lm') does not take `callback` (scipy's leastsq "
                             "has none); use method='trf'.")  # fmt: skip
+        for name in ("tr_solver", "jac_sparsity"):
+            if method == "lm" and kwargs.get(name) not in (None, "exact"):
+                raise TypeError(f"curve_fit(method='lm') does not take `{name}` (scipy's leastsq "
+                                "has none); use method='trf' or 'dogbox'.")  # fmt: skip
         if check_finite is None:
             check_finite = nan_policy is None
         if nan_policy not in (None, "raise", "omit"):
@@ -319,9 +334,17 @@ class CurveFit:
                     f"({ydata.size}, {ydata.size})."
                 )
 
-        if kwargs.get("tr_solver") not in (None, "exact"):
-            raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
         jac_mode, user_jac = check_jac(self.jac)
+        jac_sparsity = kwargs.get("jac_sparsity")
+        tr_solver = choose_tr_solver(
+            kwargs.get("tr_solver"), method, jac_sparsity, callable(user_jac)
+        )
+        check_workers(kwargs.get("workers"))
+        chunk_size = kwargs.get("chunk_size")
+        if tr_solver == "lsmr":
+            if chunk_size or kwargs.get("mesh") is not None:
+                raise ValueError("tr_solver='lsmr' works on whole rows: no `chunk_size` or `mesh`.")
+            chunk_size = 0  # LSMR never forms the m x n Jacobian that chunking avoids
 
         enable_persistent_cache()
         with enable_x64(True):
@@ -337,9 +360,11 @@ class CurveFit:
                 transform,
                 kind,
                 n,
-                chunk_size=kwargs.get("chunk_size"),
+                chunk_size=chunk_size,
                 mesh=kwargs.get("mesh"),
             )
+            if layout is not None and tr_solver == "lsmr":
+                raise ValueError("tr_solver='lsmr' cannot fit data sharded over a mesh.")
             if layout is not None and self.method is None:
                 # The chunked / sharded reduction is TRF's (LM would form the m x n
                 # Jacobian): long or sharded fits default to 'trf'.
@@ -348,6 +373,7 @@ class CurveFit:
             m = ydata.size
             padded = (
                 layout is None
+                and tr_solver != "lsmr"
                 and not isinstance(ydata, jax.Array)
                 and buckets_enabled(buckets)
                 and kind in (0, 1)
@@ -382,7 +408,21 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(with_rows(problem, layout), f, callback=kwargs.get("callback"))
+            problem = configure(
+                problem,
+                tr_solver,
+                kwargs.get("tr_options"),
+                jac_sparsity,
+                callable(user_jac),
+                lambda: residual_count(problem),
+            )
+            with WorkerPool(kwargs.get("workers")) as pool:
+                res, pcov = fit(
+                    with_rows(problem, layout),
+                    f,
+                    callback=kwargs.get("callback"),
+                    workers=pool.map,
+                )
         if padded:
             res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:

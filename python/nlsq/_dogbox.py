@@ -25,7 +25,6 @@ from ._common import (
     RUNNING,
     build_quadratic_1d,
     check_termination,
-    compute_jac_scale,
     evaluate_quadratic,
     minimize_quadratic_1d,
     norm,
@@ -33,9 +32,17 @@ from ._common import (
     update_tr_radius,
 )
 from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
-from ._linearization import Linearization, actual_reduction, linearize
+from ._linearization import (
+    Linearization,
+    actual_reduction,
+    jac_scale,
+    linearize_point,
+    result_jacobian,
+)
 from ._loss import loss_cost
+from ._operator import jacobian_map
 from ._problem import Problem
+from ._tr_lsmr import dogbox_newton_step
 
 
 class DogboxState(NamedTuple):
@@ -135,9 +142,9 @@ def init(problem: Problem) -> DogboxState:
     x0, lb, ub = problem.x0, problem.lb, problem.ub
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
-    lin = linearize(problem, f0, problem.jac(x0), cost0)
+    lin = linearize_point(problem, x0, f0, cost0)
     if problem.jac_scale:
-        scale, scale_inv = compute_jac_scale(lin.J)
+        scale, scale_inv = jac_scale(problem, lin)
     else:
         scale, scale_inv = problem.x_scale, 1.0 / problem.x_scale
     Delta = jnp.max(jnp.abs(x0 * scale_inv))
@@ -175,8 +182,14 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
     lin = state.lin
     free = ~state.active
     g = state.g
-    newton_step = gauss_newton_step(lin.R, lin.qtf, free)
-    J_free = lin.R * free
+    if problem.tr_solver == "lsmr":
+        # scipy's 'lsmr' branch: g and the step are zero at active variables, so the
+        # full J gives the free part's quadratic model.
+        J_free = jacobian_map(problem, state.x, lin.J)
+        newton_step = dogbox_newton_step(problem, J_free, lin.f, state.scale, state.active)
+    else:
+        newton_step = gauss_newton_step(lin.R, lin.qtf, free)
+        J_free = lin.R * free
     a, b, _ = build_quadratic_1d(J_free, g, -g)
     x_norm = norm(state.x)
 
@@ -232,9 +245,9 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         on_bound = jnp.where(free, t.on_bound, state.on_bound)
         # Variables that hit a bound are set exactly on it.
         x = jnp.where(on_bound == -1, lb, jnp.where(on_bound == 1, ub, t.x))
-        new = linearize(problem, t.f, problem.jac(x), t.cost)
+        new = linearize_point(problem, x, t.f, t.cost)
         if problem.jac_scale:
-            scale, scale_inv = compute_jac_scale(new.J, state.scale_inv)
+            scale, scale_inv = jac_scale(problem, new, state.scale_inv)
         else:
             scale, scale_inv = state.scale, state.scale_inv
         return x, new, on_bound, new.g, scale, scale_inv
@@ -280,11 +293,12 @@ def row(state: DogboxState) -> IterationRow:
 
 def result(problem: Problem, state: DogboxState) -> SolveResult:
     lin = state.lin
+    jac, R = result_jacobian(problem, state.x, lin)
     return SolveResult(
         x=state.x,
         cost=lin.cost,
         fun=lin.f_true,
-        jac=lin.J,
+        jac=jac,
         grad=state.g_full,
         optimality=state.g_norm,
         active_mask=state.on_bound.astype(jnp.int32),
@@ -292,7 +306,7 @@ def result(problem: Problem, state: DogboxState) -> SolveResult:
         njev=state.njev,
         status=state.status,
         initial_cost=state.initial_cost,
-        R=lin.R,
+        R=R,
     )
 
 

@@ -17,10 +17,13 @@ from scipy.optimize import OptimizeResult
 
 from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
+from ._operator import returned_jacobian
 from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
 from ._sharding import with_rows
 from ._solve import fit
+from ._tr_lsmr import choose_tr_solver, configure, residual_count
+from ._workers import WorkerPool, check_workers
 
 __all__ = ["least_squares"]
 
@@ -91,9 +94,28 @@ def least_squares(
         iteration (one host call each; none without a callback).  Raising
         ``StopIteration`` ends the fit with status -2.  Ignored with a warning by
         ``'lm'``, as in scipy.
-    tr_solver, tr_options, jac_sparsity, workers
-        Accepted for signature compatibility; only the dense exact solver exists,
-        so anything else raises ``ValueError``.
+    tr_solver : {None, 'exact', 'lsmr'}
+        scipy's: 'exact' (dense SVD of the reduced Jacobian) or 'lsmr' (large
+        problems: LSMR for the Gauss-Newton step, then a 2-D subspace trust-region
+        step for 'trf', dogleg for 'dogbox').  With 'lsmr' and JAX autodiff the
+        Jacobian is never formed: ``J v`` and ``J^T u`` are ``jvp``/``vjp`` of
+        ``fun``, linearized once per iteration.  None: 'lsmr' when
+        ``jac_sparsity`` is given (and ``jac`` is not callable), else 'exact'.
+        Ignored by 'lm' (MINPACK), as in scipy.
+    tr_options : dict, optional
+        'lsmr' only: ``scipy.sparse.linalg.lsmr``'s ``damp atol btol conlim maxiter``,
+        and ``regularize`` (bool, 'trf', default True).
+    jac_sparsity : array_like or scipy.sparse matrix, shape (m, n), optional
+        Nonzero pattern of the Jacobian: the columns are grouped (no two in a group
+        share a row) and the Jacobian comes from one ``jvp`` (or one finite
+        difference with '2-point') per group, kept as its nonzeros only.  Forces
+        'lsmr'; ``res.jac`` is then a ``scipy.sparse.csr_array``.  Ignored when
+        ``jac`` is callable (as in scipy).
+    workers : int or map-like callable, optional
+        scipy's: evaluates finite differences as ``workers(fun, iterable)``.  In nlsq
+        only a NumPy ``fun`` on the host path has host-side finite differences; a
+        JAX ``fun`` differentiates inside the compiled loop, where ``workers`` has no
+        effect.  An int is a thread pool of that size (-1: one per CPU).
     max_nfev : int, optional
         Function evaluations allowed (default ``100 * n``).
     verbose : {0, 1, 2}
@@ -110,10 +132,8 @@ def least_squares(
     """
     check_method(method)
     jac_mode, user_jac = check_jac(jac)
-    if tr_solver not in (None, "exact"):
-        raise ValueError("`tr_solver` must be None or 'exact' (nlsq has no 'lsmr').")
-    if jac_sparsity is not None:
-        raise ValueError("`jac_sparsity` is not supported by nlsq (dense Jacobians only).")
+    tr_solver = choose_tr_solver(tr_solver, method, jac_sparsity, callable(jac))
+    check_workers(workers)
     if callback is not None and not callable(callback):
         raise ValueError("`callback` must be callable or None.")
     if method == "lm" and callback is not None:
@@ -122,8 +142,6 @@ def least_squares(
             "Callback function specified, but not supported with `lm` method.", stacklevel=2
         )
         callback = None
-    if workers is not None:
-        raise ValueError("`workers` is not supported by nlsq.")
     kwargs = {} if kwargs is None else kwargs
     enable_persistent_cache()
     with enable_x64(True):
@@ -146,5 +164,16 @@ def least_squares(
             diff_step=diff_step,
             verbose=verbose,
         )
-        result, _ = fit(with_rows(problem, None), fun, callback=callback)
+        problem = configure(
+            problem,
+            tr_solver,
+            tr_options,
+            jac_sparsity,
+            callable(jac),
+            lambda: residual_count(problem),
+        )
+        with WorkerPool(workers) as pool:
+            result, _ = fit(with_rows(problem, None), fun, callback=callback, workers=pool.map)
+        if problem.tr_solver == "lsmr":
+            result.jac = returned_jacobian(problem, result)
     return result

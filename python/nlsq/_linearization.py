@@ -7,11 +7,13 @@ robust cost; the reduced factor ``R``, ``Q^T f`` and the gradient follow.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from . import _operator
+from ._common import compute_jac_scale
 from ._loss import loss_rho, scale_for_robust_loss_function
 from ._problem import Problem
 from ._reduce import reduce_jacobian
@@ -22,7 +24,9 @@ class Linearization(NamedTuple):
     """Everything that changes when a step is accepted."""
 
     f_true: jax.Array  # residuals
-    J: jax.Array  # Jacobian, scaled for the robust loss
+    # Jacobian, scaled for the robust loss; with tr_solver='lsmr' what nlsq._operator
+    # keeps of it (Dense, Compressed or MatrixFree), and R, qtf are empty.
+    J: Any
     f: jax.Array  # residuals, scaled for the robust loss
     R: jax.Array  # reduced J (QR) or J itself when m <= n + 1
     qtf: jax.Array  # Q^T f (or f)
@@ -40,16 +44,46 @@ def linearize(problem: Problem, f_true, J_true, cost) -> Linearization:
     return Linearization(f_true, J, f, R, qtf, J.T @ f, cost)
 
 
+def _linearize_operator(problem: Problem, x, f_true, cost) -> Linearization:
+    data, f, g = _operator.linearize(problem, x, f_true)
+    empty = jnp.zeros((0, x.shape[0]), x.dtype)
+    return Linearization(f_true, data, f, empty, empty[:, 0], g, cost)
+
+
+def linearize_point(problem: Problem, x, f_true, cost) -> Linearization:
+    """The one-shot linearization at ``x`` (dogbox): dense, or ``'lsmr'``'s operator."""
+    if problem.tr_solver == "lsmr":
+        return _linearize_operator(problem, x, f_true, cost)
+    return linearize(problem, f_true, problem.jac(x), cost)
+
+
 def linearize_at(problem: Problem, x, f_true, cost) -> Linearization:
     """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows.
 
     From chunked/sharded rows, ``J`` is the ``n x n`` triangle ``R`` and ``f`` is
-    ``Q^T f`` (see :func:`nlsq._sharding.reduced_problem`).
+    ``Q^T f`` (see :func:`nlsq._sharding.reduced_problem`).  With
+    ``tr_solver='lsmr'`` nothing is reduced (:func:`nlsq._operator.linearize`).
     """
+    if problem.tr_solver == "lsmr":
+        return _linearize_operator(problem, x, f_true, cost)
     if problem.layout is not None and problem.jac_mode != "host":
         R, qtf, g = reduced_problem(problem, x, f_true)
         return Linearization(f_true, R, qtf, R, qtf, g, cost)
     return linearize(problem, f_true, problem.jac(x), cost)
+
+
+def result_jacobian(problem: Problem, x, lin: Linearization):
+    """``(jac, R)`` of a ``SolveResult`` (see :func:`nlsq._operator.result_arrays`)."""
+    if problem.tr_solver == "lsmr":
+        return _operator.result_arrays(problem, x, lin.J, lin.f)
+    return lin.J, lin.R
+
+
+def jac_scale(problem: Problem, lin: Linearization, scale_inv_old=None):
+    """``x_scale='jac'``: scipy's ``compute_jac_scale`` on the linearization's Jacobian."""
+    if problem.tr_solver == "lsmr":
+        return _operator.compute_jac_scale(problem, lin.J, scale_inv_old)
+    return compute_jac_scale(lin.J, scale_inv_old)
 
 
 def actual_reduction(problem: Problem, lin: Linearization, f_new, cost_new):

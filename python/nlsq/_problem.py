@@ -67,6 +67,11 @@ class Problem:
     has_callback: bool = False
     layout: Any = None  # nlsq._sharding.RowLayout: rows chunked / sharded (trf)
     mesh: Any = None  # the data's jax.sharding.Mesh: verbose rows written by one device
+    # tr_solver='lsmr' (nlsq._tr_lsmr): its LsmrOptions, and jac_sparsity's pattern
+    # and column groups (nlsq._sparsity.Sparsity, traced indices) when one is given.
+    tr_solver: str = "exact"
+    lsmr_options: Any = None
+    sparsity: Any = None
 
     @property
     def n(self) -> int:
@@ -111,9 +116,9 @@ class Problem:
 
 
 _TRACED = ("x0", "lb", "ub", "x_scale", "ftol", "xtol", "gtol", "max_nfev", "f_scale",
-           "diff_step", "data", "fit_id")  # fmt: skip
+           "diff_step", "data", "fit_id", "sparsity")  # fmt: skip
 _STATIC = ("residual", "jac_mode", "method", "loss", "bounded", "jac_scale", "verbose",
-           "want_pcov", "has_callback", "layout", "mesh")  # fmt: skip
+           "want_pcov", "has_callback", "layout", "mesh", "tr_solver", "lsmr_options")  # fmt: skip
 jax.tree_util.register_dataclass(Problem, data_fields=list(_TRACED), meta_fields=list(_STATIC))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ._common import EPS
 from ._jax_compat import callback_logger
+from ._workers import workers_map
 
 #: Errors that mean "this function cannot be traced by JAX" (NumPy on tracers etc.).
 TRACE_ERRORS: tuple[type[BaseException], ...] = (
@@ -269,19 +270,23 @@ def fd_jacobian_jax(fun, x, lb, ub, method: str, diff_step):
     return jnp.where(one_sided[:, None], one, cen).T
 
 
-def fd_jacobian_np(fun, x, lb, ub, diff_step, f0=None):
+def fd_jacobian_np(fun, x, lb, ub, diff_step, f0=None, map_=map):
     """Host '2-point' Jacobian (scipy's scheme) for models evaluated by NumPy.
 
     ``f0 = fun(x)`` when the caller has it (scipy passes it too: no extra call).
+    The column evaluations go through ``map_`` (scipy's ``workers``), in order.
     """
     h, _ = _fd_steps(x, lb, ub, "2-point", diff_step, np)
     if f0 is None:
         f0 = fun(x)
-    J = np.empty((f0.size, x.size))
+    points = []
     for j in range(x.size):
         x1 = x.copy()
         x1[j] += h[j]
-        J[:, j] = (fun(x1) - f0) / h[j]
+        points.append(x1)
+    J = np.empty((f0.size, x.size))
+    for j, f1 in enumerate(map_(fun, points)):
+        J[:, j] = (np.asarray(f1) - f0) / h[j]
     return J
 
 
@@ -450,6 +455,7 @@ class HostResidual:
                 np.asarray(ub),
                 float(diff_step),
                 f0=_recall_evaluation(fid, x),
+                map_=workers_map(fid),
             )
 
         return _host_call(cb, (self.m, n), fit_id, x, user_data, lb, ub, diff_step)

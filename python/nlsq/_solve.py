@@ -43,6 +43,7 @@ from ._residual import (
 )
 from ._trf import TRF
 from ._verbose import log_closing, log_header, table_lock
+from ._workers import forget_workers, register_workers
 
 METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
@@ -124,12 +125,15 @@ def _run(problem: Problem, fit_id: int):
 
 
 def fit(
-    problem: Problem, model: Any, callback: Any = None
+    problem: Problem, model: Any, callback: Any = None, workers: Any = None
 ) -> tuple[OptimizeResult, np.ndarray | None]:
     """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
     remembered when it cannot be traced so later fits go to the host directly;
-    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``)."""
+    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``);
+    ``workers`` the map-like callable of host finite differences (``nlsq._workers``)."""
     fit_id = new_fit_id()
+    if workers is not None:
+        register_workers(fit_id, workers)
     if callback is not None:
         register_callback(fit_id, callback)
         problem = problem.with_callback(fit_id)
@@ -138,6 +142,7 @@ def fit(
             return _fit(problem, model, fit_id)
     finally:
         end_fit(fit_id)
+        forget_workers(fit_id)
 
 
 def _fit(problem: Problem, model: Any, fit_id: int):

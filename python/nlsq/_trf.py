@@ -26,7 +26,6 @@ from ._common import (
     CL_scaling_vector,
     build_quadratic_1d,
     check_termination,
-    compute_jac_scale,
     evaluate_quadratic,
     find_active_constraints,
     in_bounds,
@@ -40,9 +39,17 @@ from ._common import (
     update_tr_radius,
 )
 from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
-from ._linearization import Linearization, actual_reduction, linearize_at
+from ._linearization import (
+    Linearization,
+    actual_reduction,
+    jac_scale,
+    linearize_at,
+    result_jacobian,
+)
 from ._loss import loss_cost
+from ._operator import jacobian_map
 from ._problem import Problem
+from ._tr_lsmr import solve_trust_region_2d, trf_subspace
 
 
 class TRFState(NamedTuple):
@@ -145,7 +152,7 @@ def init(problem: Problem) -> TRFState:
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
     lin = linearize_at(problem, x0, f0, cost0)
     if problem.jac_scale:
-        scale, scale_inv = compute_jac_scale(lin.J)
+        scale, scale_inv = jac_scale(problem, lin)
     else:
         scale, scale_inv = problem.x_scale, 1.0 / problem.x_scale
     if problem.bounded:
@@ -190,19 +197,32 @@ def step(problem: Problem, state: TRFState) -> TRFState:
         v = jnp.where(dv != 0, v * state.scale_inv, v)
         d = jnp.sqrt(v) * state.scale
         diag_h = lin.g * dv * state.scale
-        J_h = lin.R * d
-        A = jnp.concatenate([J_h, jnp.diag(jnp.sqrt(diag_h))])
-        f_aug = jnp.concatenate([lin.qtf, jnp.zeros(n, dtype)])
     else:
         d = state.scale
         diag_h = None
-        J_h = lin.R * d
-        A = J_h
-        f_aug = lin.qtf
     g_h = d * lin.g
-    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
-    V = Vt.T
-    uf = U.T @ f_aug
+    if problem.tr_solver == "lsmr":
+        # scipy's 'lsmr' branch: the trust-region problem in span(g_h, LSMR's step).
+        J = jacobian_map(problem, state.x, lin.J)
+        J_h, S, B_S, g_S = trf_subspace(problem, J, lin.f, d, g_h, diag_h, state.Delta)
+
+        def trust_region_step(Delta, alpha):
+            return S @ solve_trust_region_2d(B_S, g_S, Delta)[0], alpha
+
+    else:
+        J_h = lin.R * d
+        if problem.bounded:
+            A = jnp.concatenate([J_h, jnp.diag(jnp.sqrt(diag_h))])
+            f_aug = jnp.concatenate([lin.qtf, jnp.zeros(n, dtype)])
+        else:
+            A, f_aug = J_h, lin.qtf
+        U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+        V = Vt.T
+        uf = U.T @ f_aug
+
+        def trust_region_step(Delta, alpha):
+            return solve_lsq_trust_region(n, m, uf, s, V, Delta, alpha, m_true=true_m(problem))
+
     theta = jnp.maximum(0.995, 1 - state.g_norm)
     x_norm = norm(state.x)
 
@@ -210,9 +230,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
         return (t.actual_reduction <= 0) & (t.nfev < problem.max_nfev) & (t.status == RUNNING)
 
     def trial(t: Trial) -> Trial:
-        p_h, alpha_new = solve_lsq_trust_region(
-            n, m, uf, s, V, t.Delta, t.alpha, m_true=true_m(problem)
-        )
+        p_h, alpha_new = trust_region_step(t.Delta, t.alpha)
         if problem.bounded:
             p = d * p_h
             stp, stp_h, pred, inside, p_value = select_step(
@@ -274,7 +292,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
     def on_accept(_):
         new = linearize_at(problem, t.x, t.f, t.cost)
         if problem.jac_scale:
-            scale, scale_inv = compute_jac_scale(new.J, state.scale_inv)
+            scale, scale_inv = jac_scale(problem, new, state.scale_inv)
         else:
             scale, scale_inv = state.scale, state.scale_inv
         return t.x, new, scale, scale_inv
@@ -320,11 +338,12 @@ def result(problem: Problem, state: TRFState) -> SolveResult:
     else:
         active = jnp.zeros(state.x.shape[0], dtype=jnp.int32)
     lin = state.lin
+    jac, R = result_jacobian(problem, state.x, lin)
     return SolveResult(
         x=state.x,
         cost=lin.cost,
         fun=lin.f_true,
-        jac=lin.J,
+        jac=jac,
         grad=lin.g,
         optimality=state.g_norm,
         active_mask=active,
@@ -332,7 +351,7 @@ def result(problem: Problem, state: TRFState) -> SolveResult:
         njev=state.njev,
         status=state.status,
         initial_cost=state.initial_cost,
-        R=lin.R,
+        R=R,
     )
 
 
