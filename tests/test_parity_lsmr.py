@@ -88,7 +88,20 @@ def test_matrix_free_lsmr_matches_scipy(kw):
     np.testing.assert_allclose(res.jac.T @ v, ref.jac.T @ v, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("kw", CASES[:2], ids=["trf", "trf-bounds-soft_l1"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        # With bounds, a loss, column-norm scaling (from the nonzeros) and LSMR options.
+        dict(
+            bounds=(-2.0, -0.45),
+            loss="soft_l1",
+            x_scale="jac",
+            tr_options={"regularize": False, "atol": 1e-10, "btol": 1e-10, "maxiter": 30},
+        ),
+    ],
+    ids=["trf", "trf-bounds-soft_l1-jac_scale-options"],
+)
 def test_jac_sparsity_matches_scipy(kw):
     ref = so.least_squares(broyden_np, X0, jac_sparsity=pattern(), **kw)
     res = least_squares(broyden, X0, jac_sparsity=pattern(), **kw)
@@ -194,13 +207,6 @@ def test_argument_errors():
         least_squares(broyden, X0, method="dogbox", tr_solver="lsmr", tr_options={"regularize": 1})
 
 
-def test_tr_options_and_jac_scale_with_pattern_match_scipy():
-    kw = dict(tr_options={"regularize": False, "atol": 1e-10, "btol": 1e-10, "maxiter": 30})
-    ref = so.least_squares(broyden_np, X0, jac_sparsity=pattern(), x_scale="jac", **kw)
-    res = least_squares(broyden, X0, jac_sparsity=pattern(), x_scale="jac", **kw)
-    _agree(ref, res, x_atol=1e-7)
-
-
 def test_group_columns_is_valid_and_minimal_for_tridiagonal():
     sparsity = prepare_sparsity(pattern(1000), 1000, 1000)
     assert sparsity.n_groups == 3
@@ -215,15 +221,17 @@ def test_group_columns_is_valid_and_minimal_for_tridiagonal():
 
 def test_lsmr_matches_scipy_lsmr():
     rng = np.random.default_rng(3)
-    for m, n, damp, maxiter in [(30, 12, 0.0, None), (12, 30, 0.5, None), (60, 20, 1e-3, 7)]:
+    for m, n, damp, maxiter in [(12, 30, 0.5, None), (60, 20, 0.0, 7)]:
         A = rng.normal(size=(m, n)) * np.logspace(0, 1, n)
         b = rng.normal(size=m)
         x, istop, itn = scipy_lsmr(A, b, damp=damp, maxiter=maxiter)[:3]
         with enable_x64(True):
-            out = lsmr(
-                lambda v, A=A: A @ v, lambda u, A=A: A.T @ u, jnp.asarray(b), n,
-                damp=damp, maxiter=maxiter,
-            )  # fmt: skip
+            solve = jax.jit(
+                lambda A, b, n=n, damp=damp, maxiter=maxiter: lsmr(
+                    lambda v: A @ v, lambda u: A.T @ u, b, n, damp=damp, maxiter=maxiter
+                )
+            )
+            out = solve(A, b)
         assert (int(out.istop), int(out.itn)) == (istop, itn)
         np.testing.assert_allclose(out.x, x, rtol=1e-4, atol=1e-8 * np.abs(x).max())
 

@@ -8,8 +8,14 @@ is what banded patterns want); a Broyden-tridiagonal pattern needs 3 groups for
 any number of parameters.
 
 The Jacobian is kept as its values at the pattern's nonzeros (``nnz``, rows in
-CSR order) and multiplied with by segment sums over the pattern's indices: memory
-O(nnz), never ``m x n``.  The compressed ``(n_groups, m)`` block comes from
+CSR order): memory O(nnz), never ``m x n``.  Products gather: each row's (column's)
+nonzeros are listed in a padded ``(m, max per row)`` (``(n, max per column)``) table
+of positions in the values (ELLPACK layout), so ``J v`` and ``J^T u`` are a gather
+and a row sum -- XLA's scatter-add (``segment_sum``) is serial on CPU and several
+times slower.  A pattern whose padded tables would exceed ``4 nnz`` entries (a
+few dense rows or columns) uses segment sums instead.
+
+The compressed ``(n_groups, m)`` block comes from
 
 * JAX autodiff: one ``jvp`` per group (``vmap`` over one ``jax.linearize``);
 * ``'2-point'`` / ``'3-point'``: scipy's steps (``_fd_steps``), one (two)
@@ -21,6 +27,7 @@ O(nnz), never ``m x n``.  The compressed ``(n_groups, m)`` block comes from
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any
 
 import jax
@@ -37,6 +44,9 @@ class Sparsity:
     rows: Any  # (nnz,) int32, CSR order
     cols: Any  # (nnz,) int32
     groups: Any  # (n,) int32: the group of each column
+    # ELLPACK tables of positions into the values (nnz: an appended zero), or None.
+    row_entries: Any  # (m, max nonzeros per row) int32
+    col_entries: Any  # (n, max nonzeros per column) int32
     n_groups: int  # static: the compressed Jacobian's number of columns
     m: int  # static
 
@@ -46,8 +56,22 @@ class Sparsity:
 
 
 jax.tree_util.register_dataclass(
-    Sparsity, data_fields=["rows", "cols", "groups"], meta_fields=["n_groups", "m"]
+    Sparsity,
+    data_fields=["rows", "cols", "groups", "row_entries", "col_entries"],
+    meta_fields=["n_groups", "m"],
 )
+
+
+def _ell_table(keys: np.ndarray, size: int, nnz: int) -> np.ndarray:
+    """``(size, max count)`` positions of the entries with each key, padded with ``nnz``."""
+    order = np.argsort(keys, kind="stable")
+    counts = np.bincount(keys, minlength=size)
+    width = int(counts.max()) if counts.size else 0
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    slot = np.arange(nnz) - np.repeat(starts, counts)
+    table = np.full((size, width), nnz, dtype=np.int32)
+    table[keys[order], slot] = order
+    return table
 
 
 def group_columns(rows: np.ndarray, cols: np.ndarray, m: int, n: int) -> np.ndarray:
@@ -94,10 +118,42 @@ def prepare_sparsity(jac_sparsity, m: int, n: int) -> Sparsity:
         )
     # CSR order, duplicates merged: the order of the values nlsq returns as res.jac.
     flat = np.unique(np.asarray(rows, dtype=np.int64) * n + np.asarray(cols, dtype=np.int64))
+    key = (m, n, hashlib.blake2b(flat.tobytes(), digest_size=16).digest())
+    cached = _PREPARED.get(key)
+    if cached is None:
+        cached = _prepare(flat, m, n)
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.pop(next(iter(_PREPARED)))
+        _PREPARED[key] = cached
+    return cached
+
+
+# Grouping is a Python loop over the columns (~20 us each): a pattern used again (the
+# same problem refitted) takes its prepared Sparsity from here, keyed by content.
+_PREPARED: dict[tuple, Sparsity] = {}
+_PREPARED_MAX = 16
+
+
+def _prepare(flat: np.ndarray, m: int, n: int) -> Sparsity:
     rows, cols = (flat // n).astype(np.int32), (flat % n).astype(np.int32)
     groups = group_columns(rows, cols, m, n)
     n_groups = int(groups.max()) + 1 if n else 0
-    return Sparsity(rows=rows, cols=cols, groups=groups, n_groups=n_groups, m=m)
+    nnz = rows.size
+    row_counts, col_counts = np.bincount(rows, minlength=m), np.bincount(cols, minlength=n)
+    padded = m * row_counts.max(initial=0) + n * col_counts.max(initial=0)
+    row_entries = col_entries = None
+    if padded <= 4 * nnz:
+        row_entries = _ell_table(rows, m, nnz)
+        col_entries = _ell_table(cols, n, nnz)
+    return Sparsity(
+        rows=rows,
+        cols=cols,
+        groups=groups,
+        row_entries=row_entries,
+        col_entries=col_entries,
+        n_groups=n_groups,
+        m=m,
+    )
 
 
 def group_seeds(sparsity: Sparsity, dtype):
@@ -175,8 +231,18 @@ def _host_values(problem, x):
     )
 
 
+def _padded(values, index):
+    return jnp.concatenate([values, jnp.zeros((1,), values.dtype)]), jnp.concatenate(
+        [index, jnp.zeros((1,), index.dtype)]
+    )
+
+
 def matvec(sparsity: Sparsity, values, v):
     """``J v`` from the values at the pattern."""
+    if sparsity.row_entries is not None:
+        vals, cols = _padded(values, sparsity.cols)
+        entries = sparsity.row_entries
+        return jnp.sum(vals[entries] * v[cols[entries]], axis=1)
     return jax.ops.segment_sum(
         values * v[sparsity.cols], sparsity.rows, num_segments=sparsity.m, indices_are_sorted=True
     )
@@ -184,6 +250,10 @@ def matvec(sparsity: Sparsity, values, v):
 
 def rmatvec(sparsity: Sparsity, values, u):
     """``J^T u`` from the values at the pattern."""
+    if sparsity.col_entries is not None:
+        vals, rows = _padded(values, sparsity.rows)
+        entries = sparsity.col_entries
+        return jnp.sum(vals[entries] * u[rows[entries]], axis=1)
     n = sparsity.groups.shape[-1]
     return jax.ops.segment_sum(values * u[sparsity.rows], sparsity.cols, num_segments=n)
 
