@@ -193,8 +193,10 @@ def test_lm_follows_scipy():
 
 
 def test_argument_errors():
-    with pytest.raises(ValueError, match=r"`jac_sparsity` has wrong shape: expected \(40, 40\)"):
+    with pytest.raises(ValueError, match=r"`jac_sparsity` has wrong shape: expected \(m, 40\)"):
         least_squares(broyden, X0, jac_sparsity=np.ones((N, N + 1)))
+    with pytest.raises(ValueError, match=r"`jac_sparsity` has wrong shape: expected \(40, 40\)"):
+        least_squares(broyden, X0, jac_sparsity=sp.eye(N + 1, N))
     with pytest.raises(ValueError, match="incompatible with `jac_sparsity`"):
         least_squares(broyden, X0, tr_solver="exact", jac_sparsity=pattern())
     with pytest.raises(ValueError, match="`tr_solver` must be None, 'exact' or 'lsmr'"):

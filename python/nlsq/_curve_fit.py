@@ -19,7 +19,7 @@ from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._sharding import plan_rows, with_rows
 from ._solve import fit
-from ._tr_lsmr import choose_tr_solver, configure, residual_count
+from ._tr_lsmr import choose_tr_solver, configure
 from ._workers import WorkerPool, check_workers
 
 __all__ = ["curve_fit", "CurveFit"]
@@ -414,7 +414,6 @@ class CurveFit:
                 kwargs.get("tr_options"),
                 jac_sparsity,
                 callable(user_jac),
-                lambda: residual_count(problem),
             )
             with WorkerPool(kwargs.get("workers")) as pool:
                 res, pcov = fit(

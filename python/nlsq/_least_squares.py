@@ -22,7 +22,7 @@ from ._problem import check_jac, check_method, make_problem
 from ._residual import FunResidual, split_args
 from ._sharding import with_rows
 from ._solve import fit
-from ._tr_lsmr import choose_tr_solver, configure, residual_count
+from ._tr_lsmr import choose_tr_solver, configure
 from ._workers import WorkerPool, check_workers
 
 __all__ = ["least_squares"]
@@ -170,7 +170,6 @@ def least_squares(
             tr_options,
             jac_sparsity,
             callable(jac),
-            lambda: residual_count(problem),
         )
         with WorkerPool(workers) as pool:
             result, _ = fit(with_rows(problem, None), fun, callback=callback, workers=pool.map)

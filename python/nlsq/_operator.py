@@ -85,6 +85,7 @@ def linearize(problem, x, f_true):
     row_scale, f = _robust_rows(problem, f_true)
     kind = representation(problem)
     if kind == "sparse":
+        _sparsity.check_rows(problem.sparsity, f_true.shape[0], x.shape[0])
         values = _sparsity.jacobian_values(problem, x)
         if row_scale is not None:
             values = values * row_scale[problem.sparsity.rows]

@@ -93,8 +93,12 @@ def group_columns(rows: np.ndarray, cols: np.ndarray, m: int, n: int) -> np.ndar
     return groups
 
 
-def prepare_sparsity(jac_sparsity, m: int, n: int) -> Sparsity:
-    """scipy's ``check_jac_sparsity``: an array or ``scipy.sparse`` matrix of shape (m, n)."""
+def prepare_sparsity(jac_sparsity, m: int | None, n: int) -> Sparsity:
+    """scipy's ``check_jac_sparsity``: an array or ``scipy.sparse`` matrix of shape (m, n).
+
+    ``m=None``: taken from the pattern, and checked against the residuals when the solver
+    is traced (:func:`check_rows`): finding m here would trace the function on every call.
+    """
     import scipy.sparse
 
     if scipy.sparse.issparse(jac_sparsity):
@@ -111,11 +115,13 @@ def prepare_sparsity(jac_sparsity, m: int, n: int) -> Sparsity:
             ) from err
         shape = pattern.shape
         rows, cols = np.nonzero(pattern) if pattern.ndim == 2 else (None, None)
-    if shape != (m, n):
+    if len(shape) != 2 or shape[1] != n or (m is not None and shape[0] != m):
+        expected = f"({'m' if m is None else m}, {n})"
         raise ValueError(
-            f"`jac_sparsity` has wrong shape: expected {(m, n)} (residuals, parameters), "
+            f"`jac_sparsity` has wrong shape: expected {expected} (residuals, parameters), "
             f"got {shape}."
         )
+    m = shape[0]
     # CSR order, duplicates merged: the order of the values nlsq returns as res.jac.
     flat = np.unique(np.asarray(rows, dtype=np.int64) * n + np.asarray(cols, dtype=np.int64))
     key = (m, n, hashlib.blake2b(flat.tobytes(), digest_size=16).digest())
@@ -154,6 +160,15 @@ def _prepare(flat: np.ndarray, m: int, n: int) -> Sparsity:
         n_groups=n_groups,
         m=m,
     )
+
+
+def check_rows(sparsity: Sparsity, m: int, n: int) -> None:
+    """The pattern's rows against the residuals' count (at trace time)."""
+    if sparsity.m != m:
+        raise ValueError(
+            f"`jac_sparsity` has wrong shape: expected {(m, n)} (residuals, parameters), "
+            f"got {(sparsity.m, n)}."
+        )
 
 
 def group_seeds(sparsity: Sparsity, dtype):
@@ -268,6 +283,8 @@ def to_scipy(sparsity: Sparsity, values, n: int):
     import scipy.sparse
 
     rows, cols = np.asarray(sparsity.rows), np.asarray(sparsity.cols)
+    # The nonzeros are in CSR order already: build it directly (no COO sort).
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=sparsity.m))])
     return scipy.sparse.csr_array(
-        (np.asarray(values, dtype=np.float64), (rows, cols)), shape=(sparsity.m, n)
+        (np.asarray(values, dtype=np.float64), cols, indptr), shape=(sparsity.m, n)
     )

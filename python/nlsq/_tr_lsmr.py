@@ -96,8 +96,8 @@ def choose_tr_solver(tr_solver, method: str, jac_sparsity, jac_callable: bool) -
     return tr_solver
 
 
-def configure(problem, tr_solver: str, tr_options, jac_sparsity, jac_callable: bool, m_of):
-    """``problem`` set up for ``tr_solver`` (and its pattern); ``m_of()`` gives m when needed."""
+def configure(problem, tr_solver: str, tr_options, jac_sparsity, jac_callable: bool):
+    """``problem`` set up for ``tr_solver`` (and its pattern)."""
     if tr_solver != "lsmr":
         return problem
     from ._sparsity import prepare_sparsity
@@ -105,7 +105,7 @@ def configure(problem, tr_solver: str, tr_options, jac_sparsity, jac_callable: b
     options = check_tr_options(tr_options, problem.method, stacklevel=4)
     sparsity = None
     if jac_sparsity is not None and not jac_callable:
-        sparsity = prepare_sparsity(jac_sparsity, m_of(), problem.n)
+        sparsity = prepare_sparsity(jac_sparsity, None, problem.n)
     problem = dataclasses.replace(
         problem, tr_solver="lsmr", lsmr_options=options, sparsity=sparsity
     )
@@ -218,16 +218,3 @@ def dogbox_newton_step(problem, J: LinearMap, f, scale, active):
 
     step = lsmr(matvec, rmatvec, f, n, **problem.lsmr_options.lsmr_kwargs()).x
     return jnp.where(keep, -step * scale, 0.0)
-
-
-def residual_count(problem) -> int:
-    """m: from JAX's shape evaluation, or from one NumPy evaluation of an untraceable function."""
-    from ._residual import TRACE_ERRORS, UserTraceFailure
-
-    try:
-        return problem.m
-    except (UserTraceFailure, *TRACE_ERRORS):
-        import jax
-
-        data = jax.tree_util.tree_map(np.asarray, problem.data)
-        return int(np.size(problem.residual(np.asarray(problem.x0), data, xp=np)))
