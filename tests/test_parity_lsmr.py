@@ -112,8 +112,13 @@ def test_jac_sparsity_matches_scipy(kw):
     np.testing.assert_allclose(res.jac.toarray(), ref.jac.toarray(), atol=1e-6)
 
 
-def test_jac_sparsity_finite_differences_match_scipy_grouped_differences():
-    kw = dict(jac="2-point", jac_sparsity=pattern(), method="dogbox")
+@pytest.mark.parametrize(
+    "kw",
+    [dict(jac="2-point", method="dogbox"), dict(jac="3-point", method="trf", bounds=(-1.5, -0.5))],
+    ids=["2-point-dogbox", "3-point-trf-bounds"],
+)
+def test_jac_sparsity_finite_differences_match_scipy_grouped_differences(kw):
+    kw = dict(kw, jac_sparsity=pattern())
     ref = so.least_squares(broyden_np, X0, **kw)
     res = least_squares(broyden, X0, **kw)
     _agree(ref, res, x_atol=1e-9)
@@ -164,6 +169,13 @@ def test_workers_with_dense_host_differences():
     assert len(calls) == n_scipy == res.njev
     np.testing.assert_allclose(res.x, ref.x, atol=1e-9)
     np.testing.assert_array_equal(pooled.x, res.x)
+    # The host path with 'lsmr': LSMR on the dense finite-difference Jacobian, as scipy.
+    ref = so.least_squares(fun, [-1.2, 1.0], tr_solver="lsmr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = least_squares(fun, [-1.2, 1.0], jac="2-point", tr_solver="lsmr")
+    _agree(ref, res, x_atol=1e-9)
+    assert isinstance(res.jac, np.ndarray) and res.jac.shape == (2, 2)
 
 
 @pytest.mark.parametrize("workers", [0, -2, 1.5, "two", True])
