@@ -382,13 +382,15 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(with_rows(problem, layout), f, callback=kwargs.get("callback"))
-        if padded:
+            if layout is not None or any(isinstance(a, jax.Array) for a in (xdata, ydata)):
+                problem = with_rows(problem, layout)  # else no layout and no mesh: as made
+            res, pcov = fit(problem, f, callback=kwargs.get("callback"), rows=full_output)
+        if padded and full_output:  # else fun/jac stayed on the device, unread
             res.fun, res.jac = res.fun[:m], res.jac[:m]
         if not res.success:
             raise RuntimeError("Optimal parameters not found: " + res.message)
         popt = res.x
-        ysize = res.fun.size
+        ysize = m if padded else res.fun.size
         cost = 2 * res.cost
         pcov = np.array(pcov, dtype=float)
         warn_cov = False
