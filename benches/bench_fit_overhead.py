@@ -319,13 +319,13 @@ def warm_single_fit(quick: bool) -> dict[str, Any]:
     x, y = _data(WARM_N)
     model = _fresh_model()
     captured: dict[str, Any] = {}
-    real_fit = cf.fit
+    real_fit = cf.run_fit
 
     def spy(problem, *args, **kwargs):
         captured["problem"] = problem
         return real_fit(problem, *args, **kwargs)
 
-    with mock.patch.object(cf, "fit", spy):
+    with mock.patch.object(cf, "run_fit", spy):
         popt_nlsq = nlsq.curve_fit(model, x, y, p0=P0)[0]
     problem = captured["problem"]
 
@@ -388,7 +388,7 @@ _COLD = textwrap.dedent(
             seen["problem"] = problem
             raise Stop
         t3 = time.perf_counter()
-        with mock.patch.object(cf, "fit", spy):
+        with mock.patch.object(cf, "run_fit", spy):
             try:
                 nlsq.curve_fit(f, x, y, p0=[1, 1, 1])
             except Stop:

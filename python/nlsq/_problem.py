@@ -20,13 +20,14 @@ A ``Problem`` is a JAX pytree with two parts:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from scipy.optimize import Bounds
 
 from ._common import EPS, make_strictly_feasible_np
 from ._loss import validate_loss
@@ -72,9 +73,13 @@ class Problem:
     def n(self) -> int:
         return self.x0.shape[-1]
 
-    @property
+    @functools.cached_property
     def m(self) -> int:
-        """Number of residuals (known at trace time)."""
+        """Number of residuals (known at trace time).
+
+        Cached on the instance (shapes are fixed with its leaves): the solver asks
+        several times while it is traced, and each answer traces the model again.
+        """
         if isinstance(self.residual, HostResidual):
             return self.residual.m
         return jax.eval_shape(self.fun, self.x0).shape[0]
@@ -135,7 +140,10 @@ def check_jac(jac) -> tuple[str, Callable | None]:
 
 
 def prepare_bounds(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(bounds, Bounds):
+    # A ``scipy.optimize.Bounds`` exists only once its module is imported: looking it
+    # up there keeps scipy out of ``import nlsq`` (a third of its import time).
+    optimize = sys.modules.get("scipy.optimize")
+    if optimize is not None and isinstance(bounds, optimize.Bounds):
         lb, ub = bounds.lb, bounds.ub
     else:
         try:

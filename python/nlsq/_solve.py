@@ -5,9 +5,10 @@ options as static metadata and its numbers as traced leaves, so JAX's jit
 cache keys on exactly (model, options, shapes, dtypes): refitting the same
 model with new data of the same shape reuses the compiled executable.
 
-``fit(problem, model)`` is what ``least_squares`` and ``curve_fit`` call: the
-verbose header and closing lines, the fallback to the host for functions JAX
-cannot trace, and scipy's ``OptimizeResult``.
+``run_fit(problem, model)`` is what ``curve_fit`` calls: the verbose header and
+closing lines, the fallback to the host for functions JAX cannot trace, and the
+results on the host (``Solved``, one transfer); ``fit`` (``least_squares``) makes
+scipy's ``OptimizeResult`` of them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import OptimizeResult
 
 from ._buckets import true_m
 from ._cache import SolverJit
@@ -93,23 +93,24 @@ class Solved(NamedTuple):
 
 
 def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
-    """The host view of ``_solve``'s packed vector (slices, no copies)."""
-    x, grad, active = small[:n], small[n : 2 * n], small[2 * n : 3 * n]
-    cost, optimality, nfev, njev, status, initial_cost = small[3 * n : 3 * n + len(_SCALARS)]
-    rest = small[3 * n + len(_SCALARS) :]
+    """The host view of ``_solve``'s packed vector (one writable copy, then slices)."""
+    small = np.array(small)
+    k = 3 * n
+    cost, optimality, nfev, njev, status, initial_cost = small[k : k + len(_SCALARS)].tolist()
+    pcov = small[k + len(_SCALARS) :]
     return Solved(
-        x=x,
-        cost=float(cost),
+        x=small[:n],
+        cost=cost,
         fun=fun,
         jac=jac,
-        grad=grad,
-        optimality=float(optimality),
-        active_mask=active.astype(int),
+        grad=small[n : 2 * n],
+        optimality=optimality,
+        active_mask=small[2 * n : k].astype(int),
         nfev=int(nfev),
         njev=int(njev),
         status=int(status),
-        initial_cost=float(initial_cost),
-        pcov=rest.reshape(n, n) if rest.size else None,
+        initial_cost=initial_cost,
+        pcov=pcov.reshape(n, n) if pcov.size else None,
     )
 
 
@@ -188,12 +189,41 @@ def _run(problem: Problem, fit_id: int, rows: bool = True):
 
 def fit(
     problem: Problem, model: Any, callback: Any = None, rows: bool = True
-) -> tuple[OptimizeResult, np.ndarray | None]:
-    """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
-    remembered when it cannot be traced so later fits go to the host directly;
-    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``).
-    ``rows=False`` leaves ``fun`` and ``jac`` on the device (``curve_fit`` without
-    ``full_output`` never reads them)."""
+) -> tuple[Any, np.ndarray | None]:
+    """Run ``problem`` (inside ``jax.enable_x64``) into scipy's ``OptimizeResult``, and
+    ``pcov`` (None unless ``problem.want_pcov``); see :func:`run_fit`."""
+    from scipy.optimize import OptimizeResult  # here: `import nlsq` stays without scipy
+
+    out, message = run_fit(problem, model, callback, rows)
+    result = OptimizeResult(
+        x=out.x,
+        cost=out.cost,
+        # Per-row outputs spanning other processes stay global jax.Arrays.
+        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
+        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
+        grad=out.grad,
+        optimality=out.optimality,
+        active_mask=out.active_mask,
+        nfev=out.nfev,
+        njev=out.njev,
+        status=out.status,
+        message=message,
+        success=out.status > 0,
+    )
+    return result, out.pcov
+
+
+def run_fit(
+    problem: Problem, model: Any, callback: Any = None, rows: bool = True
+) -> tuple[Solved, str]:
+    """Run ``problem`` (inside ``jax.enable_x64``): the host results and scipy's message.
+
+    ``model`` is the user's function, remembered when it cannot be traced so later
+    fits go to the host directly; ``callback`` is scipy's
+    ``callback(intermediate_result)`` (or ``callback(x)``).  ``rows=False`` leaves
+    ``fun`` and ``jac`` on the device (``curve_fit`` without ``full_output`` never
+    reads them).
+    """
     fit_id = new_fit_id()
     if callback is not None:
         register_callback(fit_id, callback)
@@ -246,19 +276,4 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool):
         raise ValueError("Residuals are not finite in the initial point.")
     message = TERMINATION_MESSAGES[status]
     log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
-    result = OptimizeResult(
-        x=out.x,
-        cost=out.cost,
-        # Per-row outputs spanning other processes stay global jax.Arrays.
-        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
-        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
-        grad=out.grad,
-        optimality=out.optimality,
-        active_mask=out.active_mask,
-        nfev=out.nfev,
-        njev=out.njev,
-        status=status,
-        message=message,
-        success=status > 0,
-    )
-    return result, out.pcov
+    return out, message
