@@ -387,7 +387,13 @@ class CurveFit:
             )
             if layout is not None or any(isinstance(a, jax.Array) for a in (xdata, ydata)):
                 problem = with_rows(problem, layout)  # else no layout and no mesh: as made
-            res, message = run_fit(problem, f, callback=kwargs.get("callback"), rows=full_output)
+            res, message = run_fit(
+                problem,
+                f,
+                callback=kwargs.get("callback"),
+                rows=full_output,
+                stacklevel=_stacklevel + 2,  # _fit, run_fit, then this method's frames
+            )
         fvec = res.fun
         if padded and full_output:  # else fun stayed on the device, unread
             fvec = fvec[:m]

@@ -194,7 +194,8 @@ def fit(
     ``pcov`` (None unless ``problem.want_pcov``); see :func:`run_fit`."""
     from scipy.optimize import OptimizeResult  # here: `import nlsq` stays without scipy
 
-    out, message = run_fit(problem, model, callback, rows)
+    # The fallback warning points at least_squares' caller: _fit, run_fit, fit, least_squares.
+    out, message = run_fit(problem, model, callback, rows, stacklevel=5)
     result = OptimizeResult(
         x=out.x,
         cost=out.cost,
@@ -214,7 +215,7 @@ def fit(
 
 
 def run_fit(
-    problem: Problem, model: Any, callback: Any = None, rows: bool = True
+    problem: Problem, model: Any, callback: Any = None, rows: bool = True, stacklevel: int = 4
 ) -> tuple[Solved, str]:
     """Run ``problem`` (inside ``jax.enable_x64``): the host results and scipy's message.
 
@@ -222,7 +223,7 @@ def run_fit(
     fits go to the host directly; ``callback`` is scipy's
     ``callback(intermediate_result)`` (or ``callback(x)``).  ``rows=False`` leaves
     ``fun`` and ``jac`` on the device (``curve_fit`` without ``full_output`` never
-    reads them).
+    reads them).  ``stacklevel`` is the host-fallback warning's, counted from ``_fit``.
     """
     fit_id = new_fit_id()
     if callback is not None:
@@ -230,14 +231,14 @@ def run_fit(
         problem = problem.with_callback(fit_id)
     try:
         if not problem.verbose:
-            return _fit(problem, model, fit_id, rows)
+            return _fit(problem, model, fit_id, rows, stacklevel)
         with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
-            return _fit(problem, model, fit_id, rows)
+            return _fit(problem, model, fit_id, rows, stacklevel)
     finally:
         end_fit(fit_id)
 
 
-def _fit(problem: Problem, model: Any, fit_id: int, rows: bool):
+def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int):
     # One table per fit: under jax.distributed, process 0 writes it (rows included).
     verbose = table_verbosity(problem.verbose) if problem.verbose else 0
     log_header(verbose)
@@ -259,7 +260,7 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool):
                 "Jacobian unless `jac` is given (slower). Write it with jax.numpy to fit on "
                 "the device.",
                 HostFallbackWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
             small, fun, jac = _run(host, fit_id, rows)
     layout = problem.layout
