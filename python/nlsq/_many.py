@@ -40,7 +40,7 @@ from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._jax_compat import enable_x64
 from ._problem import check_jac, make_problem, prepare_bounds
-from ._reduce import pcov_from_R
+from ._reduce import pcov_from_R, vectorized_small_svd
 from ._solve import METHODS
 from ._verbose import write_many_tables
 
@@ -114,10 +114,15 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     )
 
 
-_solve_batch = SolverJit(
-    lambda problem, history_len: jax.vmap(lambda p: _run_one(p, history_len))(problem),
-    static_argnums=1,
-)
+def _run_batch(problem, history_len: int) -> FitOutcome:
+    """Every fit of the stacked ``problem`` (leading batch axis), vectorized."""
+    # A batched LAPACK SVD loops over the fits one small matrix at a time; Jacobi
+    # rotations written element-wise vectorize across them (see nlsq._reduce).
+    with vectorized_small_svd():
+        return jax.vmap(lambda one: _run_one(one, history_len))(problem)
+
+
+_solve_batch = SolverJit(_run_batch, static_argnums=1)
 
 
 def _solve_many(problem, history_len: int):
