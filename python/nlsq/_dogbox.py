@@ -42,6 +42,7 @@ from ._linearization import (
 from ._loss import loss_cost
 from ._operator import jacobian_map
 from ._problem import Problem
+from ._reduce import thin_svd
 from ._tr_lsmr import dogbox_newton_step
 
 
@@ -123,7 +124,7 @@ def gauss_newton_step(R, qtf, free):
 
     ``J_free = Q R_free``, so the minimum-norm solution comes from ``R`` and ``Q^T f``.
     """
-    U, s, Vt = jnp.linalg.svd(R * free, full_matrices=False)
+    U, s, Vt = thin_svd(R * free)
     keep = s > EPS * s[0]
     w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     # Exactly zero (not rounding-small) where the column was zeroed.

@@ -49,6 +49,7 @@ from ._linearization import (
 from ._loss import loss_cost
 from ._operator import jacobian_map
 from ._problem import Problem
+from ._reduce import thin_svd
 from ._tr_lsmr import solve_trust_region_2d, trf_subspace
 
 
@@ -216,7 +217,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
             f_aug = jnp.concatenate([lin.qtf, jnp.zeros(n, dtype)])
         else:
             A, f_aug = J_h, lin.qtf
-        U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+        U, s, Vt = thin_svd(A)
         V = Vt.T
         uf = U.T @ f_aug
 
