@@ -90,7 +90,8 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
                          ("soft_l1 bounds", {"loss": "soft_l1",
                                              "bounds": ([0, 0, 0], [5, 5, 1])}),
                          ("x_scale jac chunked", {"x_scale": "jac", "chunk_size": 1000})]:
-            ref, pref = curve_fit(model, x, y, p0=[1, 1, 0], method="trf",
+            # No method: 'lm' unbounded ('trf' with bounds/loss), sharded as unsharded.
+            ref, pref = curve_fit(model, x, y, p0=[1, 1, 0],
                                   **{k: v for k, v in kw.items() if k != "chunk_size"})
             n_before = len(COMPILED)
             kw = dict(kw)
@@ -124,7 +125,7 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
         curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=0)
         res["collectives_verbose0"] = collectives(COMPILED[n_before].as_text())
         res["collectives_verbose2"] = collectives(plain_text)
-        _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2, method="trf"))
+        _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2))
         res["ref_rows"] = ref_tab.count("\\n")
         res["ref_first"] = ref_tab.splitlines()[:2]
         print(json.dumps(res))
@@ -154,8 +155,7 @@ def test_uneven_length_padded_with_zero_weight_rows():
         M = 10011  # not a multiple of 4
         x = np.linspace(0, 5, M)
         y = 2 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_normal(M)
-        ref, pref, iref, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], full_output=True,
-                                          method="trf")
+        ref, pref, iref, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], full_output=True)
         popt, pcov, info, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], mesh=MESH,
                                            full_output=True)
         text = COMPILED[-1].as_text()
