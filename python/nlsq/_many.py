@@ -39,6 +39,15 @@ from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._driver import SolveResult
 from ._jax_compat import enable_x64
+from ._many_sharding import (
+    batch_mesh,
+    device_datasets,
+    pad_batch,
+    place_batch,
+    shard_count,
+    sharded_datasets,
+    solve_on_mesh,
+)
 from ._problem import check_jac, make_problem, prepare_bounds
 from ._reduce import pcov_from_R
 from ._solve import METHODS
@@ -90,10 +99,12 @@ def _run_one(problem, history_len: int):
     return out, pcov, state.iteration, history
 
 
-_solve_batch = SolverJit(
-    lambda problem, history_len: jax.vmap(lambda p: _run_one(p, history_len))(problem),
-    static_argnums=1,
-)
+def _vmapped_fits(problem, history_len: int):
+    """Every fit of the batch ``problem``: ``_run_one`` under ``vmap``."""
+    return jax.vmap(lambda p: _run_one(p, history_len))(problem)
+
+
+_solve_batch = SolverJit(_vmapped_fits, static_argnums=1)
 
 
 def _solve_many(problem, history_len: int):
@@ -128,6 +139,67 @@ def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
     return arr.copy()
 
 
+def _host_datasets(xdata, ydata):
+    """``(xs, ys, lengths)``: the datasets as host arrays, checked."""
+    ys = _as_list(ydata, "ydata")
+    batch = len(ys)
+    if batch == 0:
+        raise ValueError("`ydata` holds no dataset.")
+    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
+        xs = [np.asarray(xdata, dtype=float)] * batch
+    else:
+        xs = _as_list(xdata, "xdata")
+    if len(xs) != batch:
+        raise ValueError(f"`xdata` holds {len(xs)} datasets, `ydata` {batch}.")
+    lengths = np.array([y.size for y in ys])
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if x.shape != y.shape:
+            raise ValueError(f"dataset {i}: `xdata` has shape {x.shape}, `ydata` {y.shape}.")
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+    return xs, ys, lengths
+
+
+def _padded_arrays(model, p: int, xs, ys, sigma, lengths):
+    """``(X, Y, W)``: the datasets padded with zero-weight rows to one bucket, stacked."""
+    batch = len(ys)
+    # Weights 1/sigma, per row.
+    if sigma is None:
+        ws = [np.ones(n) for n in lengths]
+    elif isinstance(sigma, list | tuple):
+        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
+    elif np.ndim(sigma) == 0:
+        ws = [np.full(n, 1.0 / float(sigma)) for n in lengths]
+    elif isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
+        ws = [1.0 / np.asarray(sigma, dtype=float)] * batch
+    else:
+        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
+    for i, w in enumerate(ws):
+        if w.shape != (lengths[i],):
+            raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"dataset {i}: `sigma` must not contain zeros.")
+
+    longest = int(lengths.max())
+    size = bucket_size(longest) if buckets_enabled() else longest
+    if (size > lengths.min() or size > longest) and not model_is_rowwise(model, p):
+        if lengths.min() != longest:
+            raise ValueError(
+                "datasets of different lengths are padded, which needs a model that works "
+                "element by element (this one mixes data points); fit them with curve_fit."
+            )
+        size = longest
+    X = np.empty((batch, size))
+    Y = np.empty((batch, size))
+    W = np.zeros((batch, size))
+    for i, (x, y, w) in enumerate(zip(xs, ys, ws, strict=True)):
+        n = lengths[i]
+        X[i, :n], X[i, n:] = x, x[-1]
+        Y[i, :n], Y[i, n:] = y, y[-1]
+        W[i, :n] = w
+    return X, Y, W
+
+
 def curve_fit_many(
     f: Callable,
     xdata,
@@ -146,6 +218,7 @@ def curve_fit_many(
     loss="linear",
     f_scale: float = 1.0,
     x_scale=1.0,
+    mesh=None,
 ) -> ManyFitResult:
     """Fit ``f(x, *params)`` to B datasets at once, in one compiled program.
 
@@ -169,6 +242,11 @@ def curve_fit_many(
     verbose : {0, 1, 2}
         1: one summary line per fit; 2: each fit's iteration table (with a fit
         index column), written whole.
+    mesh : jax.sharding.Mesh, optional
+        Shard the batch over this mesh's devices: each device fits its own fits
+        (``nlsq._many_sharding``; B is padded with dummy fits to a multiple of the
+        device count).  ``ydata`` given as a ``(B, n)`` ``jax.Array`` whose first
+        axis is sharded over a mesh is fitted where it is, without ``mesh``.
 
     Returns
     -------
@@ -188,22 +266,15 @@ def curve_fit_many(
     if callable(loss):
         raise ValueError("curve_fit_many takes a loss name, not a callable.")
     jac_mode, _ = check_jac(jac)
-    ys = _as_list(ydata, "ydata")
-    batch = len(ys)
-    if batch == 0:
-        raise ValueError("`ydata` holds no dataset.")
-    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
-        xs = [np.asarray(xdata, dtype=float)] * batch
+    placement = batch_mesh(ydata, mesh)  # (mesh, axes): the batch is sharded over them
+    on_device = placement is not None and sharded_datasets(ydata)
+    if on_device:  # the datasets stay on their devices (nlsq._many_sharding)
+        X, Y, W = device_datasets(xdata, ydata, sigma, *placement)
+        batch, size = Y.shape
+        lengths = np.full(batch, size)
     else:
-        xs = _as_list(xdata, "xdata")
-    if len(xs) != batch:
-        raise ValueError(f"`xdata` holds {len(xs)} datasets, `ydata` {batch}.")
-    lengths = np.array([y.size for y in ys])
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if x.shape != y.shape:
-            raise ValueError(f"dataset {i}: `xdata` has shape {x.shape}, `ydata` {y.shape}.")
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+        xs, ys, lengths = _host_datasets(xdata, ydata)
+        batch = len(ys)
 
     if p0 is None:
         p = _n_params(f)
@@ -227,41 +298,9 @@ def curve_fit_many(
     if method == "lm" and (np.isfinite(lb_b).any() or np.isfinite(ub_b).any()):
         raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' instead.")
 
-    # Weights 1/sigma, per row.
-    if sigma is None:
-        ws = [np.ones(n) for n in lengths]
-    elif isinstance(sigma, list | tuple):
-        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
-    elif np.ndim(sigma) == 0:
-        ws = [np.full(n, 1.0 / float(sigma)) for n in lengths]
-    elif isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
-        ws = [1.0 / np.asarray(sigma, dtype=float)] * batch
-    else:
-        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
-    for i, w in enumerate(ws):
-        if w.shape != (lengths[i],):
-            raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"dataset {i}: `sigma` must not contain zeros.")
-
     model = code_keyed(f)
-    longest = int(lengths.max())
-    size = bucket_size(longest) if buckets_enabled() else longest
-    if (size > lengths.min() or size > longest) and not model_is_rowwise(model, p):
-        if lengths.min() != longest:
-            raise ValueError(
-                "datasets of different lengths are padded, which needs a model that works "
-                "element by element (this one mixes data points); fit them with curve_fit."
-            )
-        size = longest
-    X = np.empty((batch, size))
-    Y = np.empty((batch, size))
-    W = np.zeros((batch, size))
-    for i, (x, y, w) in enumerate(zip(xs, ys, ws, strict=True)):
-        n = lengths[i]
-        X[i, :n], X[i, n:] = x, x[-1]
-        Y[i, :n], Y[i, n:] = y, y[-1]
-        W[i, :n] = w
+    if not on_device:
+        X, Y, W = _padded_arrays(model, p, xs, ys, sigma, lengths)
 
     enable_persistent_cache()
     with enable_x64(True):
@@ -314,7 +353,15 @@ def curve_fit_many(
             bounded=bounded,
         )
         history_len = int(template.max_nfev) + 1 if verbose == 2 else 0
-        out, pcov, iterations, history = jax.device_get(_solve_many(problem, history_len))
+        if placement is None:
+            solved = _solve_many(problem, history_len)
+        else:  # every device fits its own fits; B padded by dummy fits to a multiple
+            problem = pad_batch(problem, batch, shard_count(*placement))
+            solved = solve_on_mesh(_vmapped_fits, place_batch(problem, *placement), history_len,
+                                   *placement)  # fmt: skip
+        # Sharded results come back shard by shard (no gather in the program).
+        solved = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
+        out, pcov, iterations, history = solved
 
     status = np.asarray(out.status).astype(int)
     cost = np.asarray(out.cost)
