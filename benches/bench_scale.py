@@ -22,7 +22,8 @@ x and y).
    sharded over 1, 2 and 4 devices (``XLA_FLAGS=--xla_force_host_platform_device_count``).
    Forced devices are threads of one process sharing this machine's cores, so the
    figure shows the overhead of the sharded program (collectives, per-shard
-   work), not a speed-up.  Not run on a GPU.
+   work), not a speed-up (up to as many devices as cores, the sharded program
+   can also use cores the 1-device fit leaves idle).  Not run on a GPU.
 3. **GPU** -- filled by the device check (``benches/gpu_check.py``, which calls
    :func:`gpu_section` when a GPU is lent: n = 1e7 and 1e8 chunked, 1e7 one-shot,
    device peak bytes per point), or by this bench itself where JAX sees a GPU.
@@ -339,8 +340,12 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
         table += (
             f"\n\n**Strong scaling over forced CPU devices** (n = {scale_n:.0e})\n\n"
             + scaling["table"]
-            + "\n\nForced devices share this machine's cores: the ratio is the sharded "
-            "program's overhead, not a speed-up."
+            + f"\n\nForced devices are threads of one process sharing this machine's "
+            f"{os.cpu_count()} cores (with whatever else runs on them): the figure shows the "
+            "sharded program's overhead (collectives, per-shard work), not the speed-up of "
+            "real devices. Up to as many devices as cores, the sharded program can also use "
+            "cores that the 1-device fit leaves idle, so a ratio below 1 there is that, not "
+            "scaling."
         )
     table += "\n\n**GPU**: " + gpu_note
     return bench_result(
