@@ -256,3 +256,22 @@ def table(result: dict) -> str:
     )
     table = markdown_table(["measurement", "variant", "seconds", "vs scipy"], rows, align="llrr")
     return f"{table}\n\n{note}"
+
+
+if __name__ == "__main__":
+    # Section (ii) alone: ``python benches/bench_many_fits.py [--quick]``.
+    import argparse
+
+    parser = argparse.ArgumentParser(description="bench_many_fits, section (ii) only")
+    parser.add_argument("--quick", action="store_true", help="20 fits, one repeat")
+    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats")
+    args = parser.parse_args()
+    batch, repeats = (20, 1) if args.quick else (1000, 3)
+    small = many_small(batch, 500, args.repeats or repeats)
+    scipy_loop = small["median_s"]["scipy loop"]
+    print(f"(ii) {small['batch']} fits of n = {small['n']}, after compilation (median):")
+    for name, med in small["median_s"].items():
+        print(f"  {name:16s} {med:8.3f} s   {med / scipy_loop:6.3f} x scipy loop")
+    print(f"  first curve_fit_many call {small['first_call_many_s']:.2f} s; max rel. popt "
+          f"difference many vs loop {small['max_rel_diff_popt_many_vs_loop']:.1e}; "
+          f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from nlsq import curve_fit, curve_fit_many
 from nlsq.utils import async_logger
+from scipy.optimize import OptimizeWarning
 
 
 def exp_model(x, a, b, c):
@@ -186,3 +187,63 @@ def test_concurrent_verbose_fits_do_not_interleave(log_file):
         iterations = [int(r.split()[0]) for r in rows]
         assert iterations == list(range(len(rows)))  # one fit's rows, in order, complete
         assert f"Function evaluations {int(rows[-1].split()[1])}," in closing[1]
+
+
+def _svd_matrices():
+    rng = np.random.default_rng(7)
+    well = rng.standard_normal((3, 3))
+    U, _, Vt = np.linalg.svd(rng.standard_normal((3, 3)))
+    ill = U @ np.diag([1.0, 1e-6, 1e-13]) @ Vt  # cond 1e13
+    rank_deficient = well.copy()
+    rank_deficient[:, 2] = 0.0  # a parameter with no effect
+    repeated = np.diag([2.0, 2.0, 1.0])
+    tall = rng.standard_normal((6, 3))  # TRF's [J_h; diag] for bounded problems
+    return [well, ill, rank_deficient, repeated, tall, rng.standard_normal((8, 8))]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_vectorized_svd_equals_lapack(index):
+    """The batched fits' Jacobi SVD gives LAPACK's factors to rounding."""
+    import jax
+    from nlsq._jax_compat import enable_x64
+    from nlsq._reduce import thin_svd, vectorized_small_svd
+
+    A = _svd_matrices()[index]
+    with enable_x64(True):
+        U_ref, s_ref, Vt_ref = (np.asarray(v) for v in thin_svd(jnp.asarray(A)))
+        with vectorized_small_svd():
+            jacobi = jax.jit(jax.vmap(thin_svd))  # traced here, inside the switch
+            U, s, Vt = (np.asarray(v)[1] for v in jacobi(jnp.stack([2 * A, A])))
+    scale = s_ref[0]
+    np.testing.assert_allclose(s, s_ref, rtol=0, atol=4e-16 * scale * A.shape[0])
+    assert np.all(np.diff(s) <= 0)
+    np.testing.assert_allclose(Vt @ Vt.T, np.eye(A.shape[1]), atol=1e-14)
+    np.testing.assert_allclose((U * s) @ Vt, A, atol=1e-14 * scale)
+    # What the solvers use: s, V (up to sign, for distinct s) and U^T f through
+    # V diag(s) U^T, the same matrix for either factorization.
+    f = np.arange(1.0, A.shape[0] + 1)
+    np.testing.assert_allclose(Vt.T @ (s * (U.T @ f)), Vt_ref.T @ (s_ref * (U_ref.T @ f)),
+                               atol=1e-13 * scale * np.linalg.norm(f))  # fmt: skip
+    distinct = np.abs(np.diff(s_ref)) > 1e-8 * scale
+    for k in np.flatnonzero(np.r_[distinct, True] & np.r_[True, distinct]):
+        assert abs(abs(Vt[k] @ Vt_ref[k]) - 1) < 1e-10
+    if index == 2:  # the zero column: an exactly zero singular value, as LAPACK's
+        assert s[-1] == 0.0 and np.all(np.isfinite(U))
+
+
+def test_vectorized_svd_keeps_rank_deficient_pcov():
+    """A batch with a parameter that has no effect: pcov all inf with a warning, as curve_fit."""
+    x = np.linspace(0, 4, 60)
+    ys = [2.0 * np.exp(-0.8 * x) + 0.1 * np.sin(3 * x + k) for k in range(3)]
+
+    def no_effect(x, a, b, c):
+        return a * jnp.exp(-b * x) + 0.0 * c
+
+    with pytest.warns(OptimizeWarning, match="Covariance"):
+        many = curve_fit_many(no_effect, x, np.stack(ys), p0=[1.0, 0.5, 0.3])
+    for i in range(3):
+        with pytest.warns(OptimizeWarning, match="Covariance"):
+            alone = curve_fit(no_effect, x, ys[i], p0=[1.0, 0.5, 0.3], full_output=True)
+        np.testing.assert_allclose(many.popt[i], alone[0], rtol=1e-10)
+        assert np.all(np.isinf(many.pcov[i])) and np.all(np.isinf(alone[1]))
+        assert many.nfev[i] == alone[2]["nfev"]

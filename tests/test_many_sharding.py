@@ -164,9 +164,9 @@ def test_sharded_batch_rows_reach_the_host_without_a_gather():
         _, problem, history_len, _, _ = ARGS[n_before]  # the batch, sharded over the mesh
 
         def printed(problem):
-            out, pcov, iterations, history = many._vmapped_fits(problem, history_len)
-            jax.debug.print("rows {}", history)
-            return out.x
+            outcome = many._run_batch(problem, history_len)
+            jax.debug.print("rows {}", outcome.history)
+            return outcome.x
         with jax.enable_x64(True):
             gspmd = jax.jit(printed).lower(problem).compile().as_text()
         fit_col = sorted({int(l.split()[0]) for l in tab.splitlines()

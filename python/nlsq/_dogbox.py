@@ -36,6 +36,7 @@ from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
 from ._linearization import Linearization, actual_reduction, linearize_at
 from ._loss import loss_cost
 from ._problem import Problem
+from ._reduce import thin_svd
 
 
 class DogboxState(NamedTuple):
@@ -116,7 +117,7 @@ def gauss_newton_step(R, qtf, free):
 
     ``J_free = Q R_free``, so the minimum-norm solution comes from ``R`` and ``Q^T f``.
     """
-    U, s, Vt = jnp.linalg.svd(R * free, full_matrices=False)
+    U, s, Vt = thin_svd(R * free)
     keep = s > EPS * s[0]
     w = jnp.where(keep, 1.0 / jnp.where(keep, s, 1.0), 0.0)
     # Exactly zero (not rounding-small) where the column was zeroed.

@@ -33,7 +33,7 @@ from ._buckets import true_m
 from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
-from ._reduce import reduce_jacobian
+from ._reduce import reduce_jacobian, thin_svd
 from ._sharding import reduced_problem
 
 #: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
@@ -165,7 +165,7 @@ def step(problem: Problem, state: LMState) -> LMState:
     if problem.jac_scale:
         diag = jnp.maximum(diag, _colnorms(state.R))
     J_h = state.R / diag
-    U, s, Vt = jnp.linalg.svd(J_h, full_matrices=False)
+    U, s, Vt = thin_svd(J_h)
     V = Vt.T
     uf = U.T @ state.qtf
     fn2 = state.fnorm**2

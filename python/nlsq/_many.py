@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,6 @@ from ._buckets import PaddedModelResidual, bucket_size, buckets_enabled, model_i
 from ._cache import SolverJit, code_keyed, enable_persistent_cache
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
-from ._driver import SolveResult
 from ._jax_compat import enable_x64
 from ._many_sharding import (
     batch_mesh,
@@ -49,7 +49,7 @@ from ._many_sharding import (
     solve_on_mesh,
 )
 from ._problem import check_jac, make_problem, prepare_bounds
-from ._reduce import pcov_from_R
+from ._reduce import pcov_from_R, vectorized_small_svd
 from ._solve import METHODS
 from ._verbose import write_many_tables
 
@@ -72,7 +72,22 @@ class ManyFitResult:
         return self.popt.shape[0]
 
 
-def _run_one(problem, history_len: int):
+class FitOutcome(NamedTuple):
+    """What one fit of the batch hands back to the host: only what the result and the
+    log use (the residuals and Jacobian, ``B x m`` each, stay on the device)."""
+
+    x: jax.Array
+    cost: jax.Array
+    status: jax.Array
+    nfev: jax.Array
+    initial_cost: jax.Array
+    optimality: jax.Array
+    pcov: jax.Array  # (J^T J)^-1, unscaled; NaN where it does not exist
+    iterations: jax.Array
+    history: jax.Array | None  # verbose=2 table rows, else None
+
+
+def _run_one(problem, history_len: int) -> FitOutcome:
     """The driver of ``_driver.run`` for one problem, keeping table rows when asked."""
     method = METHODS[problem.method]
     state = method.init(problem)
@@ -93,25 +108,39 @@ def _run_one(problem, history_len: int):
     state, history = lax.while_loop(
         lambda carry: carry[0].status == RUNNING, body, (state, history)
     )
-    out: SolveResult = method.result(problem, state)
+    out = method.result(problem, state)
     m_true = problem.residual.true_m(problem.data)
-    pcov = pcov_from_R(out.R, m_true, problem.n)
-    return out, pcov, state.iteration, history
+    return FitOutcome(
+        x=out.x,
+        cost=out.cost,
+        status=out.status,
+        nfev=out.nfev,
+        initial_cost=out.initial_cost,
+        optimality=out.optimality,
+        pcov=pcov_from_R(out.R, m_true, problem.n),
+        iterations=state.iteration,
+        history=history,
+    )
 
 
-def _vmapped_fits(problem, history_len: int):
-    """Every fit of the batch ``problem``: ``_run_one`` under ``vmap``."""
-    return jax.vmap(lambda p: _run_one(p, history_len))(problem)
+def _run_batch(problem, history_len: int) -> FitOutcome:
+    """Every fit of the stacked ``problem`` (leading batch axis), vectorized."""
+    # A batched LAPACK SVD loops over the fits one small matrix at a time; Jacobi
+    # rotations written element-wise vectorize across them (see nlsq._reduce).
+    with vectorized_small_svd():
+        return jax.vmap(lambda one: _run_one(one, history_len))(problem)
 
 
-_solve_batch = SolverJit(_vmapped_fits, static_argnums=1)
+_solve_batch = SolverJit(_run_batch, static_argnums=1)
 
 
 def _solve_many(problem, history_len: int):
     return _solve_batch(problem, history_len)
 
 
-def _as_list(data, what: str) -> list[np.ndarray]:
+def _as_rows(data, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows (B, L), lengths (B,))``: a 2-D array as it is, or a sequence of B 1-D
+    arrays stacked, each padded to the longest by repeating its last value."""
     if isinstance(data, np.ndarray | jax.Array):
         arr = np.asarray(data, dtype=float)
         if arr.ndim != 2:
@@ -119,14 +148,76 @@ def _as_list(data, what: str) -> list[np.ndarray]:
                 f"`{what}` must be a 2-D array (batch, n) or a sequence of 1-D arrays; "
                 f"got shape {arr.shape}."
             )
-        return list(arr)
+        return arr, np.full(arr.shape[0], arr.shape[1])
     if not isinstance(data, Sequence):
         raise ValueError(f"`{what}` must be a 2-D array or a sequence of 1-D arrays.")
-    out = [np.asarray(d, dtype=float) for d in data]
-    for i, d in enumerate(out):
+    items = [np.asarray(d, dtype=float) for d in data]
+    for i, d in enumerate(items):
         if d.ndim != 1:
             raise ValueError(f"`{what}[{i}]` must be 1-D; got shape {d.shape}.")
+    lengths = np.array([d.size for d in items], dtype=int)
+    rows = np.zeros((len(items), int(lengths.max(initial=0))))
+    for i, d in enumerate(items):
+        if d.size:
+            rows[i, : d.size], rows[i, d.size :] = d, d[-1]
+    return rows, lengths
+
+
+def _padded_to(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows`` (from :func:`_as_rows`) extended to ``size`` columns by repeating the last."""
+    out = np.empty((rows.shape[0], size))
+    out[:, : rows.shape[1]] = rows
+    out[:, rows.shape[1] :] = rows[:, -1:]
     return out
+
+
+def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
+    """Row weights ``1 / sigma`` as (B, L) for every form of ``sigma``, checked."""
+    batch, longest = lengths.size, int(lengths.max())
+    if sigma is None:
+        return np.ones((batch, longest))
+    if not isinstance(sigma, list | tuple) and np.ndim(sigma) == 0:
+        return np.full((batch, longest), 1.0 / float(sigma))
+    if isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
+        shared = np.asarray(sigma, dtype=float)
+        S, s_len = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
+    else:
+        S, s_len = _as_rows(sigma, "sigma")
+    if s_len.size != batch:
+        raise ValueError(f"`sigma` holds {s_len.size} datasets, `ydata` {batch}.")
+    wrong = np.flatnonzero(s_len != lengths)
+    if wrong.size:
+        i = wrong[0]
+        raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
+    with np.errstate(divide="ignore"):
+        W = 1.0 / S
+    not_finite = np.flatnonzero(~np.isfinite(W).all(axis=1))
+    if not_finite.size:
+        raise ValueError(f"dataset {not_finite[0]}: `sigma` must not contain zeros.")
+    return W
+
+
+def _host_rows(xdata, ydata):
+    """``(X, Y, lengths)``: the datasets as host rows (:func:`_as_rows`), checked."""
+    Y, lengths = _as_rows(ydata, "ydata")
+    batch = lengths.size
+    if batch == 0:
+        raise ValueError("`ydata` holds no dataset.")
+    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
+        shared = np.asarray(xdata, dtype=float)
+        X, x_lengths = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
+    else:
+        X, x_lengths = _as_rows(xdata, "xdata")
+    if x_lengths.size != batch:
+        raise ValueError(f"`xdata` holds {x_lengths.size} datasets, `ydata` {batch}.")
+    for i in np.flatnonzero(x_lengths != lengths)[:1]:
+        raise ValueError(
+            f"dataset {i}: `xdata` has shape ({x_lengths[i]},), `ydata` ({lengths[i]},)."
+        )
+    # Padding repeats real values, so whole rows can be checked.
+    for i in np.flatnonzero(~(np.isfinite(X).all(axis=1) & np.isfinite(Y).all(axis=1)))[:1]:
+        raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+    return X, Y, lengths
 
 
 def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
@@ -139,46 +230,9 @@ def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
     return arr.copy()
 
 
-def _host_datasets(xdata, ydata):
-    """``(xs, ys, lengths)``: the datasets as host arrays, checked."""
-    ys = _as_list(ydata, "ydata")
-    batch = len(ys)
-    if batch == 0:
-        raise ValueError("`ydata` holds no dataset.")
-    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
-        xs = [np.asarray(xdata, dtype=float)] * batch
-    else:
-        xs = _as_list(xdata, "xdata")
-    if len(xs) != batch:
-        raise ValueError(f"`xdata` holds {len(xs)} datasets, `ydata` {batch}.")
-    lengths = np.array([y.size for y in ys])
-    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-        if x.shape != y.shape:
-            raise ValueError(f"dataset {i}: `xdata` has shape {x.shape}, `ydata` {y.shape}.")
-        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-            raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
-    return xs, ys, lengths
-
-
-def _padded_arrays(model, p: int, xs, ys, sigma, lengths):
-    """``(X, Y, W)``: the datasets padded with zero-weight rows to one bucket, stacked."""
-    batch = len(ys)
-    # Weights 1/sigma, per row.
-    if sigma is None:
-        ws = [np.ones(n) for n in lengths]
-    elif isinstance(sigma, list | tuple):
-        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
-    elif np.ndim(sigma) == 0:
-        ws = [np.full(n, 1.0 / float(sigma)) for n in lengths]
-    elif isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
-        ws = [1.0 / np.asarray(sigma, dtype=float)] * batch
-    else:
-        ws = [1.0 / s for s in _as_list(sigma, "sigma")]
-    for i, w in enumerate(ws):
-        if w.shape != (lengths[i],):
-            raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"dataset {i}: `sigma` must not contain zeros.")
+def _host_padded(model, p: int, X, Y, sigma, lengths):
+    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket."""
+    W = _inverse_sigma(sigma, lengths)
 
     longest = int(lengths.max())
     size = bucket_size(longest) if buckets_enabled() else longest
@@ -189,14 +243,9 @@ def _padded_arrays(model, p: int, xs, ys, sigma, lengths):
                 "element by element (this one mixes data points); fit them with curve_fit."
             )
         size = longest
-    X = np.empty((batch, size))
-    Y = np.empty((batch, size))
-    W = np.zeros((batch, size))
-    for i, (x, y, w) in enumerate(zip(xs, ys, ws, strict=True)):
-        n = lengths[i]
-        X[i, :n], X[i, n:] = x, x[-1]
-        Y[i, :n], Y[i, n:] = y, y[-1]
-        W[i, :n] = w
+    # Zero-weight rows pad every dataset to ``size``.
+    X, Y, W = (_padded_to(A, size) for A in (X, Y, W))
+    W[np.arange(size) >= lengths[:, None]] = 0.0
     return X, Y, W
 
 
@@ -270,11 +319,10 @@ def curve_fit_many(
     on_device = placement is not None and sharded_datasets(ydata)
     if on_device:  # the datasets stay on their devices (nlsq._many_sharding)
         X, Y, W = device_datasets(xdata, ydata, sigma, *placement)
-        batch, size = Y.shape
-        lengths = np.full(batch, size)
+        lengths = np.full(Y.shape[0], Y.shape[1])
     else:
-        xs, ys, lengths = _host_datasets(xdata, ydata)
-        batch = len(ys)
+        X, Y, lengths = _host_rows(xdata, ydata)
+    batch = lengths.size
 
     if p0 is None:
         p = _n_params(f)
@@ -300,7 +348,7 @@ def curve_fit_many(
 
     model = code_keyed(f)
     if not on_device:
-        X, Y, W = _padded_arrays(model, p, xs, ys, sigma, lengths)
+        X, Y, W = _host_padded(model, p, X, Y, sigma, lengths)
 
     enable_persistent_cache()
     with enable_x64(True):
@@ -357,15 +405,14 @@ def curve_fit_many(
             solved = _solve_many(problem, history_len)
         else:  # every device fits its own fits; B padded by dummy fits to a multiple
             problem = pad_batch(problem, batch, shard_count(*placement))
-            solved = solve_on_mesh(_vmapped_fits, place_batch(problem, *placement), history_len,
+            solved = solve_on_mesh(_run_batch, place_batch(problem, *placement), history_len,
                                    *placement)  # fmt: skip
         # Sharded results come back shard by shard (no gather in the program).
-        solved = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
-        out, pcov, iterations, history = solved
+        out = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
 
     status = np.asarray(out.status).astype(int)
     cost = np.asarray(out.cost)
-    pcov = np.array(pcov, dtype=float)
+    pcov = np.array(out.pcov, dtype=float)
     dof = lengths - p
     bad_cov = np.isnan(pcov).any(axis=(1, 2))
     if not absolute_sigma:
@@ -388,9 +435,7 @@ def curve_fit_many(
     ]
     nfev = np.asarray(out.nfev).astype(int)
     if verbose:
-        write_many_tables(
-            verbose, messages, out, np.asarray(iterations), None if history is None else history
-        )
+        write_many_tables(verbose, messages, out, np.asarray(out.iterations), out.history)
     return ManyFitResult(
         popt=np.asarray(out.x),
         pcov=pcov,

@@ -43,6 +43,7 @@ from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
 from ._linearization import Linearization, actual_reduction, linearize_at
 from ._loss import loss_cost
 from ._problem import Problem
+from ._reduce import thin_svd
 
 
 class TRFState(NamedTuple):
@@ -200,7 +201,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
         A = J_h
         f_aug = lin.qtf
     g_h = d * lin.g
-    U, s, Vt = jnp.linalg.svd(A, full_matrices=False)
+    U, s, Vt = thin_svd(A)
     V = Vt.T
     uf = U.T @ f_aug
     theta = jnp.maximum(0.995, 1 - state.g_norm)
