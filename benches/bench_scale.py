@@ -283,7 +283,8 @@ def plot(memory: dict[str, Any], scaling: dict[str, Any] | None, on_gpu: bool) -
         pts = [r for r in scaling["points"] if "error" not in r]
         panels.append(
             lines(
-                f"forced CPU devices, n = {scaling['n']:.0e} (overhead, not speed-up)",
+                f"forced CPU devices sharing {os.cpu_count()} cores, n = {scaling['n']:.0e} "
+                "(overhead, not a real-device speed-up)",
                 "devices",
                 "seconds per fit (median)",
                 [r["devices"] for r in pts],
