@@ -18,7 +18,9 @@ values to high relative accuracy), written as element-wise code that XLA
 vectorizes across the batch (about 10x faster there).  Both are exact to
 rounding, so the two routes agree to rounding (``tests/test_many.py`` checks
 this, also for ill-conditioned, rank-deficient and tall matrices).  It is used
-for ``n <= FUSED_MAX_N`` columns only, where its unrolled code stays small.
+for the solvers' steps with ``n <= FUSED_MAX_N`` columns only, where its
+unrolled code stays small (it adds about 0.6 s to the batched program's first
+compilation; the covariance, computed once per fit, keeps LAPACK's SVD).
 
 The QR stays LAPACK's on both routes: Cholesky QR written the same way
 (shifted, three passes, as accurate as Householder) streams the ``B x m``
@@ -88,7 +90,9 @@ def pcov_from_R(R, m: int, n: int):
     pivoted QR of J has an exact zero pivot.  We return NaN for every rank deficient
     Jacobian, which ``curve_fit`` turns into scipy's all-``inf`` matrix and warning.
     """
-    _, s, VT = thin_svd(R)
+    # LAPACK's SVD on either route: it runs once per fit, and the Jacobi loop would
+    # only add compile time here.
+    _, s, VT = jnp.linalg.svd(R, full_matrices=False)
     threshold = EPS * jnp.maximum(m, n) * s[0]  # m may be traced (padded data)
     rank_deficient = jnp.any(s <= threshold) | (s.shape[0] < n)
     s_safe = jnp.where(rank_deficient, 1.0, s)
@@ -103,22 +107,21 @@ def _dot(a, b):
     return jnp.sum(a * b)
 
 
-def _rotate(M, i, j, c, s):
-    """Columns ``i, j`` of ``M`` turned by the plane rotation ``(c, s)``."""
-    Mi, Mj = M[:, i], M[:, j]
-    return M.at[:, i].set(c * Mi - s * Mj).at[:, j].set(s * Mi + c * Mj)
-
-
 def _jacobi_svd(A):
-    """Thin SVD by one-sided Jacobi: rotate column pairs of ``A V`` until orthogonal."""
+    """Thin SVD by one-sided Jacobi: rotate column pairs of ``A V`` until orthogonal.
+
+    The columns are kept as separate arrays, so a rotation is element-wise code
+    (no scatter into a matrix): small programs, quick to compile.
+    """
     n = A.shape[1]
 
     def sweep(carry):
         W, V, _, count = carry
+        W, V = list(W), list(V)
         rotated = jnp.asarray(False)
         for i in range(n - 1):
             for j in range(i + 1, n):
-                a, b, g = _dot(W[:, i], W[:, i]), _dot(W[:, j], W[:, j]), _dot(W[:, i], W[:, j])
+                a, b, g = _dot(W[i], W[i]), _dot(W[j], W[j]), _dot(W[i], W[j])
                 rotate = jnp.abs(g) > EPS * jnp.sqrt(a * b)
                 # The rotation that zeroes g (Rutishauser's formulas, smaller angle).
                 zeta = (b - a) / (2 * jnp.where(rotate, g, 1.0))
@@ -126,26 +129,15 @@ def _jacobi_svd(A):
                 t = jnp.where(rotate, t, 0.0)
                 c = 1 / jnp.sqrt(1 + t * t)
                 s = c * t
-                W = (
-                    W.at[:, i]
-                    .set(c * W[:, i] - s * W[:, j])
-                    .at[:, j]
-                    .set(s * W[:, i] + c * W[:, j])
-                )
-                V = (
-                    V.at[:, i]
-                    .set(c * V[:, i] - s * V[:, j])
-                    .at[:, j]
-                    .set(s * V[:, i] + c * V[:, j])
-                )
+                W[i], W[j] = c * W[i] - s * W[j], s * W[i] + c * W[j]
+                V[i], V[j] = c * V[i] - s * V[j], s * V[i] + c * V[j]
                 rotated = rotated | rotate
-        return W, V, rotated, count + 1
+        return tuple(W), tuple(V), rotated, count + 1
 
-    W, V, _, _ = lax.while_loop(
-        lambda c: c[2] & (c[3] < _MAX_SWEEPS),
-        sweep,
-        (A, jnp.eye(n, dtype=A.dtype), jnp.asarray(True), 0),
-    )
+    eye = jnp.eye(n, dtype=A.dtype)
+    start = (tuple(A.T), tuple(eye), jnp.asarray(True), 0)
+    W, V, _, _ = lax.while_loop(lambda c: c[2] & (c[3] < _MAX_SWEEPS), sweep, start)
+    W, V = jnp.stack(W, axis=1), jnp.stack(V, axis=1)
     s = jnp.sqrt(jnp.sum(W * W, axis=0))
     order = jnp.argsort(-s, stable=True)
     s, W, V = s[order], W[:, order], V[:, order]
