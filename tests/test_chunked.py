@@ -115,14 +115,14 @@ def test_chunked_lm_keeps_the_triangle_and_its_table():
     from nlsq._problem import make_problem
     from nlsq._residual import ModelResidual
     from nlsq._sharding import plan_rows, with_rows
-    from nlsq._solve import solve
+    from nlsq._solve import solve, unpack
 
     with jax.enable_x64(True):
         x, y, t, kind, layout = plan_rows(X, Y, None, 0, 3, chunk_size=1000, mesh=None)
         problem = make_problem(ModelResidual(exp_model, None, kind), (x, y, t), [1.0, 1.0, 0.0],
                                jac_mode="auto", method="lm", want_pcov=True)  # fmt: skip
-        out, _ = solve(with_rows(problem, layout))
-        ref, _ = solve(problem)
+        out = unpack(*jax.device_get(solve(with_rows(problem, layout))), n=3)
+        ref = unpack(*jax.device_get(solve(problem)), n=3)
     # The state never holds the 5003 x 3 Jacobian: R (R^T R = J^T J) in its place.
     assert np.shape(out.jac) == (3, 3) and np.shape(ref.jac) == (X.size, 3)
     np.testing.assert_allclose(np.asarray(out.x), np.asarray(ref.x), rtol=1e-10)
