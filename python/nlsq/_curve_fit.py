@@ -343,10 +343,6 @@ class CurveFit:
                 chunk_size=kwargs.get("chunk_size"),
                 mesh=kwargs.get("mesh"),
             )
-            if layout is not None and self.method is None:
-                # The chunked / sharded reduction is TRF's (LM would form the m x n
-                # Jacobian): long or sharded fits default to 'trf'.
-                method = "trf"
             model = code_keyed(f)
             m = ydata.size
             padded = (

@@ -33,7 +33,7 @@ from ._common import (
     update_tr_radius,
 )
 from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
-from ._linearization import Linearization, actual_reduction, linearize
+from ._linearization import Linearization, actual_reduction, linearize_at
 from ._loss import loss_cost
 from ._problem import Problem
 from ._reduce import thin_svd
@@ -136,7 +136,7 @@ def init(problem: Problem) -> DogboxState:
     x0, lb, ub = problem.x0, problem.lb, problem.ub
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
-    lin = linearize(problem, f0, problem.jac(x0), cost0)
+    lin = linearize_at(problem, x0, f0, cost0)
     if problem.jac_scale:
         scale, scale_inv = compute_jac_scale(lin.J)
     else:
@@ -233,7 +233,7 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         on_bound = jnp.where(free, t.on_bound, state.on_bound)
         # Variables that hit a bound are set exactly on it.
         x = jnp.where(on_bound == -1, lb, jnp.where(on_bound == 1, ub, t.x))
-        new = linearize(problem, t.f, problem.jac(x), t.cost)
+        new = linearize_at(problem, x, t.f, t.cost)
         if problem.jac_scale:
             scale, scale_inv = compute_jac_scale(new.J, state.scale_inv)
         else:
