@@ -1,14 +1,18 @@
 //! What a logger's handles, its lifecycle (`live`) and its drain thread
 //! (`drain`) share: the ring, the template registry, the counters, the
-//! drain's run state, the parked sink and the flush tickets.
+//! drain's run state, the consumer (sink and buffers) and the flush tickets.
 //!
 //! Protocol:
 //! - Run state: a drain runs while `state` is [`RunState::Running`]. To stop
 //!   it, the lifecycle stores `Pausing` (around `fork`: the drain will come
 //!   back) or `Closing` (it will not), wakes it and joins it. Seeing either,
-//!   the drain writes what is queued and returns; a pausing drain parks the
-//!   sink in `sink` for the next one, a closing drain drops it.
-//! - Sink: owned by the running drain, else parked in `sink`; never both.
+//!   the drain writes what is queued and returns; a pausing drain leaves the
+//!   consumer in place for the next one, a closing drain drops it (and the
+//!   sink). Whoever stops the drain waits, after setting the state, for any
+//!   flusher writing on its own thread (`drain::drain_here`) to finish.
+//! - Consumer: the sink and the drain buffers, in `consumer`; whoever holds
+//!   the lock (the drain thread for one pass, or a flusher) is the one
+//!   consumer.
 //! - Flush tickets: a flusher takes ticket `t` ([`FlushTickets::issue`],
 //!   increasing), queues a marker carrying `t` behind its records and waits
 //!   until `done >= t`. The drain completes `t` ([`FlushTickets::complete`])
@@ -20,6 +24,7 @@
 //! Invariant: `closed` goes from false to true once and never back; after
 //! it, no drain runs and every flush returns at once.
 
+use crate::drain::Consumer;
 use crate::record::Record;
 use crate::registry::Registry;
 use crate::ring::Ring;
@@ -27,7 +32,7 @@ use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::wake::Waker;
 use crossbeam_utils::CachePadded;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -37,7 +42,7 @@ use std::time::Instant;
 #[repr(u8)]
 pub(crate) enum RunState {
     Running = 0,
-    /// Stopping around `fork`; a new drain takes over the parked sink.
+    /// Stopping around `fork`; a new drain takes over the consumer.
     Pausing = 1,
     /// Stopping for good; the sink is dropped (closed).
     Closing = 2,
@@ -140,8 +145,10 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Drops already reported with a "records dropped" line.
     pub reported_drops: AtomicU64,
-    /// The sink while no drain runs.
-    pub sink: Mutex<Option<Box<dyn Sink>>>,
+    /// The sink and drain buffers; `None` once closed.
+    pub consumer: Mutex<Option<Consumer>>,
+    /// Flushers inside `drain::drain_here` (see the protocol there).
+    pub flushers: AtomicUsize,
     pub tickets: FlushTickets,
     /// The running drain thread, if any.
     pub drain: Mutex<Option<JoinHandle<()>>>,
@@ -159,7 +166,8 @@ impl Shared {
             pushed: CachePadded::new(AtomicU64::new(0)),
             counters: Counters::default(),
             reported_drops: AtomicU64::new(0),
-            sink: Mutex::new(Some(sink)),
+            consumer: Mutex::new(Some(Consumer::new(sink))),
+            flushers: AtomicUsize::new(0),
             tickets: FlushTickets::new(),
             drain: Mutex::new(None),
         }
