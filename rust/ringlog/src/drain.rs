@@ -34,19 +34,29 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Records popped (and written) per batch at most.
 const BATCH: usize = 1024;
 
-/// How long the drain dozes when it runs out of work: a record pushed in
-/// that time ([`crate::Logger::push`] wakes lazily) waits at most this long,
-/// and costs its producer no syscall. A flush wakes the drain at once.
-const DOZE: Duration = Duration::from_millis(5);
+/// The drain's first doze when it runs out of work; each further empty doze
+/// lasts twice as long, up to [`DOZE_MAX`]. A record pushed meanwhile
+/// ([`crate::Logger::push`] wakes lazily) waits at most one doze, and costs
+/// its producer no syscall. A flush wakes the drain at once (or writes on
+/// its own thread).
+const DOZE_MIN: Duration = Duration::from_millis(5);
 
-/// Empty dozes in a row before the drain sleeps until woken: it lingers
-/// `DOZE * LINGER_DOZES` after its last record, then costs nothing idle.
-const LINGER_DOZES: u32 = 4;
+/// The longest doze: the most a lazily pushed record waits for the drain.
+const DOZE_MAX: Duration = Duration::from_millis(100);
+
+/// How long the drain dozes while nothing is pushed before it sleeps until
+/// woken (records written by flushers on their own threads count as
+/// pushed: the logger is in use). Why so long: waking a sleeping drain is a syscall that, on a
+/// loaded 2-core machine, also hands the core to the drain -- measured at
+/// ~100 µs for the first push after an idle spell. Fits run back to back
+/// (a benchmark, a loop over data sets) keep the drain dozing, so their
+/// pushes never pay it; an idle logger costs about 100 wake-ups, then none.
+const LINGER: Duration = Duration::from_secs(10);
 
 /// Starts a drain thread for `shared` (which has none running), in state
 /// `Running`; it takes the parked sink.
@@ -99,8 +109,10 @@ fn run(shared: Arc<Shared>) {
 /// The drain thread's loop; returns when the run state leaves `Running`,
 /// after writing what is queued.
 fn run_loop(s: &Shared) {
-    // Empty looks since the last record: dozes until LINGER_DOZES, then sleep.
-    let mut idle = 0;
+    // The current doze; since when nothing was pushed, and the push count then.
+    let mut doze = DOZE_MIN;
+    let mut idle_since: Option<Instant> = None;
+    let mut pushed = s.pushed.load(Relaxed);
     loop {
         let running = s.state.load() == RunState::Running;
         {
@@ -115,16 +127,23 @@ fn run_loop(s: &Shared) {
                 return;
             }
             if consumer.pass(s) > 0 {
-                idle = 0;
+                doze = DOZE_MIN;
+                idle_since = None;
                 continue;
             }
             consumer.report_drops(s);
             consumer.flush_sink(s);
         }
         let has_work = || !s.ring.is_empty() || s.state.load() != RunState::Running;
-        if idle < LINGER_DOZES {
-            idle += 1;
-            s.waker.doze_unless(DOZE, has_work);
+        let now_pushed = s.pushed.load(Relaxed);
+        if now_pushed != pushed {
+            pushed = now_pushed;
+            idle_since = None;
+        }
+        let since = *idle_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < LINGER {
+            s.waker.doze_unless(doze, has_work);
+            doze = (doze * 2).min(DOZE_MAX);
         } else {
             s.waker.sleep_unless(has_work);
         }

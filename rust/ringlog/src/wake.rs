@@ -25,8 +25,9 @@
 //! project's 2-core sandboxed CPU machine, against 0.4 µs for a push to an
 //! awake drain). A solver pushes one row per iteration, ~100 µs apart, so the
 //! drain parks between rows and every row paid for a wake-up. The drain now
-//! dozes for a few milliseconds after it wrote something, lazy pushes in that
-//! window cost no syscall, and a flush wakes it at once ([`Waker::notify`]).
+//! dozes (timed parks of 5 ms, doubling to 100 ms) while the logger is in
+//! use, lazy pushes meanwhile cost no syscall, and a flush wakes it at once
+//! ([`Waker::notify`]). The policy is the drain's (`drain.rs`).
 //!
 //! Verified with loom (a separate target dir keeps the normal build cached):
 //! `RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release wake`
