@@ -9,14 +9,11 @@
 //!   in [`drain_here`]) pops the ring (except `overwrite_oldest` producers
 //!   making room), formats, or touches the sink; producers never wait on it
 //!   except under the `block` policy.
-//! - [`drain_here`] touches the consumer only while the run state is
-//!   `Running`: a flusher announces itself in `Shared::flushers`, then reads
-//!   the state (both SeqCst); [`stop`] stores the state, then waits until
-//!   `flushers` is zero (both SeqCst). Either the flusher sees the stop and
-//!   leaves the lock alone, or the stop sees the flusher and waits for it,
-//!   so no flusher holds the consumer lock once a drain is stopped (around
-//!   `fork`, a lock held by a thread the child does not have would never be
-//!   released).
+//! - [`drain_here`] touches the consumer only through `Shared::flush_gate`
+//!   (`gate.rs`), which [`stop`] closes before it stops the drain and
+//!   [`start`] opens: no flusher holds the consumer lock while no drain runs
+//!   (around `fork`, a lock held by a thread the child does not have would
+//!   never be released).
 //! - A flush marker completes its ticket only after every record popped
 //!   before it has been handed to the sink and the sink has been flushed.
 //! - Drops are reported as one line, `[nlsq] N log records dropped (ring
@@ -27,17 +24,13 @@
 
 use crate::clock;
 use crate::record::Record;
-use crate::shared::{lock, RunState, Shared};
-use crate::sink::Sink;
+use crate::shared::{lock, Consumer, RunState, Shared, BATCH};
 use crate::value::{Value, MAX_VALUES};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Records popped (and written) per batch at most.
-const BATCH: usize = 1024;
 
 /// The drain's first doze when it runs out of work; each further empty doze
 /// lasts twice as long, up to [`DOZE_MAX`]. A record pushed meanwhile
@@ -62,6 +55,7 @@ const LINGER: Duration = Duration::from_secs(10);
 /// `Running`; it takes the parked sink.
 pub(crate) fn start(shared: &Arc<Shared>) {
     shared.state.store(RunState::Running);
+    shared.flush_gate.open();
     let for_thread = shared.clone();
     let handle = std::thread::Builder::new()
         .name(format!("nlsq-ringlog-drain-{}", shared.id))
@@ -76,10 +70,8 @@ pub(crate) fn stop(shared: &Shared, then: RunState) {
     let handle = lock(&shared.drain).take();
     if let Some(handle) = handle {
         shared.state.store(then);
-        // A flusher in `drain_here` that saw `Running` finishes first.
-        while shared.flushers.load(SeqCst) > 0 {
-            std::thread::yield_now();
-        }
+        // Flushers writing on their own thread finish first; no new one starts.
+        shared.flush_gate.close();
         shared.waker.notify();
         // The drain catches its own panics; a join error cannot happen.
         let _ = handle.join();
@@ -162,8 +154,9 @@ fn run_loop(s: &Shared) {
 /// 2-core sandboxed CPU machine, where a solver's table is written after
 /// every verbose fit. Writing here costs the write itself.
 pub(crate) fn drain_here(s: &Shared) -> bool {
-    // Announce, then check the state: see the module invariants.
-    s.flushers.fetch_add(1, SeqCst);
+    if !s.flush_gate.enter() {
+        return false;
+    }
     let done = s.state.load() == RunState::Running && !s.closed.load(SeqCst) && {
         match s.consumer.try_lock() {
             Ok(mut guard) => match guard.as_mut() {
@@ -175,35 +168,12 @@ pub(crate) fn drain_here(s: &Shared) -> bool {
             Err(_) => false,
         }
     };
-    s.flushers.fetch_sub(1, SeqCst);
+    s.flush_gate.leave();
     done
 }
 
-/// Sink and buffers of the consumer side; held in `Shared::consumer`.
-pub(crate) struct Consumer {
-    sink: Box<dyn Sink>,
-    batch: Vec<Record>,
-    /// Formatted lines not yet written.
-    text: Vec<u8>,
-    /// Push timestamps of the records in `text`.
-    stamps: Vec<u64>,
-    /// Something was written since the last sink flush.
-    dirty: bool,
-    error_reported: bool,
-}
-
+/// The consumer's work (the struct is `shared`'s: `Shared` holds it).
 impl Consumer {
-    pub(crate) fn new(sink: Box<dyn Sink>) -> Consumer {
-        Consumer {
-            sink,
-            batch: Vec::with_capacity(BATCH),
-            text: Vec::with_capacity(BATCH * 96),
-            stamps: Vec::with_capacity(BATCH),
-            dirty: false,
-            error_reported: false,
-        }
-    }
-
     /// Writes what is queued now (bounded, in case producers keep pushing:
     /// everything queued at the start is written), reports drops, flushes.
     fn drain_queued(&mut self, s: &Shared) {

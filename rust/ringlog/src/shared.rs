@@ -12,7 +12,7 @@
 //!   flusher writing on its own thread (`drain::drain_here`) to finish.
 //! - Consumer: the sink and the drain buffers, in `consumer`; whoever holds
 //!   the lock (the drain thread for one pass, or a flusher) is the one
-//!   consumer.
+//!   consumer. The struct lives here, its work in `drain`.
 //! - Flush tickets: a flusher takes ticket `t` ([`FlushTickets::issue`],
 //!   increasing), queues a marker carrying `t` behind its records and waits
 //!   until `done >= t`. The drain completes `t` ([`FlushTickets::complete`])
@@ -24,7 +24,7 @@
 //! Invariant: `closed` goes from false to true once and never back; after
 //! it, no drain runs and every flush returns at once.
 
-use crate::drain::Consumer;
+use crate::gate::FlushGate;
 use crate::record::Record;
 use crate::registry::Registry;
 use crate::ring::Ring;
@@ -32,7 +32,7 @@ use crate::sink::Sink;
 use crate::stats::Counters;
 use crate::wake::Waker;
 use crossbeam_utils::CachePadded;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -133,6 +133,36 @@ impl FlushTickets {
     }
 }
 
+/// Sink and buffers of the consumer side, held in [`Shared::consumer`];
+/// `drain` implements what the consumer does with them.
+pub(crate) struct Consumer {
+    pub sink: Box<dyn Sink>,
+    pub batch: Vec<Record>,
+    /// Formatted lines not yet written.
+    pub text: Vec<u8>,
+    /// Push timestamps of the records in `text`.
+    pub stamps: Vec<u64>,
+    /// Something was written since the last sink flush.
+    pub dirty: bool,
+    pub error_reported: bool,
+}
+
+/// Records popped (and written) per batch at most.
+pub(crate) const BATCH: usize = 1024;
+
+impl Consumer {
+    pub fn new(sink: Box<dyn Sink>) -> Consumer {
+        Consumer {
+            sink,
+            batch: Vec::with_capacity(BATCH),
+            text: Vec::with_capacity(BATCH * 96),
+            stamps: Vec::with_capacity(BATCH),
+            dirty: false,
+            error_reported: false,
+        }
+    }
+}
+
 /// Everything the handles, the lifecycle and the drain thread share.
 pub(crate) struct Shared {
     pub id: u64,
@@ -147,8 +177,8 @@ pub(crate) struct Shared {
     pub reported_drops: AtomicU64,
     /// The sink and drain buffers; `None` once closed.
     pub consumer: Mutex<Option<Consumer>>,
-    /// Flushers inside `drain::drain_here` (see the protocol there).
-    pub flushers: AtomicUsize,
+    /// Admits flushers that write on their own thread (`drain::drain_here`).
+    pub flush_gate: FlushGate,
     pub tickets: FlushTickets,
     /// The running drain thread, if any.
     pub drain: Mutex<Option<JoinHandle<()>>>,
@@ -167,7 +197,7 @@ impl Shared {
             counters: Counters::default(),
             reported_drops: AtomicU64::new(0),
             consumer: Mutex::new(Some(Consumer::new(sink))),
-            flushers: AtomicUsize::new(0),
+            flush_gate: FlushGate::new(),
             tickets: FlushTickets::new(),
             drain: Mutex::new(None),
         }
