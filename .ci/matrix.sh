@@ -8,7 +8,7 @@
 #   name          interpreter      pins
 #   py313         CPython 3.13     newest jax
 #   py312         CPython 3.12     jax 0.11.x (what the GPU machines run)
-#   py311-oldest  CPython 3.11     jax/jaxlib 0.9.2, numpy 2.0.2, scipy 1.13.1: the floor
+#   py311-oldest  CPython 3.11     jax/jaxlib 0.9.2, numpy 2.0.2, scipy 1.16.0: the floor
 #
 # The default environment (.venv: CPython 3.11, newest jax for it) is tested by
 # `make py-test`. Usage: .ci/matrix.sh WHEEL [NAME...]
@@ -17,15 +17,22 @@ cd "$(dirname "$0")/.."
 
 PYENV_VERSIONS="${PYENV_ROOT:-$HOME/.pyenv}/versions"
 MATRIX_DIR="${MATRIX_DIR:-.venv-matrix}"
+# The newest patch release pyenv has of a minor version (pyenv ships 3.12 and 3.13
+# beside the default 3.11 on this project's machines).
+newest_python() {
+  local found
+  found="$(ls -d "$PYENV_VERSIONS/$1".*/bin/python 2>/dev/null | sort -V | tail -n 1)"
+  echo "${found:-$PYENV_VERSIONS/$1.x/bin/python}"
+}
 declare -A PYTHONS=(
-  [py313]="$PYENV_VERSIONS/3.13.0/bin/python"
-  [py312]="$PYENV_VERSIONS/3.12.1/bin/python"
-  [py311-oldest]="$PYENV_VERSIONS/3.11.7/bin/python"
+  [py313]="$(newest_python 3.13)"
+  [py312]="$(newest_python 3.12)"
+  [py311-oldest]="$(newest_python 3.11)"
 )
 declare -A PINS=(
   [py313]="jax"
   [py312]="jax>=0.11,<0.12"
-  [py311-oldest]="jax==0.9.2 jaxlib==0.9.2 numpy==2.0.2 scipy==1.13.1"
+  [py311-oldest]="jax==0.9.2 jaxlib==0.9.2 numpy==2.0.2 scipy==1.16.0"
 )
 ORDER=(py313 py312 py311-oldest)
 

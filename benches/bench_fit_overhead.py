@@ -14,6 +14,20 @@ as well when JAX runs on a GPU), the same data and start for every variant:
   and printed with ``print(..., flush=True)`` inside ``jax.debug.callback``;
 * ``scipy.optimize.curve_fit(method='trf')`` on the same problem.
 
+Two more sections (issue 13, items 3 and 5):
+
+* *warm single fit*: ``nlsq.curve_fit(f, x, y, p0=...)`` at n = 1e3 with its
+  default method ('lm') against ``scipy.optimize.curve_fit`` with its default
+  (MINPACK's lm), in blocks of calls (one variant after the other, rotated;
+  per-call medians).  Blocks, not single calls alternated: after each scipy call
+  OpenBLAS's worker threads spin for a while, and on a machine with few cores
+  they starve XLA's thread, which would charge nlsq for scipy's threads.  The
+  split: the compiled program with its one transfer to the host, and the rest
+  (argument checks, padding, the result);
+* *cold first fit*: a fresh process with an empty ``NLSQ_CACHE_DIR``: import
+  time, then the first fit; a second fresh process splits the first fit into
+  preparing the problem, tracing, lowering, XLA compilation and the first run.
+
 Each logging variant traces its own copy of the model, so each compiled
 program keeps the route it was traced with; the variants then run
 interleaved, the order rotated every round (A B C, B C A, C A B, ...), and
@@ -31,12 +45,17 @@ verbosity must write the same number of lines, and the same text.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import _blocking_print
 import jax
@@ -290,6 +309,151 @@ def fixed_costs(repeats: int) -> dict[str, float]:
     return out
 
 
+WARM_N = 1_000
+BLOCK = 20  # calls per timed block (see the module doc)
+
+
+def warm_single_fit(quick: bool) -> dict[str, Any]:
+    """Warm ``curve_fit`` at n = 1e3 (default method) against scipy's default, in blocks."""
+    import nlsq._curve_fit as cf
+    from nlsq._jax_compat import enable_x64
+    from nlsq._solve import solve
+
+    x, y = _data(WARM_N)
+    model = _fresh_model()
+    captured: dict[str, Any] = {}
+    real_fit = cf.run_fit
+
+    def spy(problem, *args, **kwargs):
+        captured["problem"] = problem
+        return real_fit(problem, *args, **kwargs)
+
+    with mock.patch.object(cf, "run_fit", spy):
+        popt_nlsq = nlsq.curve_fit(model, x, y, p0=P0)[0]
+    problem = captured["problem"]
+
+    def compiled_program() -> None:
+        with enable_x64(True):
+            np.asarray(solve(problem)[0])
+
+    def block(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(BLOCK):
+                fn()
+
+        return run
+
+    variants = {
+        "nlsq curve_fit (lm)": block(lambda: nlsq.curve_fit(model, x, y, p0=P0)),
+        "compiled program + transfer": block(compiled_program),
+        "scipy curve_fit (lm)": block(lambda: so.curve_fit(_model_np, x, y, p0=P0)),
+    }
+    timing = interleaved_medians(variants, 3 if quick else 15, rotate=True)
+    per_call = {k: t["median_s"] / BLOCK for k, t in timing.items()}
+    popt_scipy = so.curve_fit(_model_np, x, y, p0=P0)[0]
+    nlsq_s, scipy_s = per_call["nlsq curve_fit (lm)"], per_call["scipy curve_fit (lm)"]
+    return {
+        "n": WARM_N,
+        "block": BLOCK,
+        "per_call_s": per_call,
+        "host_side_s": nlsq_s - per_call["compiled program + transfer"],
+        "ratio_to_scipy": nlsq_s / scipy_s,
+        "target_ratio": 0.5,
+        "max_rel_diff_popt_vs_scipy": float(np.max(np.abs(popt_nlsq / popt_scipy - 1))),
+    }
+
+
+# A fresh process, empty cache: import, then the first fit (or its stages).
+_COLD = textwrap.dedent(
+    """
+    import json, sys, time
+    t0 = time.perf_counter()
+    import numpy as np, jax, jax.numpy as jnp
+    t1 = time.perf_counter()
+    import nlsq
+    t2 = time.perf_counter()
+    f = lambda x, a, b, c: a * jnp.exp(-b * x) + c
+    x = np.linspace(0.0, 5.0, 1000)
+    y = 2.5 * np.exp(-1.3 * x) + 0.5
+    out = {"import_jax_s": t1 - t0, "import_nlsq_s": t2 - t1}
+    if sys.argv[1] == "whole":
+        t3 = time.perf_counter(); nlsq.curve_fit(f, x, y, p0=[1, 1, 1]); t4 = time.perf_counter()
+        out["first_fit_s"] = t4 - t3
+    else:
+        from unittest import mock
+        import nlsq._curve_fit as cf
+        from nlsq._jax_compat import enable_x64
+        from nlsq._solve import solve
+        seen = {}
+        class Stop(Exception):
+            pass
+        def spy(problem, *args, **kwargs):
+            seen["problem"] = problem
+            raise Stop
+        t3 = time.perf_counter()
+        with mock.patch.object(cf, "run_fit", spy):
+            try:
+                nlsq.curve_fit(f, x, y, p0=[1, 1, 1])
+            except Stop:
+                pass
+        t4 = time.perf_counter()
+        with enable_x64(True):
+            traced = solve.trace(seen["problem"]); t5 = time.perf_counter()
+            lowered = traced.lower(); t6 = time.perf_counter()
+            compiled = lowered.compile(); t7 = time.perf_counter()
+            np.asarray(compiled(seen["problem"])[0]); t8 = time.perf_counter()
+        out.update(prepare_s=t4 - t3, trace_s=t5 - t4, lower_s=t6 - t5, compile_s=t7 - t6,
+                   run_s=t8 - t7)
+    print(json.dumps(out))
+    """
+)
+
+
+def _cold(mode: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="nlsq-cold-") as cache:
+        env = dict(os.environ, NLSQ_CACHE_DIR=cache, PYTHONPATH=str(Path(nlsq.__file__).parents[1]))
+        done = subprocess.run(
+            [sys.executable, "-c", _COLD, mode], env=env, capture_output=True, text=True
+        )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def cold_first_fit(quick: bool) -> dict[str, Any]:
+    """Medians over fresh processes: the first fit, and its stages (empty cache each)."""
+    runs = 1 if quick else 3
+    whole = [_cold("whole") for _ in range(runs)]
+    stages = [_cold("stages") for _ in range(runs)]
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return float(np.median([r[key] for r in rows]))
+
+    return {
+        "runs": runs,
+        "first_fit_s": med(whole, "first_fit_s"),
+        "import_jax_s": med(whole, "import_jax_s"),
+        "import_nlsq_s": med(whole, "import_nlsq_s"),
+        "stages_s": {
+            k: med(stages, k) for k in ("prepare_s", "trace_s", "lower_s", "compile_s", "run_s")
+        },
+        "target_s": 0.4,
+    }
+
+
+def markdown_warm_cold(warm: dict[str, Any], cold: dict[str, Any]) -> str:
+    rows = [
+        [f"warm {k}, n = {warm['n']:.0e}", f"{1e3 * v:.3f} ms"]
+        for k, v in warm["per_call_s"].items()
+    ]
+    rows.append(["warm nlsq / scipy (target <= 0.5)", f"{warm['ratio_to_scipy']:.2f}"])
+    rows.append(["cold: import nlsq", f"{cold['import_nlsq_s']:.3f} s"])
+    rows.append(["cold: first fit (target <= 0.4 s)", f"{cold['first_fit_s']:.3f} s"])
+    for k, v in cold["stages_s"].items():
+        rows.append([f"cold first fit, {k[:-2]}", f"{v:.3f} s"])
+    return markdown_table(["figure", "value"], rows)
+
+
 def _pct(x: float) -> str:
     return f"{x:+.1f} %"
 
@@ -364,7 +528,10 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
             _blocking_print.set_stream(None)
             print_file.close()
             os.close(ring_fd)
+    warm = warm_single_fit(quick)
+    cold = cold_first_fit(quick)
     checks = {f"n={s['n']}: {k}": ok for s in sizes for k, ok in s["checks"].items()}
+    checks["warm single fit: same popt as scipy (1e-6)"] = warm["max_rel_diff_popt_vs_scipy"] < 1e-6
     ns = [s["n"] for s in sizes]
     logging_labels = [k for k, v in sizes[0]["variants"].items() if v["route"] is not None]
     verbose1 = [k for k in logging_labels if k.endswith("verbose=1")]
@@ -374,7 +541,7 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
             "Whole-fit overhead of verbose logging: curve_fit at verbose 1/2 against verbose=0 "
             f"(median of interleaved repeats, {jax.default_backend()})"
         ),
-        table=markdown(sizes, routes),
+        table=markdown(sizes, routes) + "\n\n" + markdown_warm_cold(warm, cold),
         checks=checks,
         plot=[
             lines(
@@ -405,6 +572,8 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
         routes=routes,
         default_route=default_route,
         sizes=sizes,
+        warm_single_fit=warm,
+        cold_first_fit=cold,
         fixed_costs_us=fixed,
         ring_stats={k: v for k, v in ring_stats.items() if isinstance(v, int | float)},
         backend=jax.default_backend(),

@@ -121,13 +121,13 @@ def test_chunked_solver_keeps_the_triangle_not_the_jacobian():
     from nlsq._problem import make_problem
     from nlsq._residual import ModelResidual
     from nlsq._sharding import plan_rows, with_rows
-    from nlsq._solve import solve
+    from nlsq._solve import solve, unpack
 
     with jax.enable_x64(True):
         x, y, t, kind, layout = plan_rows(X, Y, None, 0, 3, chunk_size=1000, mesh=None)
         problem = make_problem(ModelResidual(exp_model, None, kind), (x, y, t), [1.0, 1.0, 0.0],
                                jac_mode="auto", want_pcov=True)  # fmt: skip
-        out, _ = solve(with_rows(problem, layout))
+        out = unpack(*jax.device_get(solve(with_rows(problem, layout))), n=3)
         ref = least_squares(lambda p: exp_model(X, *p) - Y, np.asarray(out.x))
     R = np.asarray(out.jac)
     assert R.shape == (3, 3)

@@ -50,7 +50,7 @@ def tables(text: str) -> list[list[str]]:
         found[-1].append(line)
     for table in found:
         assert len(table) >= 5, table
-        assert table[-2].endswith("termination condition is satisfied."), table
+        assert table[-2].endswith(("condition is satisfied.", "conditions are satisfied.")), table
         assert table[-1].startswith("Function evaluations "), table
     return found
 

@@ -5,14 +5,36 @@ whole iteration loop is one compiled ``lax.while_loop`` and results are float64
 (computed under a scoped ``jax.enable_x64``; the global flag is left alone).
 """
 
-from scipy.optimize import OptimizeResult, OptimizeWarning
-
 from ._curve_fit import CurveFit, curve_fit
-from ._least_squares import least_squares
-from ._many import ManyFitResult, curve_fit_many
 from ._residual import HostFallbackWarning
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): scipy.optimize alone takes about as long to
+# import as the rest of nlsq, and a plain ``curve_fit`` never needs it.
+_LAZY = {
+    "OptimizeResult": ("scipy.optimize", "OptimizeResult"),
+    "OptimizeWarning": ("scipy.optimize", "OptimizeWarning"),
+    "least_squares": ("nlsq._least_squares", "least_squares"),
+    "ManyFitResult": ("nlsq._many", "ManyFitResult"),
+    "curve_fit_many": ("nlsq._many", "curve_fit_many"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'nlsq' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CurveFit",

@@ -106,11 +106,31 @@ def _have_filelock() -> bool:
     return True
 
 
-def _global_names(code: types.CodeType) -> set[str]:
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """The names ``code`` (and the code nested in it) may read as globals, sorted.
+
+    Memoised per code object (a code object is immutable): a fit keys its model on
+    every call, and walking the nested code each time cost more than the rest of
+    the key.  The values are still read on every call (they may change).
+    """
+    names = _GLOBAL_NAMES.get(code)
+    if names is None:
+        names = tuple(sorted(_collect_names(code)))
+        if len(_GLOBAL_NAMES) >= _GLOBAL_NAMES_MAX:
+            _GLOBAL_NAMES.clear()
+        _GLOBAL_NAMES[code] = names
+    return names
+
+
+_GLOBAL_NAMES: dict[types.CodeType, tuple[str, ...]] = {}
+_GLOBAL_NAMES_MAX = 4096
+
+
+def _collect_names(code: types.CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _global_names(const)
+            names |= _collect_names(const)
     return names
 
 
@@ -123,7 +143,7 @@ def _function_key(fn: Callable) -> tuple | None:
         cells = tuple(cell.cell_contents for cell in fn.__closure__ or ())
         kwdefaults = tuple(sorted((fn.__kwdefaults__ or {}).items()))
         globals_ = fn.__globals__
-        used = tuple(sorted((n, globals_[n]) for n in _global_names(code) if n in globals_))
+        used = tuple((n, globals_[n]) for n in _global_names(code) if n in globals_)
         key = (code, cells, fn.__defaults__, kwdefaults, used)
         hash(key)
     except (TypeError, ValueError):  # an unhashable value, or an empty cell
@@ -182,16 +202,34 @@ SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 _ACCEPTED: dict[tuple[str, Any], bool] = {}
 
+#: Options whose presence the jaxlib version settles: ``name`` exists below
+#: ``(major, minor)``.  Asking XLA costs a compilation (tens of milliseconds in a
+#: fresh process, a tenth of a first fit), so these are not probed.
+_PRESENT_BELOW = {"xla_cpu_use_fusion_emitters": (0, 11)}
+
+
+def _jaxlib_version() -> tuple[int, ...]:
+    import jaxlib
+
+    parts = []
+    for part in jaxlib.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
 
 def _accepts(name: str, value: Any) -> bool:
-    """Whether XLA accepts the compile option ``name=value`` (asked once per process).
+    """Whether XLA accepts the compile option ``name=value`` (settled once per process).
 
     XLA checks option names when it builds the compile options, before compiling,
     and refuses an unknown name with "No such compile option"; there is no API
-    listing the names, so a trivial program is compiled with the option once.
+    listing the names.  Options in :data:`_PRESENT_BELOW` are settled by the jaxlib
+    version; any other is tried once on a trivial program.
     """
     key = (name, value)
     found = _ACCEPTED.get(key)
+    if found is None and name in _PRESENT_BELOW:
+        found = _ACCEPTED[key] = _jaxlib_version() < _PRESENT_BELOW[name]
     if found is None:
         import jax
         import numpy as np

@@ -9,8 +9,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# scipy.linalg also holds the LAPACK kernels jaxlib lowers every QR and SVD of a fit
+# to (it imports the module on the first lowering), so it is loaded here either way;
+# scipy.optimize is not (nlsq.__getattr__).
 from scipy.linalg import LinAlgError, cholesky
-from scipy.optimize import OptimizeWarning
 
 from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
 from ._cache import code_keyed, enable_persistent_cache
@@ -18,7 +21,7 @@ from ._jax_compat import enable_x64
 from ._problem import check_jac, check_method, make_problem, prepare_bounds
 from ._residual import ModelResidual
 from ._sharding import plan_rows, with_rows
-from ._solve import fit
+from ._solve import run_fit
 
 __all__ = ["curve_fit", "CurveFit"]
 
@@ -382,15 +385,24 @@ class CurveFit:
                 verbose=verbose,
                 want_pcov=True,
             )
-            res, pcov = fit(with_rows(problem, layout), f, callback=kwargs.get("callback"))
-        if padded:
-            res.fun, res.jac = res.fun[:m], res.jac[:m]
-        if not res.success:
-            raise RuntimeError("Optimal parameters not found: " + res.message)
+            if layout is not None or any(isinstance(a, jax.Array) for a in (xdata, ydata)):
+                problem = with_rows(problem, layout)  # else no layout and no mesh: as made
+            res, message = run_fit(
+                problem,
+                f,
+                callback=kwargs.get("callback"),
+                rows=full_output,
+                stacklevel=_stacklevel + 2,  # _fit, run_fit, then this method's frames
+            )
+        fvec = res.fun
+        if padded and full_output:  # else fun stayed on the device, unread
+            fvec = fvec[:m]
+        if res.status <= 0:
+            raise RuntimeError("Optimal parameters not found: " + message)
         popt = res.x
-        ysize = res.fun.size
+        ysize = m if padded else fvec.size
         cost = 2 * res.cost
-        pcov = np.array(pcov, dtype=float)
+        pcov = res.pcov  # a fresh array (nlsq._solve.unpack)
         warn_cov = False
         if np.isnan(pcov).any():
             pcov.fill(np.inf)
@@ -402,12 +414,15 @@ class CurveFit:
                 pcov.fill(np.inf)
                 warn_cov = True
         if warn_cov:
+            from scipy.optimize import OptimizeWarning
+
             warnings.warn(
                 "Covariance of the parameters could not be estimated",
                 category=OptimizeWarning,
                 stacklevel=_stacklevel,
             )
         if full_output:
-            infodict = {"nfev": res.nfev, "fvec": res.fun}
-            return popt, pcov, infodict, res.message, res.status
+            fvec = fvec if isinstance(fvec, jax.Array) else np.asarray(fvec)
+            infodict = {"nfev": res.nfev, "fvec": fvec}
+            return popt, pcov, infodict, message, res.status
         return popt, pcov

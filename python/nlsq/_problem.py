@@ -20,13 +20,14 @@ A ``Problem`` is a JAX pytree with two parts:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from scipy.optimize import Bounds
 
 from ._common import EPS, make_strictly_feasible_np
 from ._loss import validate_loss
@@ -72,9 +73,13 @@ class Problem:
     def n(self) -> int:
         return self.x0.shape[-1]
 
-    @property
+    @functools.cached_property
     def m(self) -> int:
-        """Number of residuals (known at trace time)."""
+        """Number of residuals (known at trace time).
+
+        Cached on the instance (shapes are fixed with its leaves): the solver asks
+        several times while it is traced, and each answer traces the model again.
+        """
         if isinstance(self.residual, HostResidual):
             return self.residual.m
         return jax.eval_shape(self.fun, self.x0).shape[0]
@@ -135,7 +140,10 @@ def check_jac(jac) -> tuple[str, Callable | None]:
 
 
 def prepare_bounds(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
-    if isinstance(bounds, Bounds):
+    # A ``scipy.optimize.Bounds`` exists only once its module is imported: looking it
+    # up there keeps scipy out of ``import nlsq`` (a third of its import time).
+    optimize = sys.modules.get("scipy.optimize")
+    if optimize is not None and isinstance(bounds, optimize.Bounds):
         lb, ub = bounds.lb, bounds.ub
     else:
         try:
@@ -150,9 +158,9 @@ def prepare_bounds(bounds, n: int) -> tuple[np.ndarray, np.ndarray]:
     lb = np.asarray(lb, dtype=float)
     ub = np.asarray(ub, dtype=float)
     if lb.ndim == 0:
-        lb = np.resize(lb, n)
+        lb = np.full(n, lb)
     if ub.ndim == 0:
-        ub = np.resize(ub, n)
+        ub = np.full(n, ub)
     return lb, ub
 
 
@@ -239,23 +247,26 @@ def make_problem(
     x0 = check_x0(x0)
     n = x0.shape[0]
     lb, ub = prepare_bounds(bounds, n)
-    if method == "lm" and not np.all((lb == -np.inf) & (ub == np.inf)):
+    # The common case, no bounds at all, skips the checks that cannot fail then.
+    unbounded = bool(np.all((lb == -np.inf) & (ub == np.inf)))
+    if method == "lm" and not unbounded:
         raise ValueError("Method 'lm' doesn't support bounds.")
     if lb.shape != x0.shape or ub.shape != x0.shape:
         raise ValueError(
             f"Inconsistent shapes between bounds and `x0`: bounds have shapes {lb.shape} and "
             f"{ub.shape}, `x0` has {x0.shape}."
         )
-    if np.any(lb >= ub):
-        raise ValueError("Each lower bound must be strictly less than each upper bound.")
-    outside = np.flatnonzero((x0 < lb) | (x0 > ub))
-    if outside.size:
-        raise ValueError(
-            f"Initial guess is outside of provided bounds (`x0` index {outside.tolist()})."
-        )
+    if not unbounded:
+        if np.any(lb >= ub):
+            raise ValueError("Each lower bound must be strictly less than each upper bound.")
+        outside = np.flatnonzero((x0 < lb) | (x0 > ub))
+        if outside.size:
+            raise ValueError(
+                f"Initial guess is outside of provided bounds (`x0` index {outside.tolist()})."
+            )
     x_scale = check_x_scale(x_scale, x0, method)
     ftol, xtol, gtol = check_tolerance(ftol, xtol, gtol, method)
-    if method == "trf":
+    if method == "trf" and not unbounded:
         x0 = make_strictly_feasible_np(x0, lb, ub)
     jac_scale = isinstance(x_scale, str)
     f64 = np.float64
@@ -275,7 +286,7 @@ def make_problem(
         jac_mode=jac_mode,
         method=method,
         loss=loss,
-        bounded=bool(np.any(np.isfinite(lb) | np.isfinite(ub))),
+        bounded=not unbounded and bool(np.any(np.isfinite(lb) | np.isfinite(ub))),
         jac_scale=jac_scale,
         verbose=verbose,
         want_pcov=want_pcov,

@@ -5,9 +5,10 @@ options as static metadata and its numbers as traced leaves, so JAX's jit
 cache keys on exactly (model, options, shapes, dtypes): refitting the same
 model with new data of the same shape reuses the compiled executable.
 
-``fit(problem, model)`` is what ``least_squares`` and ``curve_fit`` call: the
-verbose header and closing lines, the fallback to the host for functions JAX
-cannot trace, and scipy's ``OptimizeResult``.
+``run_fit(problem, model)`` is what ``curve_fit`` calls: the verbose header and
+closing lines, the fallback to the host for functions JAX cannot trace, and the
+results on the host (``Solved``, one transfer); ``fit`` (``least_squares``) makes
+scipy's ``OptimizeResult`` of them.
 """
 
 from __future__ import annotations
@@ -15,18 +16,18 @@ from __future__ import annotations
 import dataclasses
 import warnings
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import OptimizeResult
 
 from ._buckets import true_m
 from ._cache import SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES
 from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
-from ._driver import Method, SolveResult, run
+from ._driver import Method, run
 from ._lm import LM
 from ._problem import Problem
 from ._reduce import pcov_from_R
@@ -47,7 +48,15 @@ from ._verbose import log_closing, log_header, table_lock
 METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
 
-def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
+#: The scalars of a ``SolveResult``, in the order ``_solve`` packs them.
+_SCALARS = ("cost", "optimality", "nfev", "njev", "status", "initial_cost")
+
+
+def _solve(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(small, fun, jac)``: everything but the per-row outputs packed in ONE float64
+    vector (:func:`unpack`), so a fit brings its results to the host in one transfer
+    instead of one per field (each costs a few microseconds, as much as the whole
+    loop of a small fit).  Integers (counts, status) are exact in float64."""
     m, n = problem.m, problem.n
     if problem.method == "lm" and m < n:
         raise ValueError(
@@ -58,8 +67,51 @@ def _solve(problem: Problem) -> tuple[SolveResult, jax.Array | None]:
     m_true = true_m(problem)
     if problem.layout is not None:
         m_true = problem.layout.m_valid  # without the mesh's zero-weight padding rows
-    pcov = pcov_from_R(out.R, m if m_true is None else m_true, n) if problem.want_pcov else None
-    return out, pcov
+    f64 = jnp.float64
+    parts = [out.x, out.grad, out.active_mask.astype(f64)]
+    parts.append(jnp.stack([jnp.asarray(getattr(out, k), f64) for k in _SCALARS]))
+    if problem.want_pcov:
+        parts.append(pcov_from_R(out.R, m if m_true is None else m_true, n).ravel())
+    return jnp.concatenate([p.astype(f64) for p in parts]), out.fun, out.jac
+
+
+class Solved(NamedTuple):
+    """A ``SolveResult`` on the host (minus ``R``), and ``pcov`` (None unless wanted)."""
+
+    x: np.ndarray
+    cost: float
+    fun: Any
+    jac: Any
+    grad: np.ndarray
+    optimality: float
+    active_mask: np.ndarray
+    nfev: int
+    njev: int
+    status: int
+    initial_cost: float
+    pcov: np.ndarray | None
+
+
+def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
+    """The host view of ``_solve``'s packed vector (one writable copy, then slices)."""
+    small = np.array(small)
+    k = 3 * n
+    cost, optimality, nfev, njev, status, initial_cost = small[k : k + len(_SCALARS)].tolist()
+    pcov = small[k + len(_SCALARS) :]
+    return Solved(
+        x=small[:n],
+        cost=cost,
+        fun=fun,
+        jac=jac,
+        grad=small[n : 2 * n],
+        optimality=optimality,
+        active_mask=small[2 * n : k].astype(int),
+        nfev=int(nfev),
+        njev=int(njev),
+        status=int(status),
+        initial_cost=initial_cost,
+        pcov=pcov.reshape(n, n) if pcov.size else None,
+    )
 
 
 solve = SolverJit(_solve)
@@ -106,11 +158,23 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else ""
 
 
-def _run(problem: Problem, fit_id: int):
+def _to_host(outs, rows: bool):
+    """``_solve``'s outputs on the host: one ``device_get`` of them all (the per-row
+    ``fun``/``jac`` left on the device unless ``rows``); arrays spanning other
+    processes' devices go through :func:`nlsq._distributed.fetch`."""
+    small, fun, jac = outs
+    if not (small.is_fully_addressable and fun.is_fully_addressable):
+        return fetch(outs)
+    if rows:
+        return jax.device_get(outs)
+    return np.asarray(small), fun, jac
+
+
+def _run(problem: Problem, fit_id: int, rows: bool = True):
     """Run the compiled loop; an exception of the user's code raised in a host
     callback (residual, Jacobian, ``callback``) is re-raised as itself."""
     try:
-        return fetch(solve(problem))
+        return _to_host(solve(problem), rows)
     except jax.errors.JaxRuntimeError:
         user_error = take_user_exception(fit_id)
         if user_error is None:
@@ -124,32 +188,66 @@ def _run(problem: Problem, fit_id: int):
 
 
 def fit(
-    problem: Problem, model: Any, callback: Any = None
-) -> tuple[OptimizeResult, np.ndarray | None]:
-    """Run ``problem`` (inside ``jax.enable_x64``); ``model`` is the user's function,
-    remembered when it cannot be traced so later fits go to the host directly;
-    ``callback`` is scipy's ``callback(intermediate_result)`` (or ``callback(x)``)."""
+    problem: Problem, model: Any, callback: Any = None, rows: bool = True
+) -> tuple[Any, np.ndarray | None]:
+    """Run ``problem`` (inside ``jax.enable_x64``) into scipy's ``OptimizeResult``, and
+    ``pcov`` (None unless ``problem.want_pcov``); see :func:`run_fit`."""
+    from scipy.optimize import OptimizeResult  # here: `import nlsq` stays without scipy
+
+    # The fallback warning points at least_squares' caller: _fit, run_fit, fit, least_squares.
+    out, message = run_fit(problem, model, callback, rows, stacklevel=5)
+    result = OptimizeResult(
+        x=out.x,
+        cost=out.cost,
+        # Per-row outputs spanning other processes stay global jax.Arrays.
+        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
+        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
+        grad=out.grad,
+        optimality=out.optimality,
+        active_mask=out.active_mask,
+        nfev=out.nfev,
+        njev=out.njev,
+        status=out.status,
+        message=message,
+        success=out.status > 0,
+    )
+    return result, out.pcov
+
+
+def run_fit(
+    problem: Problem, model: Any, callback: Any = None, rows: bool = True, stacklevel: int = 4
+) -> tuple[Solved, str]:
+    """Run ``problem`` (inside ``jax.enable_x64``): the host results and scipy's message.
+
+    ``model`` is the user's function, remembered when it cannot be traced so later
+    fits go to the host directly; ``callback`` is scipy's
+    ``callback(intermediate_result)`` (or ``callback(x)``).  ``rows=False`` leaves
+    ``fun`` and ``jac`` on the device (``curve_fit`` without ``full_output`` never
+    reads them).  ``stacklevel`` is the host-fallback warning's, counted from ``_fit``.
+    """
     fit_id = new_fit_id()
     if callback is not None:
         register_callback(fit_id, callback)
         problem = problem.with_callback(fit_id)
     try:
+        if not problem.verbose:
+            return _fit(problem, model, fit_id, rows, stacklevel)
         with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
-            return _fit(problem, model, fit_id)
+            return _fit(problem, model, fit_id, rows, stacklevel)
     finally:
         end_fit(fit_id)
 
 
-def _fit(problem: Problem, model: Any, fit_id: int):
+def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int):
     # One table per fit: under jax.distributed, process 0 writes it (rows included).
-    verbose = table_verbosity(problem.verbose)
+    verbose = table_verbosity(problem.verbose) if problem.verbose else 0
     log_header(verbose)
     if _known_host(model):
-        out, pcov = _run(_on_host(problem, fit_id), fit_id)
+        small, fun, jac = _run(_on_host(problem, fit_id), fit_id, rows)
     else:
         untraceable = None
         try:
-            out, pcov = _run(problem, fit_id)
+            small, fun, jac = _run(problem, fit_id, rows)
         except (UserTraceFailure, *TRACE_ERRORS) as err:
             untraceable = err.original if isinstance(err, UserTraceFailure) else err
         if untraceable is not None:
@@ -162,14 +260,14 @@ def _fit(problem: Problem, model: Any, fit_id: int):
                 "Jacobian unless `jac` is given (slower). Write it with jax.numpy to fit on "
                 "the device.",
                 HostFallbackWarning,
-                stacklevel=4,
+                stacklevel=stacklevel,
             )
-            out, pcov = _run(host, fit_id)
-    out, pcov = fetch((out, pcov))
+            small, fun, jac = _run(host, fit_id, rows)
     layout = problem.layout
     if layout is not None and layout.m_valid != layout.m:
-        out = out._replace(fun=out.fun[: layout.m_valid])
-    status = int(out.status)
+        fun = fun[: layout.m_valid]
+    out = unpack(small, fun, jac, problem.n)
+    status = out.status
     if status == BAD_START:
         if verbose:
             # The header and row 0 are already in the ring: write them before raising.
@@ -179,19 +277,4 @@ def _fit(problem: Problem, model: Any, fit_id: int):
         raise ValueError("Residuals are not finite in the initial point.")
     message = TERMINATION_MESSAGES[status]
     log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
-    result = OptimizeResult(
-        x=np.asarray(out.x),
-        cost=float(out.cost),
-        # Per-row outputs spanning other processes stay global jax.Arrays.
-        fun=out.fun if isinstance(out.fun, jax.Array) else np.asarray(out.fun),
-        jac=out.jac if isinstance(out.jac, jax.Array) else np.asarray(out.jac),
-        grad=np.asarray(out.grad),
-        optimality=float(out.optimality),
-        active_mask=np.asarray(out.active_mask, dtype=int),
-        nfev=int(out.nfev),
-        njev=int(out.njev),
-        status=status,
-        message=message,
-        success=status > 0,
-    )
-    return result, pcov
+    return out, message
