@@ -320,7 +320,7 @@ def warm_single_fit(quick: bool) -> dict[str, Any]:
     from nlsq._solve import solve
 
     x, y = _data(WARM_N)
-    model = _fresh_model()
+    model = _fresh_model("warm single fit")
     captured: dict[str, Any] = {}
     real_fit = cf.run_fit
 
