@@ -120,9 +120,9 @@ def solver_only(x: np.ndarray, y: np.ndarray, rounds: int) -> None:
     shipped_stage, shipped_run = _emit._stage_inline_row, _solve._run
     for name, (verbose, stage) in variants.items():
 
-        def grab(problem: Any, fit_id: int, name: str = name) -> Any:
+        def grab(problem: Any, *args: Any, name: str = name, **kwargs: Any) -> Any:
             problems[name] = problem
-            return shipped_run(problem, fit_id)
+            return shipped_run(problem, *args, **kwargs)
 
         _emit._stage_inline_row, _solve._run = stage or shipped_stage, grab
         try:
