@@ -35,9 +35,9 @@ build: $(STAMP)
 
 rust-test:
 	cargo test --workspace --release
-	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) under loom's
-	# model checker; its own target dir keeps the normal build's cache.
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib wake
+	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) and the flush
+	# gate (gate.rs) under loom's model checker; its own target dir keeps the normal build's cache.
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib -- wake gate
 	# The CUDA staging ring's slot protocol (rust/xla_ffi/src/staging.rs), likewise.
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-xla-ffi --release --lib staging
 
