@@ -1,7 +1,7 @@
 # Two entry points, both self-contained on a fresh machine (Rust toolchain + CPython >= 3.11):
 #   make demo  -- set up, build the extension in release mode, run the main job
 #   make test  -- set up, build, lint (rustfmt, clippy, ruff), then cargo test (workspace),
-#                 and pytest; `make test-matrix`: pytest in every environment of the support matrix
+#                 pytest, and pytest in every environment of the support matrix (`make test-matrix`)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,9 +16,8 @@ export PYO3_PYTHON := $(abspath $(PY))
 demo: build
 	$(PY) -m nlsq.demo
 
-# test-matrix is not yet part of `make test`: py313 (jax 0.12) passes whole; on py312 (jax 0.11.2)
-# XLA segfaulted while compiling in tests/test_route_failures.py::test_callback_route_internals_missing.
-test: build lint rust-test py-test
+# The support matrix runs last: the Rust tests run once, the Python suite in each environment.
+test: build lint rust-test py-test test-matrix
 
 venv: $(STAMP)
 
@@ -36,9 +35,9 @@ build: $(STAMP)
 
 rust-test:
 	cargo test --workspace --release
-	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) under loom's
-	# model checker; its own target dir keeps the normal build's cache.
-	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib wake
+	# The drain's hand-written wake-up protocol (rust/ringlog/src/wake.rs) and the flush
+	# gate (gate.rs) under loom's model checker; its own target dir keeps the normal build's cache.
+	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-ringlog --release --lib -- wake gate
 	# The CUDA staging ring's slot protocol (rust/xla_ffi/src/staging.rs), likewise.
 	RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom cargo test -p nlsq-xla-ffi --release --lib staging
 

@@ -64,14 +64,27 @@ for name in "${names[@]}"; do
   echo "=== matrix $name: $versions"
   start=$SECONDS
   # The installed wheel, not the source tree: python/ is not on sys.path.
-  # With pipefail the pipeline fails when pytest does.
-  if "$venv/bin/python" -m pytest -q -p no:cacheprovider tests | tee "$venv/pytest.log" | tail -n 3; then
-    result="passed"
-  else
-    result="FAILED"
-    status=1
-  fi
-  summary+=("$name ($versions): $result, $(tail -n 1 "$venv/pytest.log" | tr -d '=') [$((SECONDS - start)) s]")
+  # The suite runs as two pytest processes (test files before / from
+  # test_distributed.py): with jax 0.11.2, XLA's CPU compiler segfaulted in the
+  # one-process run once ~550 tests had compiled their programs (in
+  # test_route_failures.py), while either half with that test passes. Not
+  # understood yet; every test still runs in every environment.
+  first=() second=()
+  for file in tests/test_*.py; do
+    if [[ "$file" < tests/test_distributed.py ]]; then first+=("$file"); else second+=("$file"); fi
+  done
+  result="passed"
+  : > "$venv/pytest.log"
+  for files in "${first[*]}" "${second[*]}"; do
+    # With pipefail the pipeline fails when pytest does. (Test file names have no spaces.)
+    # shellcheck disable=SC2086
+    if ! "$venv/bin/python" -m pytest -q -p no:cacheprovider $files | tee -a "$venv/pytest.log" | tail -n 3; then
+      result="FAILED"
+      status=1
+    fi
+  done
+  counts="$(grep -E '^(=+ )?[0-9]+ (passed|failed)' "$venv/pytest.log" | tr -d '=' | paste -sd '+')"
+  summary+=("$name ($versions): $result, $counts [$((SECONDS - start)) s]")
 done
 echo "=== support matrix"
 printf '  %s\n' "${summary[@]}"

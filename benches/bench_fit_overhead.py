@@ -74,10 +74,14 @@ def _model_np(x: np.ndarray, a: float, b: float, c: float) -> np.ndarray:
     return a * np.exp(-b * x) + c
 
 
-def _fresh_model() -> Callable[..., jax.Array]:
-    # A new function object per variant: nlsq caches compiled fits per model,
-    # and the logging route is fixed when a fit is traced.
+def _fresh_model(variant: str) -> Callable[..., jax.Array]:
+    # A model of its own per variant: the logging route is fixed when a fit is
+    # traced, and nlsq caches compiled fits by the model's code *and captured
+    # values* (``_cache.CodeKeyed``), so a new function object with the same code
+    # would reuse the program another route compiled.  ``variant`` is captured
+    # (and unused) only to key the cache.
     def model(x: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array) -> jax.Array:
+        _ = variant  # read only so that it is a captured value
         return a * jnp.exp(-b * x) + c
 
     return model
@@ -164,12 +168,11 @@ def bench_size(
     def nlsq_fit(model: Callable[..., jax.Array], verbose: int) -> Callable[[], Any]:
         return lambda: nlsq.curve_fit(model, x, y, p0=P0, verbose=verbose)
 
-    variants.append(Variant("verbose=0", None, 0, nlsq_fit(_fresh_model(), 0)))
+    variants.append(Variant("verbose=0", None, 0, nlsq_fit(_fresh_model("verbose=0"), 0)))
     for route in [*routes, _blocking_print.NAME]:
         for verbose in (1, 2):
-            variants.append(
-                Variant(_label(route, verbose), route, verbose, nlsq_fit(_fresh_model(), verbose))
-            )
+            label = _label(route, verbose)
+            variants.append(Variant(label, route, verbose, nlsq_fit(_fresh_model(label), verbose)))
     variants.append(
         Variant(
             "scipy curve_fit (trf)",
@@ -317,7 +320,7 @@ def warm_single_fit(quick: bool) -> dict[str, Any]:
     from nlsq._solve import solve
 
     x, y = _data(WARM_N)
-    model = _fresh_model()
+    model = _fresh_model("warm single fit")
     captured: dict[str, Any] = {}
     real_fit = cf.run_fit
 

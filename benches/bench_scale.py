@@ -7,7 +7,8 @@ x and y).
 1. **Memory against n** -- every point runs in a fresh interpreter, which reports
    its peak resident set size (``resource.getrusage``), the device's peak bytes in
    use where the backend reports them, and the time of the fits after the first
-   (which compiles).  Variants: ``chunked`` (the default: the reduced problem is
+   (which compiles).  ``method=None`` without bounds is ``'lm'`` (scipy's rule),
+   chunked or not.  Variants: ``chunked`` (the default: the reduced problem is
    accumulated chunk by chunk, ``chunk_size=None``; it chunks from about 4e6
    points on, about 1e6 rows per chunk, and below that is the one-shot program;
    the quick run forces ``chunk_size=10000`` so that its check compares a real
@@ -21,9 +22,11 @@ x and y).
    sharded over 1, 2 and 4 devices (``XLA_FLAGS=--xla_force_host_platform_device_count``).
    Forced devices are threads of one process sharing this machine's cores, so the
    figure shows the overhead of the sharded program (collectives, per-shard
-   work), not a speed-up.  Not run on a GPU.
-3. **GPU** -- filled when the bench runs where JAX sees a GPU: the memory
-   section on the GPU, with the device's peak bytes in use.
+   work), not a speed-up (up to as many devices as cores, the sharded program
+   can also use cores the 1-device fit leaves idle).  Not run on a GPU.
+3. **GPU** -- filled by the device check (``benches/gpu_check.py``, which calls
+   :func:`gpu_section` when a GPU is lent: n = 1e7 and 1e8 chunked, 1e7 one-shot,
+   device peak bytes per point), or by this bench itself where JAX sees a GPU.
 
 Checked: every process finished; chunked and one-shot find the same parameters
 at every n where both ran; every fit recovers the true parameters; the sharded
@@ -138,6 +141,10 @@ def _peak(r: dict[str, Any], on_gpu: bool) -> float | None:
     return r.get("device_peak") if on_gpu else r.get("peak_rss")
 
 
+#: Above this n a point times one fit after the compiling one (a 1e8 fit takes minutes).
+LONG_N = 2 * 10**7
+
+
 def memory_section(
     sizes: list[int], one_shot_max: int, repeats: int, on_gpu: bool, chunked: str = "auto"
 ) -> dict[str, Any]:
@@ -147,7 +154,7 @@ def memory_section(
         for variant, chunk in (("chunked", chunked), ("one-shot", "0")):
             if variant == "one-shot" and n > one_shot_max:
                 continue
-            r = run_child(n, chunk, 1, repeats)
+            r = run_child(n, chunk, 1, repeats if n <= LONG_N else 1)
             r["variant"] = variant
             r["chunk_size"] = chunk
             r["data_bytes"] = 16 * n
@@ -276,7 +283,8 @@ def plot(memory: dict[str, Any], scaling: dict[str, Any] | None, on_gpu: bool) -
         pts = [r for r in scaling["points"] if "error" not in r]
         panels.append(
             lines(
-                f"forced CPU devices, n = {scaling['n']:.0e} (overhead, not speed-up)",
+                f"forced CPU devices sharing {os.cpu_count()} cores, n = {scaling['n']:.0e} "
+                "(overhead, not a real-device speed-up)",
                 "devices",
                 "seconds per fit (median)",
                 [r["devices"] for r in pts],
@@ -286,6 +294,23 @@ def plot(memory: dict[str, Any], scaling: dict[str, Any] | None, on_gpu: bool) -
             )
         )
     return panels
+
+
+def gpu_section(quick: bool) -> dict[str, Any]:
+    """The GPU section, for ``benches/gpu_check.py``: the memory section where JAX runs.
+
+    ``{"memory", "table", "checks"}``; on a CPU (the check's quick run) it measures
+    the CPU the same way, at the quick size.
+    """
+    import jax
+
+    on_gpu = jax.default_backend() == "gpu"
+    if quick:
+        sizes, one_shot_max, repeats, chunked = [10**5], 0, 1, "10000"
+    else:
+        sizes, one_shot_max, repeats, chunked = [10**7, 10**8], 10**7, 1, "auto"
+    memory = memory_section(sizes, one_shot_max, repeats, on_gpu, chunked)
+    return {"memory": memory, "table": memory["table"], "checks": checks(memory, None, on_gpu)}
 
 
 def main(quick: bool, out: Path) -> dict[str, Any]:
@@ -306,17 +331,22 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
     gpu_note = (
         "Measured on the GPU above (device peak bytes per point; the bound applies to them)."
         if on_gpu
-        else "Not run here: no GPU on this machine. Run "
-        "`python benches/run.py --only bench_scale` where JAX sees a GPU to fill this "
-        "section (device peak bytes are recorded per point)."
+        else "Not run here: no GPU on this machine. `python benches/gpu_check.py --out DIR` "
+        "fills it when a GPU is lent (section 'Scale' of `<tag>-gpu_check.json`: n = 1e7 and "
+        "1e8, device peak bytes per point), as does `python benches/run.py --only "
+        "bench_scale` run where JAX sees a GPU."
     )
     table = memory["table"]
     if scaling is not None:
         table += (
             f"\n\n**Strong scaling over forced CPU devices** (n = {scale_n:.0e})\n\n"
             + scaling["table"]
-            + "\n\nForced devices share this machine's cores: the ratio is the sharded "
-            "program's overhead, not a speed-up."
+            + f"\n\nForced devices are threads of one process sharing this machine's "
+            f"{os.cpu_count()} cores (with whatever else runs on them): the figure shows the "
+            "sharded program's overhead (collectives, per-shard work), not the speed-up of "
+            "real devices. Up to as many devices as cores, the sharded program can also use "
+            "cores that the 1-device fit leaves idle, so a ratio below 1 there is that, not "
+            "scaling."
         )
     table += "\n\n**GPU**: " + gpu_note
     return bench_result(

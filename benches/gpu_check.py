@@ -14,7 +14,10 @@ It
    the callback route, a no-op
    ``jax.debug.callback``, ``jax.debug.print`` and a blocking print;
 5. times ``curve_fit`` at n = 1e6 and 1e7, verbose 0/1/2, per route;
-6. writes ``<tag>-gpu_check.json`` (``tag`` names the device: ``gpu-h100``,
+6. fills ``bench_scale``'s GPU section (:func:`bench_scale.gpu_section`): time
+   and device peak memory of chunked fits at n = 1e7 and 1e8, each in a fresh
+   process;
+7. writes ``<tag>-gpu_check.json`` (``tag`` names the device: ``gpu-h100``,
    ``cpu``, ...) and ``<tag>-gpu_check.md`` into DIR.
 
 On a CPU it runs the same steps over the routes the CPU has (``--quick`` shrinks
@@ -70,6 +73,7 @@ from _harness import (  # noqa: E402
     write_json,
 )
 from bench_callback import _loop as logged_loop  # noqa: E402  (the loop bench_callback times)
+from bench_scale import gpu_section as scale_section  # noqa: E402
 from nlsq import curve_fit  # noqa: E402
 from nlsq.utils import _routes, async_logger  # noqa: E402
 
@@ -324,6 +328,9 @@ def summary(result: dict[str, Any]) -> str:
             ]
         )
     lines.append(markdown_table(["size / route", "verbose=0", "verbose=1", "verbose=2"], rows))
+    if "scale" in result:
+        lines += ["", "## Scale (bench_scale's GPU section: one fresh process per point)", ""]
+        lines.append(result["scale"]["table"])
     return "\n".join(lines) + "\n"
 
 
@@ -351,6 +358,9 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         for key, value in per["variants"].items():
             print(f"  {key:28s} {value['us_per_iter']:9.2f} µs/iter")
         fits = fit_timings(names, sizes, fit_repeats)
+    print("scale (bench_scale's GPU section):")
+    scale = scale_section(quick)
+    print(scale["table"])
     tag = platform_tag()
     data: dict[str, Any] = {
         "tag": tag,
@@ -363,7 +373,8 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         "per_iteration": per,
         "curve_fit": fits,
         "stats": async_logger.stats(),
-        "ok": same["ok"] and drops["ok"],
+        "scale": scale,
+        "ok": same["ok"] and drops["ok"] and all(scale["checks"].values()),
     }
     variants = per["variants"]
     # The bench contract (_harness.py): name, title, table, checks, plot, data.
@@ -371,7 +382,11 @@ def main(quick: bool = False, out: Path | None = None) -> dict[str, Any]:
         NAME,
         title=TITLE,
         table=summary({**data}),
-        checks={"same lines on every route": same["ok"], "zero drops": drops["ok"]},
+        checks={
+            "same lines on every route": same["ok"],
+            "zero drops": drops["ok"],
+            **{f"scale: {k}": v for k, v in scale["checks"].items()},
+        },
         plot=[
             bars(
                 "µs per logged iteration",

@@ -62,7 +62,9 @@ def test_chunked_equals_unchunked(name, chunk):
     ref = curve_fit(
         exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=0, method="trf", **kw
     )
-    out = curve_fit(exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=chunk, **kw)
+    out = curve_fit(
+        exp_model, X, ydata, p0=[1, 1, 0], full_output=True, chunk_size=chunk, method="trf", **kw
+    )
     # Huber and Cauchy: an outlier row's loss weight is scipy's clamp sqrt(EPS) (its
     # exact value is 0 or negative), its rescaled residual ~1/sqrt(EPS) times the data,
     # so [J | f] has condition ~1e8 and any two orders of the QR (one-shot or chunked)
@@ -75,13 +77,70 @@ def test_chunked_equals_unchunked(name, chunk):
     np.testing.assert_allclose(out[2]["fvec"], ref[2]["fvec"], rtol=0, atol=1e3 * rtol)
 
 
+LM_CASES = ("plain", "sigma", "scalar sigma absolute", "x_scale jac", "user jac sigma")
+
+
+@pytest.mark.parametrize("name", LM_CASES)
+@pytest.mark.parametrize("method", ["lm", None])  # None without bounds or loss: 'lm'
+def test_chunked_lm_equals_unchunked_lm(name, method):
+    """'lm' on chunked rows: the reduced problem of TRF, MINPACK's steps and statuses."""
+    kw = dict(CASES[name])
+    ref = curve_fit(
+        exp_model, X, Y, p0=[1, 1, 0], full_output=True, chunk_size=0, method="lm", **kw
+    )
+    out = curve_fit(
+        exp_model, X, Y, p0=[1, 1, 0], full_output=True, chunk_size=1024, method=method, **kw
+    )
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(out[1], ref[1], rtol=1e-8, atol=0)
+    assert out[2]["nfev"] == ref[2]["nfev"]
+    assert (out[3], out[4]) == (ref[3], ref[4])
+    np.testing.assert_allclose(out[2]["fvec"], ref[2]["fvec"], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["plain", "bounds active", "x_scale jac", "soft_l1"])
+def test_chunked_dogbox_equals_unchunked_dogbox(name):
+    kw = dict(CASES[name])
+    ydata = kw.pop("ydata", Y)
+    args = (exp_model, X, ydata)
+    ref = curve_fit(*args, p0=[1, 1, 0], full_output=True, chunk_size=0, method="dogbox", **kw)
+    out = curve_fit(*args, p0=[1, 1, 0], full_output=True, chunk_size=1024, method="dogbox", **kw)
+    np.testing.assert_allclose(out[0], ref[0], rtol=1e-10, atol=0)
+    np.testing.assert_allclose(out[1], ref[1], rtol=1e-8, atol=0)
+    assert out[2]["nfev"] == ref[2]["nfev"]
+    assert (out[3], out[4]) == (ref[3], ref[4])
+
+
+def test_chunked_lm_keeps_the_triangle_and_its_table():
+    from nlsq._problem import make_problem
+    from nlsq._residual import ModelResidual
+    from nlsq._sharding import plan_rows, with_rows
+    from nlsq._solve import solve, unpack
+
+    with jax.enable_x64(True):
+        x, y, t, kind, layout = plan_rows(X, Y, None, 0, 3, chunk_size=1000, mesh=None)
+        problem = make_problem(ModelResidual(exp_model, None, kind), (x, y, t), [1.0, 1.0, 0.0],
+                               jac_mode="auto", method="lm", want_pcov=True)  # fmt: skip
+        out = unpack(*jax.device_get(solve(with_rows(problem, layout))), n=3)
+        ref = unpack(*jax.device_get(solve(problem)), n=3)
+    # The state never holds the 5003 x 3 Jacobian: R (R^T R = J^T J) in its place.
+    assert np.shape(out.jac) == (3, 3) and np.shape(ref.jac) == (X.size, 3)
+    np.testing.assert_allclose(np.asarray(out.x), np.asarray(ref.x), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(out.grad), np.asarray(ref.grad), rtol=1e-6, atol=1e-10)
+    # The verbose table is the unchunked 'lm' table.
+    ref_tab, out_tab = _table(chunk_size=0, method="lm"), _table(chunk_size=512, method="lm")
+    strip = re.compile(r"\d\.\d+e[-+]\d+")
+    assert ref_tab.count("\n") > 5
+    assert strip.sub("N", out_tab) == strip.sub("N", ref_tab)
+
+
 def test_chunked_finite_differences_close():
     # Finite differences amplify the last-bit differences of the model evaluated on
     # chunks of another length (XLA vectorises them differently), so the Jacobians
     # agree to ~1e-8 and the fits to ~1e-9, not bit for bit.
     for mode in ("2-point", "3-point"):
         ref, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=0, method="trf")
-        out, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=700)
+        out, _ = curve_fit(exp_model, X, Y, p0=[1, 1, 0], jac=mode, chunk_size=700, method="trf")
         np.testing.assert_allclose(out, ref, rtol=1e-8)
 
 
@@ -91,16 +150,18 @@ def test_two_predictors_scipy_layout():
     ref, pref = curve_fit(
         plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=0, method="trf"
     )
-    out, pout = curve_fit(plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=333)
+    out, pout = curve_fit(
+        plane_model, xdata, np.asarray(y), p0=[1, 1, 1], chunk_size=333, method="trf"
+    )
     np.testing.assert_allclose(out, ref, rtol=1e-10)
     np.testing.assert_allclose(pout, pref, rtol=1e-8)
 
 
-def _table(**kw):
+def _table(method="trf", **kw):
     buf = io.StringIO()
     async_logger.configure(sink=buf)
     try:
-        curve_fit(exp_model, X, Y, p0=[1, 1, 0], verbose=2, method="trf", **kw)
+        curve_fit(exp_model, X, Y, p0=[1, 1, 0], verbose=2, method=method, **kw)
         async_logger.flush()
     finally:
         async_logger.configure(sink=None)

@@ -64,10 +64,10 @@ def global_array(a):
 
 gx, gy, gs = global_array(x), global_array(y), global_array(sigma)
 popt, pcov, info, msg, ier = curve_fit(model, gx, gy, p0=[1, 1, 0], sigma=gs,
-                                       full_output=True, verbose=2)
+                                       full_output=True, verbose=2, method="trf")
 fvec = info["fvec"]
 local_rows = sorted(int(s.index[0].start) for s in fvec.addressable_shards)
-popt_c, pcov_c = curve_fit(model, gx, gy, p0=[1, 1, 0], chunk_size=500)
+popt_c, pcov_c = curve_fit(model, gx, gy, p0=[1, 1, 0], chunk_size=500)  # 'lm', chunked
 
 def fun(p, x, y):
     return model(x, *p) - y
@@ -135,7 +135,7 @@ def test_two_processes_same_fit_one_table():
     ref, pref, iref, _, ier = curve_fit(
         model, x, y, p0=[1, 1, 0], sigma=sigma, full_output=True, method="trf"
     )
-    plain, pplain = curve_fit(model, x, y, p0=[1, 1, 0], method="trf")
+    plain, pplain = curve_fit(model, x, y, p0=[1, 1, 0])  # 'lm', as the chunked global fit
     lsq = least_squares(lambda p: model(x, *p) - y, [1.0, 1.0, 0.0])
     for r in results:
         np.testing.assert_allclose(r["popt"], ref, rtol=1e-10)

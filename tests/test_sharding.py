@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -90,7 +91,8 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
                          ("soft_l1 bounds", {"loss": "soft_l1",
                                              "bounds": ([0, 0, 0], [5, 5, 1])}),
                          ("x_scale jac chunked", {"x_scale": "jac", "chunk_size": 1000})]:
-            ref, pref = curve_fit(model, x, y, p0=[1, 1, 0], method="trf",
+            # No method: 'lm' unbounded ('trf' with bounds/loss), sharded as unsharded.
+            ref, pref = curve_fit(model, x, y, p0=[1, 1, 0],
                                   **{k: v for k, v in kw.items() if k != "chunk_size"})
             n_before = len(COMPILED)
             kw = dict(kw)
@@ -124,7 +126,7 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
         curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=0)
         res["collectives_verbose0"] = collectives(COMPILED[n_before].as_text())
         res["collectives_verbose2"] = collectives(plain_text)
-        _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2, method="trf"))
+        _, ref_tab = table(lambda: curve_fit(model, x, y, p0=[1, 1, 0], verbose=2))
         res["ref_rows"] = ref_tab.count("\\n")
         res["ref_first"] = ref_tab.splitlines()[:2]
         print(json.dumps(res))
@@ -154,8 +156,7 @@ def test_uneven_length_padded_with_zero_weight_rows():
         M = 10011  # not a multiple of 4
         x = np.linspace(0, 5, M)
         y = 2 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_normal(M)
-        ref, pref, iref, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], full_output=True,
-                                          method="trf")
+        ref, pref, iref, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], full_output=True)
         popt, pcov, info, _, _ = curve_fit(model, x, y, p0=[1, 1, 0], mesh=MESH,
                                            full_output=True)
         text = COMPILED[-1].as_text()
@@ -246,3 +247,81 @@ def test_log_records_from_every_device_without_all_gather(route):
         "dev 2 sum 38.0",
         "dev 3 sum 54.0",
     ]
+
+
+def test_sharded_fit_log_call_fed_by_no_collective_of_its_own():
+    """What feeds the verbose rows of a sharded fit, in the optimised HLO.
+
+    A sharded fit's row (iteration, nfev, cost, reduction, step norm, optimality)
+    holds scalars that every device already has: the solver reduced them itself
+    (the cost is a ``psum`` of per-device sums, the optimality comes from ``g`` and
+    ``R`` after the TSQR's ``all_gather`` of the ``(p+1) x (p+1)`` triangles).  So
+    what is shown here is: (1) the log custom call ``nlsq_ringlog_push`` takes one
+    ``f64[1, k]`` row of those scalars, built on the device, nothing row-sized;
+    (2) every collective among its operands' producers (walked back through the
+    computation that holds the call) is one the verbose=0 program has too, and the
+    two programs have the same collectives: logging moves no data between devices.
+    The same row printed with ``jax.debug.print`` would need no gather either
+    (replicated scalars); ``jax.debug.print`` gathers what is sharded, which is
+    what per-device records are: see the test above (per-device sums) and
+    ``test_many_sharding.py`` (each device's fits' rows, where ``jax.debug.print``
+    under GSPMD all-gathers them and our route does not).
+    """
+    out = run_script(
+        """
+        INSTR = re.compile(r"^\\s*(?:ROOT )?%(\\S+) = (.*?) ([a-z][a-z0-9\\-_]*)\\(([^)]*)\\)")
+        def computations(text):
+            comps, cur = {}, None
+            for line in text.splitlines():
+                if line.endswith("{") and not line.startswith(" "):
+                    cur = comps.setdefault(line.split()[0].lstrip("%"), {})
+                elif cur is not None and (m := INSTR.match(line)):
+                    cur[m.group(1)] = (m.group(3), re.findall(r"%([\\w.\\-]+)", m.group(4)),
+                                       m.group(2), line)
+            return comps
+        def log_calls(text):
+            found = []
+            for comp in computations(text).values():
+                for name, (op, operands, shape, line) in comp.items():
+                    if op != "custom-call" or "nlsq_ringlog_push" not in line:
+                        continue
+                    seen, stack, feeding = set(), list(operands), []
+                    while stack:
+                        o = stack.pop()
+                        if o in seen or o not in comp:
+                            continue
+                        seen.add(o)
+                        if comp[o][0] in ("all-gather", "all-reduce", "collective-permute",
+                                          "all-to-all", "reduce-scatter"):
+                            feeding.append(comp[o][0] + " " + comp[o][2])
+                        stack.extend(comp[o][1])
+                    operand_shapes = [comp[o][2] for o in operands if o in comp]
+                    found.append(dict(operands=operand_shapes, collectives=sorted(feeding)))
+            return found
+        def all_collectives(text):
+            return sorted(m.group(2) + " " + m.group(1) for m in re.finditer(
+                r"= (\\S+) (all-gather|all-reduce|collective-permute|all-to-all)\\(", text))
+        x = np.linspace(0, 5, 4 * 1001)
+        y = 2 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_normal(x.size)
+        res = {}
+        for verbose in (0, 2):
+            n_before = len(COMPILED)
+            curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=verbose)
+            text = COMPILED[n_before].as_text()
+            res[verbose] = dict(calls=log_calls(text), collectives=all_collectives(text))
+        print(json.dumps(res))
+        """
+    )
+    v0, v2 = out["0"], out["2"]
+    assert v0["calls"] == [] and len(v2["calls"]) == 2  # row 0, and the loop's rows
+    for call in v2["calls"]:
+        # One row of at most 7 scalars (fields and the keep flag), made on each device.
+        assert len(call["operands"]) == 1 and re.fullmatch(
+            r"f64\[1,[1-7]\](\{1,0\})?", call["operands"][0]
+        )
+        assert set(call["collectives"]) <= set(v0["collectives"]), call
+    # Row 0's values come from the solver's first reduction (the walk does reach it)...
+    assert any(call["collectives"] for call in v2["calls"])
+    # ...and logging adds no collective of its own.
+    assert v2["collectives"] == v0["collectives"]
+    assert "all-gather f64[16,4]{1,0}" in v0["collectives"]  # the TSQR's triangles

@@ -368,10 +368,6 @@ class CurveFit:
             )
             if layout is not None and tr_solver == "lsmr":
                 raise ValueError("tr_solver='lsmr' cannot fit data sharded over a mesh.")
-            if layout is not None and self.method is None:
-                # The chunked / sharded reduction is TRF's (LM would form the m x n
-                # Jacobian): long or sharded fits default to 'trf'.
-                method = "trf"
             model = code_keyed(f)
             m = ydata.size
             padded = (

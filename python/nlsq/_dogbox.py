@@ -36,7 +36,7 @@ from ._linearization import (
     Linearization,
     actual_reduction,
     jac_scale,
-    linearize_point,
+    linearize_at,
     result_jacobian,
 )
 from ._loss import loss_cost
@@ -143,7 +143,7 @@ def init(problem: Problem) -> DogboxState:
     x0, lb, ub = problem.x0, problem.lb, problem.ub
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
-    lin = linearize_point(problem, x0, f0, cost0)
+    lin = linearize_at(problem, x0, f0, cost0)
     if problem.jac_scale:
         scale, scale_inv = jac_scale(problem, lin)
     else:
@@ -246,7 +246,7 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         on_bound = jnp.where(free, t.on_bound, state.on_bound)
         # Variables that hit a bound are set exactly on it.
         x = jnp.where(on_bound == -1, lb, jnp.where(on_bound == 1, ub, t.x))
-        new = linearize_point(problem, x, t.f, t.cost)
+        new = linearize_at(problem, x, t.f, t.cost)
         if problem.jac_scale:
             scale, scale_inv = jac_scale(problem, new, state.scale_inv)
         else:

@@ -50,13 +50,6 @@ def _linearize_operator(problem: Problem, x, f_true, cost) -> Linearization:
     return Linearization(f_true, data, f, empty, empty[:, 0], g, cost)
 
 
-def linearize_point(problem: Problem, x, f_true, cost) -> Linearization:
-    """The one-shot linearization at ``x`` (dogbox): dense, or ``'lsmr'``'s operator."""
-    if problem.tr_solver == "lsmr":
-        return _linearize_operator(problem, x, f_true, cost)
-    return linearize(problem, f_true, problem.jac(x), cost)
-
-
 def linearize_at(problem: Problem, x, f_true, cost) -> Linearization:
     """The linearization at ``x`` (residuals ``f_true``): one-shot, or chunked/sharded rows.
 

@@ -13,6 +13,11 @@ The algorithmic rules are MINPACK's, which is what
 The LM step itself comes from the SVD trust-region solver shared with TRF
 (``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius) on the
 QR-reduced Jacobian.
+
+Long or sharded rows (``problem.layout``, ``chunk_size`` / ``mesh``): ``R`` and
+``Q^T f`` come from the chunked / per-device reduction that TRF uses
+(:func:`nlsq._sharding.reduced_problem`), so the ``m x n`` Jacobian is never
+formed; the state's ``J`` is then ``R`` itself (as TRF's ``Linearization``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_re
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
 from ._reduce import reduce_jacobian, thin_svd
+from ._sharding import reduced_problem
 
 #: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
 #: ``info == 0`` (still running) maps to RUNNING.
@@ -93,12 +99,31 @@ def _gnorm(R, qtf, fnorm):
     return jnp.where(fnorm != 0, jnp.max(cos) / jnp.where(fnorm != 0, fnorm, 1.0), 0.0)
 
 
+def _rows_reduced(problem: Problem) -> bool:
+    """Whether the rows are chunked / sharded: ``R`` is accumulated, ``J`` never formed."""
+    return problem.layout is not None and problem.jac_mode != "host"
+
+
+def _linearize(problem: Problem, x, f):
+    """``(J, R, Q^T f)`` at ``x``; ``J`` is ``R`` itself when the rows are reduced piecewise."""
+    if _rows_reduced(problem):
+        R, qtf, _ = reduced_problem(problem, x, f)  # 'lm' has the linear loss: no rescaling
+        return R, R, qtf
+    J = problem.jac(x)
+    R, qtf = reduce_jacobian(J, f)
+    return J, R, qtf
+
+
+def _n_rows(problem: Problem, f) -> int:
+    """The number of true residuals (without a mesh's zero-weight padding rows)."""
+    return problem.layout.m_valid if problem.layout is not None else f.shape[0]
+
+
 def init(problem: Problem) -> LMState:
     x0 = problem.x0
     f0 = problem.fun(x0)
     fnorm0 = norm(f0)
-    J0 = problem.jac(x0)
-    R0, qtf0 = reduce_jacobian(J0, f0)
+    J0, R0, qtf0 = _linearize(problem, x0, f0)
     if problem.jac_scale:
         cn = _colnorms(R0)
         diag = jnp.where(cn == 0, 1.0, cn)
@@ -135,7 +160,7 @@ def step(problem: Problem, state: LMState) -> LMState:
     """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
     ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
     n = state.x.shape[0]
-    m = state.f.shape[0]
+    m = _n_rows(problem, state.f)
     diag = state.diag
     if problem.jac_scale:
         diag = jnp.maximum(diag, _colnorms(state.R))
@@ -227,9 +252,7 @@ def step(problem: Problem, state: LMState) -> LMState:
     # fit, so the logged optimality and the returned jac/grad belong to x.
 
     def relinearize(_):
-        J = problem.jac(t.x)
-        R, qtf = reduce_jacobian(J, t.f)
-        return J, R, qtf
+        return _linearize(problem, t.x, t.f)
 
     J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: (state.J, state.R, state.qtf), None)
     gnorm = jnp.where(t.accepted, _gnorm(R, qtf, t.fnorm), state.gnorm)
@@ -274,7 +297,7 @@ def result(problem: Problem, state: LMState) -> SolveResult:
         cost=0.5 * state.fnorm**2,
         fun=state.f,
         jac=state.J,
-        grad=state.J.T @ state.f,
+        grad=state.R.T @ state.qtf if _rows_reduced(problem) else state.J.T @ state.f,
         optimality=state.g_norm,
         active_mask=jnp.zeros(state.x.shape[0], dtype=jnp.int32),
         nfev=state.nfev,

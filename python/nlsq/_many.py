@@ -39,6 +39,15 @@ from ._cache import SolverJit, code_keyed, enable_persistent_cache
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._jax_compat import enable_x64
+from ._many_sharding import (
+    batch_mesh,
+    device_datasets,
+    pad_batch,
+    place_batch,
+    shard_count,
+    sharded_datasets,
+    solve_on_mesh,
+)
 from ._problem import check_jac, make_problem, prepare_bounds
 from ._reduce import pcov_from_R, vectorized_small_svd
 from ._solve import METHODS
@@ -188,6 +197,29 @@ def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
     return W
 
 
+def _host_rows(xdata, ydata):
+    """``(X, Y, lengths)``: the datasets as host rows (:func:`_as_rows`), checked."""
+    Y, lengths = _as_rows(ydata, "ydata")
+    batch = lengths.size
+    if batch == 0:
+        raise ValueError("`ydata` holds no dataset.")
+    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
+        shared = np.asarray(xdata, dtype=float)
+        X, x_lengths = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
+    else:
+        X, x_lengths = _as_rows(xdata, "xdata")
+    if x_lengths.size != batch:
+        raise ValueError(f"`xdata` holds {x_lengths.size} datasets, `ydata` {batch}.")
+    for i in np.flatnonzero(x_lengths != lengths)[:1]:
+        raise ValueError(
+            f"dataset {i}: `xdata` has shape ({x_lengths[i]},), `ydata` ({lengths[i]},)."
+        )
+    # Padding repeats real values, so whole rows can be checked.
+    for i in np.flatnonzero(~(np.isfinite(X).all(axis=1) & np.isfinite(Y).all(axis=1)))[:1]:
+        raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+    return X, Y, lengths
+
+
 def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
     """A (p,) or scalar value shared by all fits, or (B, p) per fit -> (B, p)."""
     arr = np.asarray(value, dtype=float)
@@ -196,6 +228,25 @@ def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
     if arr.shape != (batch, p):
         raise ValueError(f"`{what}` must have shape ({p},) or ({batch}, {p}); got {arr.shape}.")
     return arr.copy()
+
+
+def _host_padded(model, p: int, X, Y, sigma, lengths):
+    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket."""
+    W = _inverse_sigma(sigma, lengths)
+
+    longest = int(lengths.max())
+    size = bucket_size(longest) if buckets_enabled() else longest
+    if (size > lengths.min() or size > longest) and not model_is_rowwise(model, p):
+        if lengths.min() != longest:
+            raise ValueError(
+                "datasets of different lengths are padded, which needs a model that works "
+                "element by element (this one mixes data points); fit them with curve_fit."
+            )
+        size = longest
+    # Zero-weight rows pad every dataset to ``size``.
+    X, Y, W = (_padded_to(A, size) for A in (X, Y, W))
+    W[np.arange(size) >= lengths[:, None]] = 0.0
+    return X, Y, W
 
 
 def curve_fit_many(
@@ -216,6 +267,7 @@ def curve_fit_many(
     loss="linear",
     f_scale: float = 1.0,
     x_scale=1.0,
+    mesh=None,
 ) -> ManyFitResult:
     """Fit ``f(x, *params)`` to B datasets at once, in one compiled program.
 
@@ -239,6 +291,11 @@ def curve_fit_many(
     verbose : {0, 1, 2}
         1: one summary line per fit; 2: each fit's iteration table (with a fit
         index column), written whole.
+    mesh : jax.sharding.Mesh, optional
+        Shard the batch over this mesh's devices: each device fits its own fits
+        (``nlsq._many_sharding``; B is padded with dummy fits to a multiple of the
+        device count).  ``ydata`` given as a ``(B, n)`` ``jax.Array`` whose first
+        axis is sharded over a mesh is fitted where it is, without ``mesh``.
 
     Returns
     -------
@@ -258,24 +315,14 @@ def curve_fit_many(
     if callable(loss):
         raise ValueError("curve_fit_many takes a loss name, not a callable.")
     jac_mode, _ = check_jac(jac)
-    Y, lengths = _as_rows(ydata, "ydata")
-    batch = lengths.size
-    if batch == 0:
-        raise ValueError("`ydata` holds no dataset.")
-    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
-        shared = np.asarray(xdata, dtype=float)
-        X, x_lengths = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
+    placement = batch_mesh(ydata, mesh)  # (mesh, axes): the batch is sharded over them
+    on_device = placement is not None and sharded_datasets(ydata)
+    if on_device:  # the datasets stay on their devices (nlsq._many_sharding)
+        X, Y, W = device_datasets(xdata, ydata, sigma, *placement)
+        lengths = np.full(Y.shape[0], Y.shape[1])
     else:
-        X, x_lengths = _as_rows(xdata, "xdata")
-    if x_lengths.size != batch:
-        raise ValueError(f"`xdata` holds {x_lengths.size} datasets, `ydata` {batch}.")
-    for i in np.flatnonzero(x_lengths != lengths)[:1]:
-        raise ValueError(
-            f"dataset {i}: `xdata` has shape ({x_lengths[i]},), `ydata` ({lengths[i]},)."
-        )
-    # Padding repeats real values, so whole rows can be checked.
-    for i in np.flatnonzero(~(np.isfinite(X).all(axis=1) & np.isfinite(Y).all(axis=1)))[:1]:
-        raise ValueError(f"dataset {i}: `xdata`/`ydata` must not contain infs or NaNs.")
+        X, Y, lengths = _host_rows(xdata, ydata)
+    batch = lengths.size
 
     if p0 is None:
         p = _n_params(f)
@@ -299,21 +346,9 @@ def curve_fit_many(
     if method == "lm" and (np.isfinite(lb_b).any() or np.isfinite(ub_b).any()):
         raise ValueError("Method 'lm' only works for unconstrained problems. Use 'trf' instead.")
 
-    W = _inverse_sigma(sigma, lengths)
-
     model = code_keyed(f)
-    longest = int(lengths.max())
-    size = bucket_size(longest) if buckets_enabled() else longest
-    if (size > lengths.min() or size > longest) and not model_is_rowwise(model, p):
-        if lengths.min() != longest:
-            raise ValueError(
-                "datasets of different lengths are padded, which needs a model that works "
-                "element by element (this one mixes data points); fit them with curve_fit."
-            )
-        size = longest
-    # Zero-weight rows pad every dataset to ``size``.
-    X, Y, W = (_padded_to(A, size) for A in (X, Y, W))
-    W[np.arange(size) >= lengths[:, None]] = 0.0
+    if not on_device:
+        X, Y, W = _host_padded(model, p, X, Y, sigma, lengths)
 
     enable_persistent_cache()
     with enable_x64(True):
@@ -366,7 +401,14 @@ def curve_fit_many(
             bounded=bounded,
         )
         history_len = int(template.max_nfev) + 1 if verbose == 2 else 0
-        out = jax.device_get(_solve_many(problem, history_len))
+        if placement is None:
+            solved = _solve_many(problem, history_len)
+        else:  # every device fits its own fits; B padded by dummy fits to a multiple
+            problem = pad_batch(problem, batch, shard_count(*placement))
+            solved = solve_on_mesh(_run_batch, place_batch(problem, *placement), history_len,
+                                   *placement)  # fmt: skip
+        # Sharded results come back shard by shard (no gather in the program).
+        out = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
 
     status = np.asarray(out.status).astype(int)
     cost = np.asarray(out.cost)

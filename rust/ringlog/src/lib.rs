@@ -8,18 +8,22 @@
 //! Files, one concept each: `clock` (cheap push timestamps), `record` (the
 //! fixed-size record), `ring` (bounded queue and full-ring policies), `wake`
 //! (parking the drain), `shared` (the state handles and drain share: run
-//! state, flush tickets), `drain` (the thread that formats and writes),
+//! state, flush tickets, the consumer's sink and buffers), `gate` (admitting
+//! flushers that write on their own thread), `drain` (what the consumer
+//! does: the drain thread, and a flusher writing on its own thread),
 //! `live` (opening, closing, the registry of live loggers, fork), `logger`
 //! (the handle: push, flush, stats), `sink` (destinations), `stats`
 //! (counters, latency histogram), `registry` (a logger's table of
 //! registered templates), `template` (one template: parsing and
 //! formatting) and `value` (numbers).
 //!
-//! Dependencies run one way: `logger` → `live` → `drain` → `shared`;
-//! `logger` and `live` also use `shared`; nothing uses `logger`.
+//! Dependencies run one way: `logger` → `live` → `drain` → `shared` →
+//! `gate`; `logger` and `live` also use `shared`, `logger` also `drain`;
+//! nothing uses `logger`.
 
 pub mod clock;
 mod drain;
+mod gate;
 mod live;
 pub mod logger;
 pub mod record;

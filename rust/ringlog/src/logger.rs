@@ -7,7 +7,8 @@
 //!   [`Logger::try_push`], all through one `offer`) reads the template
 //!   table without a lock, bumps one counter, copies a `Record` into the
 //!   ring and notifies the drain: no formatting, no allocation, no I/O, no
-//!   syscall while the drain is awake.
+//!   syscall while the drain is awake or lingering (dozing, see `wake`); a
+//!   record may then wait one doze (a few ms) before it is written.
 //! - `pushed` counts every record queued or dropped; a record a `block`
 //!   push gave up on is taken back out of the count.
 //! - `flush()` returns `true` only when every record whose push returned
@@ -17,6 +18,7 @@
 //! - The last `Logger` handle to go closes the logger (drains and joins).
 
 use crate::clock::stamp;
+use crate::drain;
 use crate::live::{self, Handle};
 use crate::record::{Field, Record};
 use crate::ring::{Policy, Pushed, Ring};
@@ -204,7 +206,9 @@ impl Logger {
         });
         match outcome {
             Pushed::Queued => {
-                s.waker.notify();
+                // A record may wait one doze of the drain (a few ms): no
+                // syscall per push while the drain lingers (see `wake`).
+                s.waker.notify_lazy();
                 Ok(true)
             }
             Pushed::Dropped => Ok(true),
@@ -226,6 +230,11 @@ impl Logger {
         let s = self.shared();
         let deadline = timeout.map(|t| Instant::now() + t);
         if s.closed.load(SeqCst) {
+            return true;
+        }
+        // Without a deadline, write here when the drain thread is idle: a
+        // stalled sink then blocks this call as it would block the wait.
+        if timeout.is_none() && drain::drain_here(s) {
             return true;
         }
         let (ticket, marker) = s.tickets.issue();

@@ -1,14 +1,18 @@
 //! What a logger's handles, its lifecycle (`live`) and its drain thread
 //! (`drain`) share: the ring, the template registry, the counters, the
-//! drain's run state, the parked sink and the flush tickets.
+//! drain's run state, the consumer (sink and buffers) and the flush tickets.
 //!
 //! Protocol:
 //! - Run state: a drain runs while `state` is [`RunState::Running`]. To stop
 //!   it, the lifecycle stores `Pausing` (around `fork`: the drain will come
 //!   back) or `Closing` (it will not), wakes it and joins it. Seeing either,
-//!   the drain writes what is queued and returns; a pausing drain parks the
-//!   sink in `sink` for the next one, a closing drain drops it.
-//! - Sink: owned by the running drain, else parked in `sink`; never both.
+//!   the drain writes what is queued and returns; a pausing drain leaves the
+//!   consumer in place for the next one, a closing drain drops it (and the
+//!   sink). Whoever stops the drain waits, after setting the state, for any
+//!   flusher writing on its own thread (`drain::drain_here`) to finish.
+//! - Consumer: the sink and the drain buffers, in `consumer`; whoever holds
+//!   the lock (the drain thread for one pass, or a flusher) is the one
+//!   consumer. The struct lives here, its work in `drain`.
 //! - Flush tickets: a flusher takes ticket `t` ([`FlushTickets::issue`],
 //!   increasing), queues a marker carrying `t` behind its records and waits
 //!   until `done >= t`. The drain completes `t` ([`FlushTickets::complete`])
@@ -20,6 +24,7 @@
 //! Invariant: `closed` goes from false to true once and never back; after
 //! it, no drain runs and every flush returns at once.
 
+use crate::gate::FlushGate;
 use crate::record::Record;
 use crate::registry::Registry;
 use crate::ring::Ring;
@@ -37,7 +42,7 @@ use std::time::Instant;
 #[repr(u8)]
 pub(crate) enum RunState {
     Running = 0,
-    /// Stopping around `fork`; a new drain takes over the parked sink.
+    /// Stopping around `fork`; a new drain takes over the consumer.
     Pausing = 1,
     /// Stopping for good; the sink is dropped (closed).
     Closing = 2,
@@ -128,6 +133,36 @@ impl FlushTickets {
     }
 }
 
+/// Sink and buffers of the consumer side, held in [`Shared::consumer`];
+/// `drain` implements what the consumer does with them.
+pub(crate) struct Consumer {
+    pub sink: Box<dyn Sink>,
+    pub batch: Vec<Record>,
+    /// Formatted lines not yet written.
+    pub text: Vec<u8>,
+    /// Push timestamps of the records in `text`.
+    pub stamps: Vec<u64>,
+    /// Something was written since the last sink flush.
+    pub dirty: bool,
+    pub error_reported: bool,
+}
+
+/// Records popped (and written) per batch at most.
+pub(crate) const BATCH: usize = 1024;
+
+impl Consumer {
+    pub fn new(sink: Box<dyn Sink>) -> Consumer {
+        Consumer {
+            sink,
+            batch: Vec::with_capacity(BATCH),
+            text: Vec::with_capacity(BATCH * 96),
+            stamps: Vec::with_capacity(BATCH),
+            dirty: false,
+            error_reported: false,
+        }
+    }
+}
+
 /// Everything the handles, the lifecycle and the drain thread share.
 pub(crate) struct Shared {
     pub id: u64,
@@ -140,8 +175,10 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// Drops already reported with a "records dropped" line.
     pub reported_drops: AtomicU64,
-    /// The sink while no drain runs.
-    pub sink: Mutex<Option<Box<dyn Sink>>>,
+    /// The sink and drain buffers; `None` once closed.
+    pub consumer: Mutex<Option<Consumer>>,
+    /// Admits flushers that write on their own thread (`drain::drain_here`).
+    pub flush_gate: FlushGate,
     pub tickets: FlushTickets,
     /// The running drain thread, if any.
     pub drain: Mutex<Option<JoinHandle<()>>>,
@@ -159,7 +196,8 @@ impl Shared {
             pushed: CachePadded::new(AtomicU64::new(0)),
             counters: Counters::default(),
             reported_drops: AtomicU64::new(0),
-            sink: Mutex::new(Some(sink)),
+            consumer: Mutex::new(Some(Consumer::new(sink))),
+            flush_gate: FlushGate::new(),
             tickets: FlushTickets::new(),
             drain: Mutex::new(None),
         }
