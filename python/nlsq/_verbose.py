@@ -131,10 +131,11 @@ def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality
     # Rows come from callbacks inside the computation; make sure they are all
     # pushed before the closing lines so the order in the ring is the table's.
     jax.effects_barrier()
-    # The message and the summary line are one record (one template per
-    # message): one push instead of two after every verbose fit.
+    # Two records, one line each: a record is the unit the ring drops and counts
+    # (`stats()["dropped"]`), so one record must not hide two lines.
+    _push_host(_escape(message))
     _push_host(
-        _escape(message) + "\n" + CLOSING,
+        CLOSING,
         nfev=int(nfev),
         initial_cost=float(initial_cost),
         cost=float(cost),
