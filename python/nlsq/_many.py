@@ -178,13 +178,7 @@ def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
         return np.ones((batch, longest))
     if not isinstance(sigma, list | tuple) and np.ndim(sigma) == 0:
         return np.full((batch, longest), 1.0 / float(sigma))
-    if isinstance(sigma, np.ndarray | jax.Array) and np.ndim(sigma) == 1:
-        shared = np.asarray(sigma, dtype=float)
-        S, s_len = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
-    else:
-        S, s_len = _as_rows(sigma, "sigma")
-    if s_len.size != batch:
-        raise ValueError(f"`sigma` holds {s_len.size} datasets, `ydata` {batch}.")
+    S, s_len = _shared_or_rows(sigma, batch, "sigma")
     wrong = np.flatnonzero(s_len != lengths)
     if wrong.size:
         i = wrong[0]
@@ -197,19 +191,25 @@ def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
     return W
 
 
+def _shared_or_rows(value, batch: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, lengths)`` of ``value`` for ``batch`` datasets: one 1-D array shared by
+    all (broadcast, no copy), or per-dataset rows (:func:`_as_rows`); the count checked."""
+    if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) == 1:
+        shared = np.asarray(value, dtype=float)
+        return np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
+    rows, lengths = _as_rows(value, what)
+    if lengths.size != batch:
+        raise ValueError(f"`{what}` holds {lengths.size} datasets, `ydata` {batch}.")
+    return rows, lengths
+
+
 def _host_rows(xdata, ydata):
     """``(X, Y, lengths)``: the datasets as host rows (:func:`_as_rows`), checked."""
     Y, lengths = _as_rows(ydata, "ydata")
     batch = lengths.size
     if batch == 0:
         raise ValueError("`ydata` holds no dataset.")
-    if isinstance(xdata, np.ndarray | jax.Array) and np.ndim(xdata) == 1:
-        shared = np.asarray(xdata, dtype=float)
-        X, x_lengths = np.broadcast_to(shared, (batch, shared.size)), np.full(batch, shared.size)
-    else:
-        X, x_lengths = _as_rows(xdata, "xdata")
-    if x_lengths.size != batch:
-        raise ValueError(f"`xdata` holds {x_lengths.size} datasets, `ydata` {batch}.")
+    X, x_lengths = _shared_or_rows(xdata, batch, "xdata")
     for i in np.flatnonzero(x_lengths != lengths)[:1]:
         raise ValueError(
             f"dataset {i}: `xdata` has shape ({x_lengths[i]},), `ydata` ({lengths[i]},)."
