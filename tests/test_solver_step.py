@@ -77,6 +77,15 @@ def statuses_of_scipys_step(problem, before, after, x_new, nfev, status):
     return expected
 
 
+def reference_actual_reduction(lin, cost, f_new, loss_function):
+    """scipy's ``cost - cost_new``, in the references of both loops below."""
+    if loss_function is None:
+        # nlsq's one deliberate deviation: the linear reduction without cancellation
+        # (``0.5 (f - f_new).(f + f_new)``), else it is rounding noise near the end.
+        return 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
+    return cost - loss_function(f_new, cost_only=True)
+
+
 def scipy_trf_iteration(problem, state, loss_function):
     """scipy's ``trf_bounds`` / ``trf_no_bounds`` loop body from nlsq's state."""
     lin = state.lin
@@ -126,12 +135,7 @@ def scipy_trf_iteration(problem, state, loss_function):
         if not np.all(np.isfinite(f_new)):
             Delta = 0.25 * step_h_norm
             continue
-        if loss_function is None:
-            # nlsq's one deliberate deviation: the linear reduction without cancellation
-            # (``0.5 (f - f_new).(f + f_new)``), else it is rounding noise near the end.
-            actual_reduction = 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
-        else:
-            actual_reduction = cost - loss_function(f_new, cost_only=True)
+        actual_reduction = reference_actual_reduction(lin, cost, f_new, loss_function)
         Delta_new, ratio = update_tr_radius(
             Delta, actual_reduction, predicted_reduction, step_h_norm, step_h_norm > 0.95 * Delta
         )
@@ -222,10 +226,7 @@ def scipy_dogbox_iteration(problem, state, loss_function):
         if not np.all(np.isfinite(f_new)):
             Delta = 0.25 * step_h_norm
             continue
-        if loss_function is None:
-            actual_reduction = 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
-        else:
-            actual_reduction = cost - loss_function(f_new, cost_only=True)
+        actual_reduction = reference_actual_reduction(lin, cost, f_new, loss_function)
         Delta, ratio = update_tr_radius(
             Delta, actual_reduction, predicted_reduction, step_h_norm, tr_hit
         )
