@@ -126,11 +126,13 @@ def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality
         return
     import jax
 
-    from .utils import async_logger
+    from .utils import _log_runtime, _native
 
-    # Rows come from callbacks inside the computation; make sure they are all
-    # pushed before the closing lines so the order in the ring is the table's.
+    # Rows come from callbacks inside the computation (on the CUDA route, from
+    # its poller once the stream has run): all of them are pushed before the
+    # closing lines, so the order in the ring is the table's.
     jax.effects_barrier()
+    _native.wait_cuda_delivered()
     # Two records, one line each: a record is the unit the ring drops and counts
     # (`stats()["dropped"]`), so one record must not hide two lines.
     _push_host(_escape(message))
@@ -141,7 +143,10 @@ def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality
         cost=float(cost),
         optimality=float(optimality),
     )
-    async_logger.flush()
+    # The ring's own flush completes the table: nothing has run on the device
+    # since the barrier above, so `async_logger.flush()` would only pay a
+    # second barrier (and CUDA wait) for nothing, on every verbose fit.
+    _log_runtime.get_logger().flush()
 
 
 # One table at a time: the rows of a fit reach the ring while it runs, so two
