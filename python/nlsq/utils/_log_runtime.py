@@ -244,6 +244,33 @@ def push_rows(key: int, rows: np.ndarray) -> None:
         _failed(exc)
 
 
+def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
+    """Eager push of several ``(key, values)`` records, in order; never raises.
+
+    :func:`push_values` for each, with the logger looked up and the sink
+    pointed at ``sys.stdout`` once: a verbose fit's closing lines are pushed
+    this way (each Python call there runs with caches cold from the solve).
+    """
+    try:
+        logger, tids = _active()
+        for key, _ in lines:
+            if key >= len(tids) or tids[key] < 0:
+                ensure_registered(key)
+                logger, tids = _active()
+    except Exception as exc:
+        _failed(exc)
+        return
+    try:
+        logger.follow_stdout()
+    except Exception as exc:  # the records still go to the previous target
+        _failed(exc)
+    for key, values in lines:
+        try:
+            logger.push(tids[key], *values)
+        except Exception as exc:
+            _failed(exc)
+
+
 def push_values(key: int, values: list[int | float]) -> None:
     """Eager push of Python numbers (no device involved); never raises.
 
