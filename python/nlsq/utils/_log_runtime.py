@@ -245,11 +245,15 @@ def push_rows(key: int, rows: np.ndarray) -> None:
 
 
 def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
-    """Eager push of several ``(key, values)`` records, in order; never raises.
+    """Eager push of ``(key, values)`` records of Python numbers, in order (no
+    device involved); registers their templates if needed; never raises.
 
-    :func:`push_values` for each, with the logger looked up and the sink
-    pointed at ``sys.stdout`` once: a verbose fit's closing lines are pushed
-    this way (each Python call there runs with caches cold from the solve).
+    With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
+    (if that changed), so a fit's table, whose header is pushed here, lands
+    where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
+    The logger is looked up once for all the records: a verbose fit's two
+    closing lines come together (each Python call there runs with caches cold
+    from the solve).
     """
     try:
         logger, tids = _active()
@@ -272,25 +276,8 @@ def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
 
 
 def push_values(key: int, values: list[int | float]) -> None:
-    """Eager push of Python numbers (no device involved); never raises.
-
-    With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
-    (if that changed), so a fit's table, whose header is pushed here, lands
-    where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
-    """
-    try:
-        logger, tids = _active()
-    except Exception as exc:
-        _failed(exc)
-        return
-    try:
-        logger.follow_stdout()
-    except Exception as exc:  # the record still goes to the previous target
-        _failed(exc)
-    try:
-        logger.push(tids[key], *values)
-    except Exception as exc:
-        _failed(exc)
+    """One record for :func:`push_lines`."""
+    push_lines(((key, tuple(values)),))
 
 
 def _flush_at_exit() -> None:
