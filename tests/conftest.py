@@ -56,3 +56,16 @@ def _release_compiled_programs() -> Iterator[None]:
     import jax
 
     jax.clear_caches()
+
+
+@pytest.fixture
+def log_file(tmp_path):
+    """The logger writes to this file for the test, and to its default sink after."""
+    from nlsq.utils import async_logger  # after the cache directory is set above
+
+    path = tmp_path / "fit.log"
+    async_logger.configure(sink=str(path))
+    try:
+        yield path
+    finally:
+        async_logger.configure()
