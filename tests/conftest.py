@@ -16,24 +16,6 @@ os.environ.setdefault("NLSQ_CACHE_DIR", tempfile.mkdtemp(prefix="nlsq-test-cache
 MAPPING_SHARE = 0.5
 
 
-def mapping_count() -> int | None:
-    """How many memory mappings this process has (None where /proc is missing)."""
-    try:
-        with open("/proc/self/maps", "rb") as maps:
-            return maps.read().count(b"\n")
-    except OSError:
-        return None
-
-
-def mapping_limit() -> int | None:
-    """Linux's per-process limit on memory mappings (None where unknown)."""
-    try:
-        with open("/proc/sys/vm/max_map_count") as limit:
-            return int(limit.read())
-    except (OSError, ValueError):
-        return None
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs() -> Iterator[None]:
     """Drop JAX's compiled programs after a test file once mappings run high.
@@ -49,6 +31,8 @@ def _release_compiled_programs() -> Iterator[None]:
     the persistent cache.  Done between files only, so no test sees it.
     """
     yield
+    from nlsq._map_guard import mapping_count, mapping_limit
+
     limit = mapping_limit()
     count = mapping_count()
     if limit is None or count is None or count < MAPPING_SHARE * limit:
