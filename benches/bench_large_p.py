@@ -31,30 +31,13 @@ from typing import Any
 import nlsq
 import numpy as np
 import scipy.optimize as so
-import scipy.sparse as sp
+from _broyden import broyden, broyden_np, broyden_sparsity
 from _harness import bench_result, interleaved_medians, lines, markdown_table
 
 SIZES = (10, 100, 500, 1000, 2000, 5000)
 QUICK_SIZES = (10, 100)
 EXACT_MAX_P = 1000
 X_ATOL = 1e-6
-
-
-def broyden(x):
-    f = (3 - x) * x + 1
-    f = f.at[1:].add(-x[:-1])
-    return f.at[:-1].add(-2 * x[1:])
-
-
-def broyden_np(x):
-    f = (3 - x) * x + 1
-    f[1:] -= x[:-1]
-    f[:-1] -= 2 * x[1:]
-    return f
-
-
-def sparsity(p: int):
-    return sp.diags([np.ones(p - 1), np.ones(p), np.ones(p - 1)], [-1, 0, 1], format="csr")
 
 
 def _repeats(p: int, quick: bool) -> int:
@@ -65,7 +48,7 @@ def _repeats(p: int, quick: bool) -> int:
 
 def bench_size(p: int, quick: bool) -> dict[str, Any]:
     x0 = -np.ones(p)
-    pattern = sparsity(p)
+    pattern = broyden_sparsity(p)
     fits = {
         "nlsq_lsmr_sparse": lambda: nlsq.least_squares(broyden, x0, jac_sparsity=pattern),
         "nlsq_lsmr_free": lambda: nlsq.least_squares(broyden, x0, tr_solver="lsmr"),

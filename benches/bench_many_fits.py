@@ -160,7 +160,7 @@ def main(quick: bool, out: Path) -> dict:
     """Run (i), (ii) and (iii) and return the result (``out`` unused)."""
     count = 3 if quick else 20
     batch, repeats = (20, 1) if quick else (1000, 3)
-    sizes = [300] if quick else [256, 384, 512, 768, 1024, 1536, 2048]
+    sizes = [300] if quick else [256, 512, 1024, 2048]
     varying = varying_sizes(count)
     small = many_small(batch, 500, repeats)
     per_bucket = _subprocess(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})

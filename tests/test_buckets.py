@@ -31,10 +31,17 @@ def test_ladder():
     for m, size in zip(range(1, 300_000, 37), sizes, strict=True):
         assert size >= max(m, _buckets.MIN_BUCKET)
         if m > _buckets.MIN_BUCKET:
-            bound = 1.125 if m > _buckets.FINE_FROM else 1.5
-            assert size <= bound * m, (m, size)
-    assert _buckets.bucket_size(256) == 256 and _buckets.bucket_size(257) == 384
-    assert len({_buckets.bucket_size(m) for m in range(200, 2000)}) == 7
+            if m > _buckets.FINE_FROM:
+                bound = 1.125
+            elif m > _buckets.HALF_STEPS_FROM:
+                bound = 1.5
+            else:
+                bound = 2.0
+            assert size < bound * m, (m, size)
+    assert _buckets.bucket_size(256) == 256 and _buckets.bucket_size(257) == 512
+    assert _buckets.bucket_size(4097) == 6144 and _buckets.bucket_size(6145) == 8192
+    assert _buckets.bucket_size(65537) == 65536 + 8192
+    assert len({_buckets.bucket_size(m) for m in range(200, 2000)}) == 4
 
 
 def _fit(n, buckets, seed=0, **kw):
@@ -83,12 +90,12 @@ def test_padded_fit_equals_unpadded(n, case):
 
 
 def test_one_program_per_bucket():
-    _fit(300, True)  # bucket 384
+    _fit(300, True)  # bucket 512
     size = solve._cache_size()
-    for n in (260, 301, 333, 384):
+    for n in (260, 301, 333, 384, 512):
         _fit(n, True)
     assert solve._cache_size() == size
-    _fit(385, True)  # next bucket: one more program
+    _fit(513, True)  # next bucket: one more program
     assert solve._cache_size() == size + 1
 
 

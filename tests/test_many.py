@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from nlsq import curve_fit, curve_fit_many
-from nlsq.utils import async_logger
 from scipy.optimize import OptimizeWarning
 
 
@@ -103,16 +102,6 @@ def test_bad_input_is_named():
         curve_fit_many(exp_model, xs, ys, p0=np.ones((3, 3)))
     with pytest.raises(ValueError, match="jac"):
         curve_fit_many(exp_model, xs, ys, jac=lambda x, a, b, c: x)
-
-
-@pytest.fixture
-def log_file(tmp_path):
-    path = tmp_path / "fit.log"
-    async_logger.configure(sink=str(path))
-    try:
-        yield path
-    finally:
-        async_logger.configure()
 
 
 def _tables(text: str):

@@ -7,58 +7,15 @@ when it starts) and reports JSON on its last line.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
+from forced_devices import mesh_prelude, run_script
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
-
-PRELUDE = """
-import io, json, re
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+PRELUDE = mesh_prelude(
+    "batch",
+    """
 import nlsq._many as many
 from nlsq import curve_fit_many
-from nlsq.utils import async_logger
 
-assert len(jax.devices()) == 4, jax.devices()
-MESH = Mesh(np.array(jax.devices()), ("batch",))
-FITS = NamedSharding(MESH, P("batch"))
-COMPILED, ARGS = [], []
-_on_mesh = many.solve_on_mesh
-
-def spy(*args):
-    # Keep the compiled program (and the arguments) of every sharded batch for inspection.
-    ARGS.append(args)
-    COMPILED.append(_on_mesh.lower(*args).compile())
-    return _on_mesh(*args)
-
-many.solve_on_mesh = spy
-
-COLLECTIVES = r" (all-gather|all-reduce|collective-permute|all-to-all|reduce-scatter)(?:-start)?\\("
-
-def collectives(text):
-    return sorted(re.findall(COLLECTIVES, text))
-
-def model(x, a, b, c):
-    return a * jnp.exp(-b * x) + c
-
-def put(a):
-    with jax.enable_x64(True):
-        return jax.device_put(a, FITS)
-
-def table(fit):
-    buf = io.StringIO()
-    async_logger.configure(sink=buf)
-    try:
-        out = fit()
-        async_logger.flush()
-    finally:
-        async_logger.configure(sink=None)
-    return out, buf.getvalue()
+spy_on(many, "solve_on_mesh")
 
 def same(a, b):
     return dict(
@@ -77,24 +34,13 @@ def datasets(B):
     a = 1 + 0.1 * np.arange(B)[:, None]
     b = 0.5 + 0.05 * np.arange(B)[:, None]
     return a * np.exp(-b * x) + 0.2 + 0.02 * rng.standard_normal((B, N))
-"""
-
-
-def run_script(body: str, timeout: float = 600) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["PYTHONPATH"] = str(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    code = PRELUDE + textwrap.dedent(body)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+""",
+)
 
 
 def test_sharded_batch_equals_unsharded_and_runs_per_device():
     out = run_script(
+        PRELUDE,
         """
         res = {}
         # Host data and mesh=: B = 10 is padded with 2 dummy fits (12 = 4 x 3).
@@ -124,7 +70,7 @@ def test_sharded_batch_equals_unsharded_and_runs_per_device():
         got1 = curve_fit_many(model, x, put(Y8), p0=[1, 1, 0], sigma=s8)
         res["device data shared x"] = same(got1, ref)
         print(json.dumps(res))
-        """
+        """,
     )
     for name, r in out.items():
         assert r["dp"] < 1e-10, (name, r)
@@ -151,6 +97,7 @@ def test_sharded_batch_rows_reach_the_host_without_a_gather():
     one device that runs the print callback.
     """
     out = run_script(
+        PRELUDE,
         """
         Y = datasets(6)  # padded to 8: 2 fits per device
         ref, ref_tab = table(lambda: curve_fit_many(model, x, Y, p0=[1, 1, 0], verbose=2))
@@ -176,7 +123,7 @@ def test_sharded_batch_rows_reach_the_host_without_a_gather():
             ours=collectives(ours), history_spec=str(history_sharding.spec),
             gspmd=collectives(gspmd), dp=same(got, ref)["dp"],
         )))
-        """
+        """,
     )
     assert out["dp"] < 1e-10
     assert out["same_table"] and out["rows"] > 6 * 6
@@ -188,6 +135,7 @@ def test_sharded_batch_rows_reach_the_host_without_a_gather():
 
 def test_sharded_batch_errors_are_clear():
     out = run_script(
+        PRELUDE,
         """
         errors = {}
         Y = datasets(4)
@@ -207,7 +155,7 @@ def test_sharded_batch_errors_are_clear():
             except exc as e:
                 errors[name] = str(e)
         print(json.dumps(errors))
-        """
+        """,
     )
     assert "Mesh" in out["mesh"]
     assert "xdata" in out["xshape"] and "(301,)" in out["xshape"]

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,30 +35,11 @@ from scipy.optimize._lsq.common import solve_trust_region_2d as scipy_tr_2d
 from scipy.sparse.linalg import LinearOperator
 from scipy.sparse.linalg import lsmr as scipy_lsmr
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+from _broyden import broyden, broyden_jac, broyden_np, broyden_sparsity  # noqa: E402
+
 N = 40
 X0 = -np.ones(N)
-
-
-def broyden(x):
-    f = (3 - x) * x + 1
-    f = f.at[1:].add(-x[:-1])
-    return f.at[:-1].add(-2 * x[1:])
-
-
-def broyden_np(x):
-    f = (3 - x) * x + 1
-    f[1:] -= x[:-1]
-    f[:-1] -= 2 * x[1:]
-    return f
-
-
-def broyden_jac(x):
-    n = x.size
-    return sp.diags([-np.ones(n - 1), 3 - 2 * x, -2 * np.ones(n - 1)], [-1, 0, 1]).toarray()
-
-
-def pattern(n=N):
-    return sp.diags([np.ones(n - 1), np.ones(n), np.ones(n - 1)], [-1, 0, 1], format="csr")
 
 
 def _agree(ref, res, x_atol=1e-9, nfev_slack=1):
@@ -103,8 +86,8 @@ def test_matrix_free_lsmr_matches_scipy(kw):
     ids=["trf", "trf-bounds-soft_l1-jac_scale-options"],
 )
 def test_jac_sparsity_matches_scipy(kw):
-    ref = so.least_squares(broyden_np, X0, jac_sparsity=pattern(), **kw)
-    res = least_squares(broyden, X0, jac_sparsity=pattern(), **kw)
+    ref = so.least_squares(broyden_np, X0, jac_sparsity=broyden_sparsity(N), **kw)
+    res = least_squares(broyden, X0, jac_sparsity=broyden_sparsity(N), **kw)
     # scipy's Jacobian is '2-point' (1e-8 accurate), nlsq's one jvp per group (exact).
     _agree(ref, res, x_atol=1e-7)
     assert isinstance(res.jac, sp.csr_array) and res.jac.shape == (N, N)
@@ -118,7 +101,7 @@ def test_jac_sparsity_matches_scipy(kw):
     ids=["2-point-dogbox", "3-point-trf-bounds"],
 )
 def test_jac_sparsity_finite_differences_match_scipy_grouped_differences(kw):
-    kw = dict(kw, jac_sparsity=pattern())
+    kw = dict(kw, jac_sparsity=broyden_sparsity(N))
     ref = so.least_squares(broyden_np, X0, **kw)
     res = least_squares(broyden, X0, **kw)
     _agree(ref, res, x_atol=1e-9)
@@ -133,7 +116,7 @@ def test_jac_sparsity_host_model_and_workers():
         calls.append(len(points))
         return map(fn, points)
 
-    kw = dict(jac_sparsity=pattern(), workers=counting_map)
+    kw = dict(jac_sparsity=broyden_sparsity(N), workers=counting_map)
     ref = so.least_squares(broyden_np, X0, **kw)
     scipy_calls = list(calls)
     calls.clear()
@@ -198,9 +181,9 @@ def test_lm_follows_scipy():
     np.testing.assert_allclose(res.x, ref.x, atol=1e-9)
     # ... and refuses jac_sparsity, with this message.
     with pytest.raises(ValueError) as scipy_err:
-        so.least_squares(broyden_np, X0, method="lm", jac_sparsity=pattern())
+        so.least_squares(broyden_np, X0, method="lm", jac_sparsity=broyden_sparsity(N))
     with pytest.raises(ValueError) as err:
-        least_squares(broyden, X0, method="lm", jac_sparsity=pattern())
+        least_squares(broyden, X0, method="lm", jac_sparsity=broyden_sparsity(N))
     assert str(err.value) == str(scipy_err.value)
 
 
@@ -210,7 +193,7 @@ def test_argument_errors():
     with pytest.raises(ValueError, match=r"`jac_sparsity` has wrong shape: expected \(40, 40\)"):
         least_squares(broyden, X0, jac_sparsity=sp.eye(N + 1, N))
     with pytest.raises(ValueError, match="incompatible with `jac_sparsity`"):
-        least_squares(broyden, X0, tr_solver="exact", jac_sparsity=pattern())
+        least_squares(broyden, X0, tr_solver="exact", jac_sparsity=broyden_sparsity(N))
     with pytest.raises(ValueError, match="`tr_solver` must be None, 'exact' or 'lsmr'"):
         least_squares(broyden, X0, tr_solver="cg")
     with pytest.raises(TypeError, match="unexpected keyword"):
@@ -222,7 +205,7 @@ def test_argument_errors():
 
 
 def test_group_columns_is_valid_and_minimal_for_tridiagonal():
-    sparsity = prepare_sparsity(pattern(1000), 1000, 1000)
+    sparsity = prepare_sparsity(broyden_sparsity(1000), 1000, 1000)
     assert sparsity.n_groups == 3
     rng = np.random.default_rng(0)
     dense = rng.random((60, 45)) < 0.08

@@ -7,55 +7,18 @@ reports JSON on its last line.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
+from forced_devices import mesh_prelude, run_script
 
-PYTHON_DIR = Path(__file__).resolve().parents[1] / "python"
-
-PRELUDE = """
-import json, os, re, io
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+PRELUDE = mesh_prelude(
+    "data",
+    """
 import nlsq._solve as solve_module
 from nlsq import curve_fit
-from nlsq.utils import async_logger
 
-assert len(jax.devices()) == 4, jax.devices()
-MESH = Mesh(np.array(jax.devices()), ("data",))
-ROWS = NamedSharding(MESH, P("data"))
-COMPILED = []
-_solve = solve_module.solve
-
-def spy(problem):
-    # Keep the compiled program of every solve for inspection.
-    COMPILED.append(_solve.lower(problem).compile())
-    return _solve(problem)
-
-solve_module.solve = spy
-
-def model(x, a, b, c):
-    return a * jnp.exp(-b * x) + c
-
-def put(a):
-    with jax.enable_x64(True):
-        return jax.device_put(a, ROWS)
-
-def table(fit):
-    buf = io.StringIO()
-    async_logger.configure(sink=buf)
-    try:
-        out = fit()
-        async_logger.flush()
-    finally:
-        async_logger.configure(sink=None)
-    return out, buf.getvalue()
+spy_on(solve_module, "solve")
 
 def row_dims(text):
     # Every array dimension in the per-device (partitioned) program.
@@ -63,24 +26,13 @@ def row_dims(text):
             for d in shape.split(",") if d}
 
 rng = np.random.default_rng(7)
-"""
-
-
-def run_script(body: str, timeout: float = 600) -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-    env["PYTHONPATH"] = str(PYTHON_DIR) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    code = PRELUDE + textwrap.dedent(body)
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+""",
+)
 
 
 def test_sharded_fit_equals_single_device_and_stays_sharded():
     out = run_script(
+        PRELUDE,
         """
         M = 4 * 2503  # a length that no other array in the program has
         x = np.linspace(0, 5, M)
@@ -119,9 +71,6 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
                 rows=tab.count("\\n"),
                 first=tab.splitlines()[:2],
             )
-        def collectives(text):
-            ops = r" (all-gather|all-reduce|collective-permute|all-to-all)(?:-start)?\\("
-            return sorted(re.findall(ops, text))
         n_before = len(COMPILED)
         curve_fit(model, put(x), put(y), p0=[1, 1, 0], verbose=0)
         res["collectives_verbose0"] = collectives(COMPILED[n_before].as_text())
@@ -130,7 +79,7 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
         res["ref_rows"] = ref_tab.count("\\n")
         res["ref_first"] = ref_tab.splitlines()[:2]
         print(json.dumps(res))
-        """
+        """,
     )
     for name in ("plain", "sigma", "soft_l1 bounds", "x_scale jac chunked"):
         r = out[name]
@@ -152,6 +101,7 @@ def test_sharded_fit_equals_single_device_and_stays_sharded():
 
 def test_uneven_length_padded_with_zero_weight_rows():
     out = run_script(
+        PRELUDE,
         """
         M = 10011  # not a multiple of 4
         x = np.linspace(0, 5, M)
@@ -167,7 +117,7 @@ def test_uneven_length_padded_with_zero_weight_rows():
             dfvec=float(np.max(np.abs(np.asarray(info["fvec"]) - iref["fvec"]))),
             local=(10012 // 4) in row_dims(text),
         )))
-        """
+        """,
     )
     assert out["dp"] < 1e-10
     # pcov is scaled by cost / (m - n) with the true m, not the padded one.
@@ -179,6 +129,7 @@ def test_uneven_length_padded_with_zero_weight_rows():
 
 def test_sharded_errors_are_clear():
     out = run_script(
+        PRELUDE,
         """
         errors = {}
         x = np.linspace(0, 1, 40)
@@ -192,7 +143,7 @@ def test_sharded_errors_are_clear():
         except TypeError as e:
             errors["mesh"] = str(e)
         print(json.dumps(errors))
-        """
+        """,
     )
     assert "covariance matrix" in out["cov"]
     assert "Mesh" in out["mesh"]
@@ -207,6 +158,7 @@ def test_log_records_from_every_device_without_all_gather(route):
     its callback to one device and gathers the sharded operand there.
     """
     out = run_script(
+        PRELUDE,
         f"""
         from nlsq.utils import _emit
         async_logger.configure(backend={route!r})
@@ -237,7 +189,7 @@ def test_log_records_from_every_device_without_all_gather(route):
             theirs=[c for c in collectives if c in theirs],
             lines=sorted(tab.splitlines()),
         )))
-        """
+        """,
     )
     assert out["ours"] == []
     assert out["theirs"], "expected jax.debug.print to move the sharded operand"
@@ -268,6 +220,7 @@ def test_sharded_fit_log_call_fed_by_no_collective_of_its_own():
     under GSPMD all-gathers them and our route does not).
     """
     out = run_script(
+        PRELUDE,
         """
         INSTR = re.compile(r"^\\s*(?:ROOT )?%(\\S+) = (.*?) ([a-z][a-z0-9\\-_]*)\\(([^)]*)\\)")
         def computations(text):
@@ -310,7 +263,7 @@ def test_sharded_fit_log_call_fed_by_no_collective_of_its_own():
             text = COMPILED[n_before].as_text()
             res[verbose] = dict(calls=log_calls(text), collectives=all_collectives(text))
         print(json.dumps(res))
-        """
+        """,
     )
     v0, v2 = out["0"], out["2"]
     assert v0["calls"] == [] and len(v2["calls"]) == 2  # row 0, and the loop's rows

@@ -63,6 +63,29 @@ def trajectory(method, problem, max_steps=60):
     return states
 
 
+def statuses_of_scipys_step(problem, before, after, x_new, nfev, status):
+    """The statuses that agree with scipy's iteration from ``before`` (its x, nfev, status)."""
+    # scipy's loop top: the gtol test on the new point overrides the step's status.
+    if float(after.g_norm) < float(problem.gtol):
+        status = 1
+    expected = {RUNNING if status is None else status}
+    if nfev >= int(problem.max_nfev):
+        expected.add(0)
+    if status in (2, 3, 4) and norm(x_new - before.x) < 1e-8 * norm(x_new):
+        # At the noise floor whether ftol holds too is a rounding coin toss.
+        expected |= {2, 3, 4}
+    return expected
+
+
+def reference_actual_reduction(lin, cost, f_new, loss_function):
+    """scipy's ``cost - cost_new``, in the references of both loops below."""
+    if loss_function is None:
+        # nlsq's one deliberate deviation: the linear reduction without cancellation
+        # (``0.5 (f - f_new).(f + f_new)``), else it is rounding noise near the end.
+        return 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
+    return cost - loss_function(f_new, cost_only=True)
+
+
 def scipy_trf_iteration(problem, state, loss_function):
     """scipy's ``trf_bounds`` / ``trf_no_bounds`` loop body from nlsq's state."""
     lin = state.lin
@@ -112,12 +135,7 @@ def scipy_trf_iteration(problem, state, loss_function):
         if not np.all(np.isfinite(f_new)):
             Delta = 0.25 * step_h_norm
             continue
-        if loss_function is None:
-            # nlsq's one deliberate deviation: the linear reduction without cancellation
-            # (``0.5 (f - f_new).(f + f_new)``), else it is rounding noise near the end.
-            actual_reduction = 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
-        else:
-            actual_reduction = cost - loss_function(f_new, cost_only=True)
+        actual_reduction = reference_actual_reduction(lin, cost, f_new, loss_function)
         Delta_new, ratio = update_tr_radius(
             Delta, actual_reduction, predicted_reduction, step_h_norm, step_h_norm > 0.95 * Delta
         )
@@ -164,16 +182,9 @@ def test_trf_step_equals_scipy_iteration(case):
         np.testing.assert_allclose(after.Delta, Delta, rtol=1e-6)
         np.testing.assert_allclose(after.alpha, alpha, rtol=1e-6, atol=1e-12)
         assert int(after.nfev) == nfev
-        # scipy's loop top: the gtol test on the new point overrides the step's status.
-        if float(after.g_norm) < float(problem.gtol):
-            status = 1
-        expected = {RUNNING if status is None else status}
-        if nfev >= int(problem.max_nfev):
-            expected.add(0)
-        if status in (2, 3, 4) and norm(x_new - before.x) < 1e-8 * norm(x_new):
-            # At the noise floor whether ftol holds too is a rounding coin toss.
-            expected |= {2, 3, 4}
-        assert int(after.status) in expected
+        assert int(after.status) in statuses_of_scipys_step(
+            problem, before, after, x_new, nfev, status
+        )
     if case == "max_nfev":
         assert int(states[-1].status) == 0 and int(states[-1].nfev) == 4
 
@@ -215,10 +226,7 @@ def scipy_dogbox_iteration(problem, state, loss_function):
         if not np.all(np.isfinite(f_new)):
             Delta = 0.25 * step_h_norm
             continue
-        if loss_function is None:
-            actual_reduction = 0.5 * np.dot(lin.f_true - f_new, lin.f_true + f_new)
-        else:
-            actual_reduction = cost - loss_function(f_new, cost_only=True)
+        actual_reduction = reference_actual_reduction(lin, cost, f_new, loss_function)
         Delta, ratio = update_tr_radius(
             Delta, actual_reduction, predicted_reduction, step_h_norm, tr_hit
         )
@@ -264,14 +272,9 @@ def test_dogbox_step_equals_scipy_iteration(case):
         np.testing.assert_array_equal(after.on_bound, on_bound)
         np.testing.assert_allclose(after.Delta, Delta, rtol=1e-6)
         assert int(after.nfev) == nfev
-        if float(after.g_norm) < float(problem.gtol):
-            status = 1
-        expected = {RUNNING if status is None else status}
-        if nfev >= int(problem.max_nfev):
-            expected.add(0)
-        if status in (2, 3, 4) and norm(x_new - before.x) < 1e-8 * norm(x_new):
-            expected |= {2, 3, 4}
-        assert int(after.status) in expected
+        assert int(after.status) in statuses_of_scipys_step(
+            problem, before, after, x_new, nfev, status
+        )
 
 
 def test_lm_steps_equal_minpack_in_the_gauss_newton_regime():

@@ -47,16 +47,6 @@ def rosen_np(x):
     return np.array([10 * (x[1] - x[0] ** 2), 1 - x[0]])
 
 
-@pytest.fixture
-def log_file(tmp_path):
-    path = tmp_path / "fit.log"
-    async_logger.configure(sink=str(path))
-    try:
-        yield path
-    finally:
-        async_logger.configure()
-
-
 def _split_row(line: str) -> list[str]:
     assert len(line) == 90, f"row is not 6 x 15 wide: {line!r}"
     return [line[i : i + 15] for i in range(0, 90, 15)]

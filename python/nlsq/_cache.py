@@ -35,6 +35,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._cache_dir import resolve_cache_dir
+from ._jax_compat import jit_cache_size
+from ._map_guard import after_new_program
 
 __all__ = ["DEFAULT_MAX_BYTES", "cache_dir", "code_keyed", "enable_persistent_cache"]
 
@@ -276,7 +278,14 @@ class SolverJit:
         return self._jitted
 
     def __call__(self, *args: Any):
-        return (self._jitted or self._get())(*args)
+        jitted = self._jitted or self._get()
+        before = jit_cache_size(jitted)
+        out = jitted(*args)
+        if jit_cache_size(jitted) > before:
+            # A new program (compiled or loaded): its mappings count against
+            # the process's limit (see nlsq._map_guard).
+            after_new_program()
+        return out
 
     def __getattr__(self, name: str):
         return getattr(self._get(), name)

@@ -31,13 +31,15 @@ from ._common import (
     step_size_to_bound,
     update_tr_radius,
 )
-from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
+from ._driver import Method, SolveResult, stop_at_max_nfev
 from ._linearization import (
     Linearization,
-    actual_reduction,
-    jac_scale,
+    evaluate_trial,
+    initial_scale,
     linearize_at,
+    rescaled,
     result_jacobian,
+    row,
 )
 from ._loss import loss_cost
 from ._operator import jacobian_map
@@ -144,10 +146,7 @@ def init(problem: Problem) -> DogboxState:
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
     lin = linearize_at(problem, x0, f0, cost0)
-    if problem.jac_scale:
-        scale, scale_inv = jac_scale(problem, lin)
-    else:
-        scale, scale_inv = problem.x_scale, 1.0 / problem.x_scale
+    scale, scale_inv = initial_scale(problem, lin)
     Delta = jnp.max(jnp.abs(x0 * scale_inv))
     Delta = jnp.where(Delta == 0, 1.0, Delta)
     on_bound = jnp.where(x0 == lb, -1, jnp.where(x0 == ub, 1, 0))
@@ -205,11 +204,8 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         predicted_reduction = -evaluate_quadratic(J_free, g, stp)
         # gh-11403: the new point lies fully within the bounds.
         x_try = jnp.clip(state.x + stp, lb, ub)
-        f_try = problem.fun(x_try)
+        f_try, cost_try, ared, finite = evaluate_trial(problem, lin, x_try)
         step_h_norm = jnp.max(jnp.abs(stp * state.scale_inv))
-        finite = jnp.all(jnp.isfinite(f_try))
-        cost_try = loss_cost(problem.loss, f_try, problem.f_scale)
-        ared = actual_reduction(problem, lin, f_try, cost_try)
         Delta_new, ratio = update_tr_radius(t.Delta, ared, predicted_reduction, step_h_norm, tr_hit)
         step_norm = norm(stp)
         status = check_termination(
@@ -247,10 +243,7 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         # Variables that hit a bound are set exactly on it.
         x = jnp.where(on_bound == -1, lb, jnp.where(on_bound == 1, ub, t.x))
         new = linearize_at(problem, x, t.f, t.cost)
-        if problem.jac_scale:
-            scale, scale_inv = jac_scale(problem, new, state.scale_inv)
-        else:
-            scale, scale_inv = state.scale, state.scale_inv
+        scale, scale_inv = rescaled(problem, new, state.scale, state.scale_inv)
         return x, new, on_bound, new.g, scale, scale_inv
 
     def on_reject(_):
@@ -278,17 +271,6 @@ def step(problem: Problem, state: DogboxState) -> DogboxState:
         step_norm=jnp.where(accept, t.step_norm, 0.0),
         actual_reduction=jnp.where(accept, t.actual_reduction, 0.0),
         initial_cost=state.initial_cost,
-    )
-
-
-def row(state: DogboxState) -> IterationRow:
-    return IterationRow(
-        iteration=state.iteration,
-        nfev=state.nfev,
-        cost=state.lin.cost,
-        actual_reduction=state.actual_reduction,
-        step_norm=state.step_norm,
-        g_norm=state.g_norm,
     )
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "enable_x64",
     "ffi_lowering",
     "jaxlib_ffi_api_version",
+    "jit_cache_size",
     "new_primitive",
     "register_always_live",
     "register_batching_rule",
@@ -47,6 +48,21 @@ __all__ = [
 
 class JaxInternalsChanged(RuntimeError):
     """A JAX internal that a logging route relies on is missing or has changed."""
+
+
+# -- compiled programs held by a jitted function ------------------------------------
+
+
+def jit_cache_size(jitted: Any) -> int:
+    """How many compiled programs the ``jax.jit`` function ``jitted`` holds (-1: unknown).
+
+    Why here: no public API counts them; ``_cache_size`` is a private method of
+    JAX's jitted functions (present in every supported version, ~30 ns).  nlsq
+    compares it before and after a solver call to notice a new program
+    (:mod:`nlsq._map_guard`) without a cost per fit.
+    """
+    size = getattr(jitted, "_cache_size", None)
+    return size() if size is not None else -1
 
 
 # -- scoped x64 ---------------------------------------------------------------------

@@ -3,6 +3,9 @@
 With a robust loss, ``J`` and ``f`` are rescaled (scipy's
 ``scale_for_robust_loss_function``) so the Gauss-Newton model matches the
 robust cost; the reduced factor ``R``, ``Q^T f`` and the gradient follow.
+The other steps the two loops take alike stand here too: the variables' scale
+at the start and after an accepted step, a trial point's evaluation, and the
+verbose row of a state.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import jax.numpy as jnp
 
 from . import _operator
 from ._common import compute_jac_scale
-from ._loss import loss_rho, scale_for_robust_loss_function
+from ._driver import IterationRow
+from ._loss import loss_cost, loss_rho, scale_for_robust_loss_function
 from ._problem import Problem
 from ._reduce import reduce_jacobian
 from ._sharding import reduced_problem
@@ -79,6 +83,20 @@ def jac_scale(problem: Problem, lin: Linearization, scale_inv_old=None):
     return compute_jac_scale(lin.J, scale_inv_old)
 
 
+def initial_scale(problem: Problem, lin: Linearization):
+    """``(scale, scale_inv)`` at the start: from the Jacobian (``x_scale='jac'``) or ``x_scale``."""
+    if problem.jac_scale:
+        return jac_scale(problem, lin)
+    return problem.x_scale, 1.0 / problem.x_scale
+
+
+def rescaled(problem: Problem, lin: Linearization, scale, scale_inv):
+    """``(scale, scale_inv)`` after a step is accepted at ``lin``: only ``x_scale='jac'`` moves."""
+    if problem.jac_scale:
+        return jac_scale(problem, lin, scale_inv)
+    return scale, scale_inv
+
+
 def actual_reduction(problem: Problem, lin: Linearization, f_new, cost_new):
     """``cost - cost_new``; for the linear loss written without cancellation.
 
@@ -89,3 +107,26 @@ def actual_reduction(problem: Problem, lin: Linearization, f_new, cost_new):
     if problem.loss is None or problem.loss == "linear":
         return 0.5 * jnp.dot(lin.f_true - f_new, lin.f_true + f_new)
     return lin.cost - cost_new
+
+
+def evaluate_trial(problem: Problem, lin: Linearization, x_try):
+    """``(f, cost, actual reduction from lin, all f finite)`` at a trial point.
+
+    Non-finite residuals make the loops retry a smaller step (scipy).
+    """
+    f_try = problem.fun(x_try)
+    cost_try = loss_cost(problem.loss, f_try, problem.f_scale)
+    ared = actual_reduction(problem, lin, f_try, cost_try)
+    return f_try, cost_try, ared, jnp.all(jnp.isfinite(f_try))
+
+
+def row(state) -> IterationRow:
+    """The verbose row of a state that keeps its ``Linearization`` as ``lin`` (TRF, dogbox)."""
+    return IterationRow(
+        iteration=state.iteration,
+        nfev=state.nfev,
+        cost=state.lin.cost,
+        actual_reduction=state.actual_reduction,
+        step_norm=state.step_norm,
+        g_norm=state.g_norm,
+    )

@@ -38,13 +38,15 @@ from ._common import (
     step_size_to_bound,
     update_tr_radius,
 )
-from ._driver import IterationRow, Method, SolveResult, stop_at_max_nfev
+from ._driver import Method, SolveResult, stop_at_max_nfev
 from ._linearization import (
     Linearization,
-    actual_reduction,
-    jac_scale,
+    evaluate_trial,
+    initial_scale,
     linearize_at,
+    rescaled,
     result_jacobian,
+    row,
 )
 from ._loss import loss_cost
 from ._operator import jacobian_map
@@ -152,10 +154,7 @@ def init(problem: Problem) -> TRFState:
     f0 = problem.fun(x0)
     cost0 = loss_cost(problem.loss, f0, problem.f_scale)
     lin = linearize_at(problem, x0, f0, cost0)
-    if problem.jac_scale:
-        scale, scale_inv = jac_scale(problem, lin)
-    else:
-        scale, scale_inv = problem.x_scale, 1.0 / problem.x_scale
+    scale, scale_inv = initial_scale(problem, lin)
     if problem.bounded:
         v, dv = CL_scaling_vector(x0, lin.g, problem.lb, problem.ub)
         v = jnp.where(dv != 0, v * scale_inv, v)
@@ -246,11 +245,8 @@ def step(problem: Problem, state: TRFState) -> TRFState:
             stp = d * p_h
             pred = -evaluate_quadratic(J_h, g_h, p_h)
             x_try = state.x + stp
-        f_try = problem.fun(x_try)
+        f_try, cost_try, ared, finite = evaluate_trial(problem, lin, x_try)
         step_h_norm = norm(stp_h)
-        finite = jnp.all(jnp.isfinite(f_try))
-        cost_try = loss_cost(problem.loss, f_try, problem.f_scale)
-        ared = actual_reduction(problem, lin, f_try, cost_try)
         Delta_new, ratio = update_tr_radius(
             t.Delta, ared, pred, step_h_norm, step_h_norm > 0.95 * t.Delta
         )
@@ -292,10 +288,7 @@ def step(problem: Problem, state: TRFState) -> TRFState:
 
     def on_accept(_):
         new = linearize_at(problem, t.x, t.f, t.cost)
-        if problem.jac_scale:
-            scale, scale_inv = jac_scale(problem, new, state.scale_inv)
-        else:
-            scale, scale_inv = state.scale, state.scale_inv
+        scale, scale_inv = rescaled(problem, new, state.scale, state.scale_inv)
         return t.x, new, scale, scale_inv
 
     def on_reject(_):
@@ -319,17 +312,6 @@ def step(problem: Problem, state: TRFState) -> TRFState:
         step_norm=jnp.where(accept, t.step_norm, 0.0),
         actual_reduction=jnp.where(accept, t.actual_reduction, 0.0),
         initial_cost=state.initial_cost,
-    )
-
-
-def row(state: TRFState) -> IterationRow:
-    return IterationRow(
-        iteration=state.iteration,
-        nfev=state.nfev,
-        cost=state.lin.cost,
-        actual_reduction=state.actual_reduction,
-        step_norm=state.step_norm,
-        g_norm=state.g_norm,
     )
 
 

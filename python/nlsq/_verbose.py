@@ -95,29 +95,29 @@ def make_log_row(verbose: int, gate=None):
     return log_row
 
 
-def _push_host(text: str, **values) -> None:
-    """Push one line of template ``text`` filled with host numbers.
-
-    What ``LogTemplate.__call__`` does for host numbers, less its argument
-    checks: the solvers' own lines always pass exactly the template's fields
-    as Python numbers.  Why: these pushes run on every verbose fit, before and
-    after the solve (measured ~2-4 µs saved per line on the 2-core CPU machine).
-    """
-    from .utils import _log_runtime
-
-    tpl = _template(text)
-    _log_runtime.ensure_registered(tpl._key)
-    _log_runtime.push_values(tpl._key, [values[name] for name in tpl.fields])
-
-
 def _escape(text: str) -> str:
     # A constant line is a template without fields: braces must be doubled.
     return text.replace("{", "{{").replace("}", "}}")
 
 
+@functools.cache
+def _line_key(text: str) -> int:
+    """The template key of the constant line ``text`` (the header, a termination
+    message): escaped and interned once, not on every fit."""
+    return _template(_escape(text))._key
+
+
+@functools.cache
+def _closing_fields() -> tuple[int, tuple[str, ...]]:
+    tpl = _template(CLOSING)
+    return tpl._key, tpl.fields
+
+
 def log_header(verbose: int) -> None:
     if verbose > 0:
-        _push_host(_escape(HEADER))
+        from .utils import _log_runtime
+
+        _log_runtime.push_lines(((_line_key(HEADER), ()),))
 
 
 def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality) -> None:
@@ -126,22 +126,29 @@ def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality
         return
     import jax
 
-    from .utils import async_logger
+    from .utils import _log_runtime, _native
 
-    # Rows come from callbacks inside the computation; make sure they are all
-    # pushed before the closing lines so the order in the ring is the table's.
+    # Rows come from callbacks inside the computation (on the CUDA route, from
+    # its poller once the stream has run): all of them are pushed before the
+    # closing lines, so the order in the ring is the table's.
     jax.effects_barrier()
+    _native.wait_cuda_delivered()
     # Two records, one line each: a record is the unit the ring drops and counts
     # (`stats()["dropped"]`), so one record must not hide two lines.
-    _push_host(_escape(message))
-    _push_host(
-        CLOSING,
+    closing_key, fields = _closing_fields()
+    values = dict(
         nfev=int(nfev),
         initial_cost=float(initial_cost),
         cost=float(cost),
         optimality=float(optimality),
     )
-    async_logger.flush()
+    _log_runtime.push_lines(
+        ((_line_key(message), ()), (closing_key, tuple(values[name] for name in fields)))
+    )
+    # The ring's own flush completes the table: nothing has run on the device
+    # since the barrier above, so `async_logger.flush()` would only pay a
+    # second barrier (and CUDA wait) for nothing, on every verbose fit.
+    _log_runtime.get_logger().flush()
 
 
 # One table at a time: the rows of a fit reach the ring while it runs, so two

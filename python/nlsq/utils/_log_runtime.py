@@ -244,26 +244,40 @@ def push_rows(key: int, rows: np.ndarray) -> None:
         _failed(exc)
 
 
-def push_values(key: int, values: list[int | float]) -> None:
-    """Eager push of Python numbers (no device involved); never raises.
+def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
+    """Eager push of ``(key, values)`` records of Python numbers, in order (no
+    device involved); registers their templates if needed; never raises.
 
     With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
     (if that changed), so a fit's table, whose header is pushed here, lands
     where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
+    The logger is looked up once for all the records: a verbose fit's two
+    closing lines come together (each Python call there runs with caches cold
+    from the solve).
     """
     try:
         logger, tids = _active()
+        for key, _ in lines:
+            if key >= len(tids) or tids[key] < 0:
+                ensure_registered(key)
+                logger, tids = _active()
     except Exception as exc:
         _failed(exc)
         return
     try:
         logger.follow_stdout()
-    except Exception as exc:  # the record still goes to the previous target
+    except Exception as exc:  # the records still go to the previous target
         _failed(exc)
-    try:
-        logger.push(tids[key], *values)
-    except Exception as exc:
-        _failed(exc)
+    for key, values in lines:
+        try:
+            logger.push(tids[key], *values)
+        except Exception as exc:
+            _failed(exc)
+
+
+def push_values(key: int, values: list[int | float]) -> None:
+    """One record for :func:`push_lines`."""
+    push_lines(((key, tuple(values)),))
 
 
 def _flush_at_exit() -> None:

@@ -167,20 +167,20 @@ mod loom_tests {
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::Arc;
 
-    /// Two producers each publish one unit of work; the consumer must see
-    /// both without ever parking forever (loom reports a deadlock if a
-    /// wake-up is lost). The consumer is a spawned thread, not the model's
-    /// main thread: a producer may leave a stale unpark token behind (by
-    /// design, harmless: the next park returns at once), and loom's `join`
-    /// is built on park, so the thread that joins must not be the one
-    /// producers unpark.
-    #[test]
-    fn wake_never_lost() {
+    /// Two producers each publish one unit of work and call `notify`; the
+    /// consumer must see both without ever parking forever (loom reports a
+    /// deadlock if a wake-up is lost). Between looks at the work the consumer
+    /// calls `wait(waker, has_work, round)`, `round` counting from 0. The
+    /// consumer is a spawned thread, not the model's main thread: a producer
+    /// may leave a stale unpark token behind (by design, harmless: the next
+    /// park returns at once), and loom's `join` is built on park, so the
+    /// thread that joins must not be the one producers unpark.
+    fn no_wake_lost(notify: fn(&Waker), wait: fn(&Waker, &dyn Fn() -> bool, usize)) {
         // Three preemptions cover the handshake's interleavings (each side has
         // one store, one fence, one load) and keep the run to seconds.
         let mut model = loom::model::Builder::new();
         model.preemption_bound = Some(3);
-        model.check(|| {
+        model.check(move || {
             let waker = Arc::new(Waker::new());
             let work = Arc::new(AtomicUsize::new(0));
             let consumer = {
@@ -191,12 +191,12 @@ mod loom_tests {
                     // consumer re-checks the work before it parks.
                     waker.register_current();
                     let mut total = 0;
-                    loop {
+                    for round in 0.. {
                         total += work.swap(0, Ordering::Relaxed);
                         if total == 2 {
                             return;
                         }
-                        waker.sleep_unless(|| work.load(Ordering::Relaxed) > 0);
+                        wait(&waker, &|| work.load(Ordering::Relaxed) > 0, round);
                     }
                 })
             };
@@ -205,7 +205,7 @@ mod loom_tests {
                     let (waker, work) = (waker.clone(), work.clone());
                     thread::spawn(move || {
                         work.fetch_add(1, Ordering::Relaxed);
-                        waker.notify();
+                        notify(&waker);
                     })
                 })
                 .collect();
@@ -216,51 +216,24 @@ mod loom_tests {
         });
     }
 
+    #[test]
+    fn wake_never_lost() {
+        no_wake_lost(Waker::notify, |waker, has_work, _| {
+            waker.sleep_unless(has_work)
+        });
+    }
+
     /// Lazy producers and a consumer that dozes once, then sleeps: a lazy
     /// notify that finds the consumer dozing skips the unpark, so the
-    /// consumer must see the work when it turns from doze to sleep (loom
-    /// reports a deadlock if a wake-up is lost).
+    /// consumer must see the work when it turns from doze to sleep.
     #[test]
     fn lazy_wake_never_lost() {
-        let mut model = loom::model::Builder::new();
-        model.preemption_bound = Some(3);
-        model.check(|| {
-            let waker = Arc::new(Waker::new());
-            let work = Arc::new(AtomicUsize::new(0));
-            let consumer = {
-                let (waker, work) = (waker.clone(), work.clone());
-                thread::spawn(move || {
-                    waker.register_current();
-                    let mut total = 0;
-                    let mut dozed = false;
-                    loop {
-                        total += work.swap(0, Ordering::Relaxed);
-                        if total == 2 {
-                            return;
-                        }
-                        let has_work = || work.load(Ordering::Relaxed) > 0;
-                        if dozed {
-                            waker.sleep_unless(has_work);
-                        } else {
-                            dozed = true;
-                            waker.doze_unless(Duration::from_millis(1), has_work);
-                        }
-                    }
-                })
-            };
-            let producers: Vec<_> = (0..2)
-                .map(|_| {
-                    let (waker, work) = (waker.clone(), work.clone());
-                    thread::spawn(move || {
-                        work.fetch_add(1, Ordering::Relaxed);
-                        waker.notify_lazy();
-                    })
-                })
-                .collect();
-            for p in producers {
-                p.join().unwrap();
+        no_wake_lost(Waker::notify_lazy, |waker, has_work, round| {
+            if round == 0 {
+                waker.doze_unless(Duration::from_millis(1), has_work);
+            } else {
+                waker.sleep_unless(has_work);
             }
-            consumer.join().unwrap();
         });
     }
 }

@@ -11,6 +11,34 @@ fn memory_logger(capacity: usize, policy: Policy) -> (Logger, MemorySink) {
     (log, sink)
 }
 
+/// Runs `produce(log, p)` on four threads at once, producer `p` = 0..4 with its
+/// own handle, and waits for all four.
+fn on_four_producers(log: &Logger, produce: impl Fn(Logger, i64) + Clone + Send + 'static) {
+    let threads: Vec<_> = (0..4)
+        .map(|p| {
+            let log = log.clone();
+            let produce = produce.clone();
+            std::thread::spawn(move || produce(log, p))
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Asserts that the `"{p} {i}"` lines of four producers came out each in its own
+/// order, `per_producer` lines of each.
+fn assert_each_producer_in_order(contents: &str, per_producer: i64) {
+    let mut next = [0i64; 4];
+    for line in contents.lines() {
+        let (p, i) = line.split_once(' ').unwrap();
+        let (p, i): (usize, i64) = (p.parse().unwrap(), i.parse().unwrap());
+        assert_eq!(i, next[p], "producer {p} out of order");
+        next[p] += 1;
+    }
+    assert_eq!(next, [per_producer; 4]);
+}
+
 /// A sink whose writes wait while the gate is shut.
 #[derive(Clone, Default)]
 struct Gate {
@@ -282,28 +310,13 @@ fn a_failing_sink_is_counted_and_never_blocks() {
 fn block_loses_nothing_with_many_producers_and_keeps_each_in_order() {
     let (log, sink) = memory_logger(16, Policy::Block);
     let tid = log.register("{p:d} {i:d}").unwrap();
-    let threads: Vec<_> = (0..4)
-        .map(|p| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for i in 0..20_000 {
-                    log.push(tid, &[Value::Int(p), Value::Int(i)]).unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_four_producers(&log, move |log, p| {
+        for i in 0..20_000 {
+            log.push(tid, &[Value::Int(p), Value::Int(i)]).unwrap();
+        }
+    });
     assert!(log.flush(None));
-    let mut next = [0i64; 4];
-    for line in sink.contents().lines() {
-        let (p, i) = line.split_once(' ').unwrap();
-        let (p, i): (usize, i64) = (p.parse().unwrap(), i.parse().unwrap());
-        assert_eq!(i, next[p], "producer {p} out of order");
-        next[p] += 1;
-    }
-    assert_eq!(next, [20_000; 4]);
+    assert_each_producer_in_order(&sink.contents(), 20_000);
     let st = log.stats();
     assert_eq!((st.pushed, st.written, st.dropped), (80_000, 80_000, 0));
 }
@@ -312,22 +325,14 @@ fn block_loses_nothing_with_many_producers_and_keeps_each_in_order() {
 fn concurrent_flushes_all_return() {
     let (log, sink) = memory_logger(8, Policy::DropNew);
     let tid = log.register("{i:d}").unwrap();
-    let threads: Vec<_> = (0..4)
-        .map(|_| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for i in 0..500 {
-                    log.push(tid, &[Value::Int(i)]).unwrap();
-                    if i % 50 == 0 {
-                        assert!(log.flush(Some(Duration::from_secs(10))));
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_four_producers(&log, move |log, _| {
+        for i in 0..500 {
+            log.push(tid, &[Value::Int(i)]).unwrap();
+            if i % 50 == 0 {
+                assert!(log.flush(Some(Duration::from_secs(10))));
+            }
+        }
+    });
     assert!(log.flush(None));
     let st = log.stats();
     let lines = sink
@@ -397,31 +402,16 @@ fn flush_without_deadline_writes_on_the_calling_thread_when_the_drain_is_idle() 
 fn producers_and_flushers_on_many_threads_lose_nothing_and_keep_order() {
     let (log, sink) = memory_logger(64, Policy::Block);
     let tid = log.register("{p:d} {i:d}").unwrap();
-    let threads: Vec<_> = (0..4)
-        .map(|p| {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for i in 0..3000 {
-                    log.push(tid, &[Value::Int(p), Value::Int(i)]).unwrap();
-                    if i % 7 == 0 {
-                        assert!(log.flush(None));
-                    }
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
-    }
+    on_four_producers(&log, move |log, p| {
+        for i in 0..3000 {
+            log.push(tid, &[Value::Int(p), Value::Int(i)]).unwrap();
+            if i % 7 == 0 {
+                assert!(log.flush(None));
+            }
+        }
+    });
     assert!(log.flush(None));
-    let mut next = [0i64; 4];
-    for line in sink.contents().lines() {
-        let (p, i) = line.split_once(' ').unwrap();
-        let (p, i): (usize, i64) = (p.parse().unwrap(), i.parse().unwrap());
-        assert_eq!(i, next[p], "producer {p} out of order");
-        next[p] += 1;
-    }
-    assert_eq!(next, [3000; 4]);
+    assert_each_producer_in_order(&sink.contents(), 3000);
 }
 
 #[test]
