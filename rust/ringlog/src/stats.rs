@@ -83,7 +83,10 @@ fn upper_bound(b: usize) -> u64 {
     let exp = (b / SUB) as u32 + SUB_BITS - 1; // msb of values in the bucket
     let sub = (b % SUB) as u64;
     let lo = (1u64 << exp) | (sub << (exp - SUB_BITS));
-    lo + (1u64 << (exp - SUB_BITS)) - 1
+    // Bracketed: for the top bucket `lo + width` is 2^64, which overflows
+    // (a panic in debug builds, where Miri found it); `lo + (width - 1)` is
+    // at most u64::MAX.
+    lo + ((1u64 << (exp - SUB_BITS)) - 1)
 }
 
 impl Histogram {

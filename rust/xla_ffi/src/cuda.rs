@@ -99,6 +99,12 @@ pub struct Driver {
 impl Driver {
     /// Opens the driver library at `path` and resolves the entry points.
     pub fn load(path: &str) -> Result<Driver, String> {
+        // Miri cannot load shared libraries: under it the driver is missing,
+        // so the handler's "no driver" path runs instead (the fake driver of
+        // the tests covers the staging path).
+        if cfg!(miri) {
+            return Err(format!("cannot load {path}: not under Miri"));
+        }
         // SAFETY: loading the CUDA driver runs its initialisers, which have
         // no preconditions on us.
         let lib = unsafe { Library::new(path) }.map_err(|e| format!("cannot load {path}: {e}"))?;
@@ -502,7 +508,7 @@ pub unsafe extern "C" fn cuda_handler(frame: *mut CallFrame) -> *mut XlaError {
 mod tests {
     use super::*;
     use crate::frame::{Dtype, Packed};
-    use crate::testing::{take_error, Fixture, ROUTE_TABLE};
+    use crate::testing::{keep, take_error, Fixture, ROUTE_TABLE};
     use ringlog::{Config, Logger, MemorySink};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     use std::sync::MutexGuard;
@@ -524,6 +530,11 @@ mod tests {
         /// Serialises the tests that use the fake stream and failure codes.
         pub static SERIAL: Mutex<()> = Mutex::new(());
 
+        /// Addresses are integers, as CUDA's device pointers are: the host
+        /// pointers behind them were exposed (`as` casts, here and in
+        /// `Stager`), and `run_stream` turns them back with
+        /// `with_exposed_provenance` (so Miri runs with
+        /// `-Zmiri-permissive-provenance`, see the Makefile).
         enum Op {
             Copy { dst: usize, src: u64, n: usize },
             Write { addr: u64, value: u64 },
@@ -628,7 +639,7 @@ mod tests {
 
         /// A fake driver with the _v2 stream write (`v1`: only v1).
         pub fn driver(v1: bool) -> &'static Driver {
-            Box::leak(Box::new(Driver {
+            keep(Driver {
                 _lib: None,
                 memcpy_dtoh_async: memcpy,
                 mem_host_alloc: alloc,
@@ -639,7 +650,7 @@ mod tests {
                 write_value_v1: v1,
                 ctx_get_device: Some(ctx_device),
                 device_get_attribute: Some(attribute),
-            }))
+            })
         }
 
         /// Runs every operation enqueued so far, in stream order.
@@ -650,17 +661,31 @@ mod tests {
                     // SAFETY: `src` is host memory of `n` bytes owned by the
                     // test; `dst` a claimed slot.
                     Op::Copy { dst, src, n } => unsafe {
-                        ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, n)
+                        ptr::copy_nonoverlapping(
+                            ptr::with_exposed_provenance::<u8>(src as usize),
+                            ptr::with_exposed_provenance_mut::<u8>(dst),
+                            n,
+                        )
                     },
                     // SAFETY: a slot's aligned published word; the poller
                     // reads it atomically.
                     Op::Write { addr, value } => unsafe {
-                        std::sync::atomic::AtomicU64::from_ptr(addr as *mut u64)
-                            .store(value, std::sync::atomic::Ordering::Release)
+                        std::sync::atomic::AtomicU64::from_ptr(ptr::with_exposed_provenance_mut(
+                            addr as usize,
+                        ))
+                        .store(value, std::sync::atomic::Ordering::Release)
                     },
                 }
             }
             work.len()
+        }
+
+        /// Forgets every queued operation without running it.
+        pub fn discard_stream() {
+            STREAM
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
         }
 
         pub fn pending() -> usize {
@@ -681,7 +706,10 @@ mod tests {
             let thread = std::thread::spawn(move || {
                 while !flag.load(SeqCst) {
                     if fake_driver::run_stream() == 0 {
-                        std::thread::sleep(Duration::from_micros(50));
+                        // Longer under Miri, where each interpreted step
+                        // already costs microseconds of its virtual clock.
+                        let idle = if cfg!(miri) { 1000 } else { 50 };
+                        std::thread::sleep(Duration::from_micros(idle));
                     }
                 }
                 fake_driver::run_stream();
@@ -708,13 +736,26 @@ mod tests {
         stager: &'static Stager,
     }
 
+    /// Stops the test's poller thread (in production it lives as long as
+    /// the process; Miri requires every thread to end before the test).
+    impl Drop for Env {
+        fn drop(&mut self) {
+            let stopped = self.stager.poller().stop(Duration::from_secs(10));
+            if !std::thread::panicking() {
+                assert!(stopped, "the poller still had records in flight");
+            }
+        }
+    }
+
     fn env(driver: &'static Driver) -> Env {
         let serial = fake_driver::SERIAL
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let route = ROUTE_TABLE.lock().unwrap_or_else(PoisonError::into_inner);
-        fake_driver::run_stream(); // nothing left over from another test
-        let stager = Box::leak(Box::new(Stager::create(driver).unwrap()));
+        // Work a failed test left queued is dropped, not run: its source
+        // buffers are gone (running it was a use-after-free, found by Miri).
+        fake_driver::discard_stream();
+        let stager = keep(Stager::create(driver).unwrap());
         Env {
             _serial: serial,
             _route: route,
@@ -722,7 +763,7 @@ mod tests {
         }
     }
 
-    const STREAM: CuStream = 0x5eed as CuStream;
+    const STREAM: CuStream = ptr::without_provenance_mut(0x5eed);
 
     fn direct(device: &[f64], logger: &Logger, tid: u32) -> Call {
         Call {
@@ -767,10 +808,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "real-time waits; the slot protocol is covered in staging.rs"
-    )]
     fn records_go_enqueue_publish_poll_push_format() {
         let env = env(fake_driver::driver(false));
         let (logger, sink) = logger(Policy::DropNew);
@@ -802,10 +839,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "real-time waits; the slot protocol is covered in staging.rs"
-    )]
     fn many_laps_of_the_ring_arrive_in_order_with_no_drop() {
         let env = env(fake_driver::driver(false));
         let (logger, sink) = logger(Policy::Block);
@@ -827,10 +860,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "real-time waits; the slot protocol is covered in staging.rs"
-    )]
     fn full_ring_drops_and_counts_under_drop_new() {
         let env = env(fake_driver::driver(false));
         let (logger, sink) = logger(Policy::DropNew);
@@ -848,10 +877,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "real-time waits; the slot protocol is covered in staging.rs"
-    )]
     fn full_ring_waits_on_the_host_under_block_never_on_the_stream() {
         let env = env(fake_driver::driver(false));
         let (logger, sink) = logger(Policy::Block);
@@ -890,10 +915,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(
-        miri,
-        ignore = "real-time waits; the slot protocol is covered in staging.rs"
-    )]
     fn failed_copy_or_stream_write_is_counted_and_skipped() {
         let env = env(fake_driver::driver(false));
         let (logger, sink) = logger(Policy::DropNew);
@@ -939,11 +960,12 @@ mod tests {
         );
         assert_eq!(stats::snapshot().staging_setup_failed, failed + 1);
 
-        let cell = StagerCell::new(Duration::ZERO);
+        let cell = keep(StagerCell::new(Duration::ZERO));
         assert!(cell.get(driver).is_err());
         fake_driver::ALLOC_RC.store(0, SeqCst);
         assert!(cell.get(driver).is_ok(), "a later call tries again");
-        assert!(cell.current().is_some());
+        let stager = cell.current().expect("set up");
+        assert!(stager.poller().stop(Duration::from_secs(10)));
     }
 
     #[test]
@@ -962,11 +984,11 @@ mod tests {
             "{err}"
         );
 
-        let none: &'static Driver = Box::leak(Box::new(Driver {
+        let none: &'static Driver = keep(Driver {
             write_value64: None,
             _lib: None,
             ..*fake_driver::driver(false)
-        }));
+        });
         assert!(none
             .stream_write_missing()
             .unwrap()
@@ -997,7 +1019,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "Miri cannot dlopen")]
     fn execute_without_usable_cuda_counts_and_never_fails_the_call() {
         let mut fx = Fixture::f64(&[1.0, 2.0]);
         let before = stats::snapshot();
@@ -1026,7 +1047,7 @@ mod tests {
     /// `args` points to a writable `StreamGetArgs`.
     unsafe extern "C" fn fake_stream_get(args: *mut StreamGetArgs) -> *mut XlaError {
         // SAFETY: called by `stream_of` with its local args.
-        unsafe { (*args).stream = 0xabc as *mut c_void };
+        unsafe { (*args).stream = ptr::without_provenance_mut(0xabc) };
         ptr::null_mut()
     }
 

@@ -16,8 +16,9 @@
 //! rank and attributes, and returns an `XLA_FFI_Error` on anything
 //! unexpected; no panic crosses the FFI boundary.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
+// The unsafe-code lints (`unsafe_op_in_unsafe_fn`,
+// `clippy::undocumented_unsafe_blocks`, `clippy::missing_safety_doc`) are
+// denied in Cargo.toml, for every target.
 #![cfg_attr(loom, allow(dead_code))]
 
 // Under `cfg(loom)` only the staging ring's protocol is built (and model

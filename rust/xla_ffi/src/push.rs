@@ -51,7 +51,6 @@ mod tests {
     }
 
     #[test]
-    #[cfg_attr(miri, ignore = "spawns the drain thread; covered natively")]
     fn cpu_handler_writes_through_the_real_ring() {
         let sink = MemorySink::new();
         let logger = Logger::new(Box::new(sink.clone()), Config::default());

@@ -108,7 +108,6 @@ mod tests {
 
     // Tests touching the process-wide table hold `ROUTE_TABLE`.
     #[test]
-    #[cfg_attr(miri, ignore = "spawns the drain thread; covered natively")]
     fn route_follows_the_installed_logger() {
         let _serial = crate::testing::ROUTE_TABLE
             .lock()
@@ -154,7 +153,6 @@ mod tests {
     /// replaces the route. With the route lock held across the push, `set`
     /// never returned. Fails (rather than hangs) after a timeout.
     #[test]
-    #[cfg_attr(miri, ignore = "spawns threads with real timeouts")]
     fn a_blocked_push_does_not_hold_the_route_lock() {
         use ringlog::{Policy, Sink};
         use std::io;

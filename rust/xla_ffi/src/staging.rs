@@ -59,11 +59,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::frame::{Dtype, Target, MAX_ROW};
 
 /// Slots in the ring: records that can be in flight (enqueued on a stream,
-/// not yet pushed) at once. Few under Miri and loom.
+/// not yet pushed) at once. Few under Miri and loom (Miri: enough for the
+/// fake-CUDA tests, which stage up to four records, or a 3-row batch, before
+/// the stream runs; a batch may take at most half the ring).
 pub const SLOTS: usize = if cfg!(loom) {
     1
 } else if cfg!(miri) {
-    2
+    8
 } else {
     4096
 };
@@ -407,7 +409,7 @@ mod tests {
     pub fn heap_ring() -> &'static Ring {
         let memory: &'static mut [u64] = Box::leak(vec![0u64; REGION_BYTES / 8].into_boxed_slice());
         // SAFETY: REGION_BYTES bytes, 8-aligned, never freed, used by nothing else.
-        Box::leak(Box::new(unsafe { Ring::new(memory.as_mut_ptr().cast()) }))
+        crate::testing::keep(unsafe { Ring::new(memory.as_mut_ptr().cast()) })
     }
 
     /// The GPU's part, done by hand: copy, then publish.

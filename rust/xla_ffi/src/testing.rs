@@ -276,6 +276,21 @@ impl Drop for Fixture {
     }
 }
 
+/// Test objects that live as long as the process (as the production stager
+/// and its pinned region do), reachable from a static so that Miri's leak
+/// check, which reported them when they were only `Box::leak`ed, knows they
+/// are kept on purpose.
+static KEPT: std::sync::Mutex<Vec<&'static (dyn Send + Sync)>> = std::sync::Mutex::new(Vec::new());
+
+/// `value`, kept for the rest of the process.
+pub fn keep<T: Send + Sync + 'static>(value: T) -> &'static T {
+    let kept: &'static T = Box::leak(Box::new(value));
+    KEPT.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(kept);
+    kept
+}
+
 /// Held by every test that installs or reads the process-wide route table,
 /// so parallel tests do not see each other's routes.
 pub static ROUTE_TABLE: std::sync::Mutex<()> = std::sync::Mutex::new(());

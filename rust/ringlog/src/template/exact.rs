@@ -200,7 +200,10 @@ mod tests {
             state
         };
         let mut answered = 0;
-        for i in 0..200_000u64 {
+        // Fewer under Miri, which interprets every step (this code has no
+        // unsafe; the spread still reaches every branch of `i % 4`).
+        let cases = if cfg!(miri) { 200 } else { 200_000u64 };
+        for i in 0..cases {
             let a = match i % 4 {
                 0 => f64::from_bits(next() >> 1),
                 1 => (next() % 100_000) as f64 / 2f64.powi((next() % 20) as i32),
@@ -223,7 +226,7 @@ mod tests {
             }
         }
         assert!(
-            answered > 100_000,
+            answered > cases / 2,
             "the fast path answered only {answered} times"
         );
     }
