@@ -33,7 +33,7 @@ from ._buckets import true_m
 from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
-from ._reduce import reduce_jacobian, thin_svd
+from ._reduce import reduce_by_gram, reduce_jacobian, thin_svd, use_gram
 from ._sharding import reduced_problem
 
 #: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
@@ -104,10 +104,25 @@ def _rows_reduced(problem: Problem) -> bool:
     return problem.layout is not None and problem.jac_mode != "host"
 
 
+def reduces_by_gram(problem: Problem, n: int) -> bool:
+    """Whether ``R`` comes from the Gram matrix (batched fits, ``nlsq._reduce``)."""
+    return problem.jac_mode == "auto" and not _rows_reduced(problem) and use_gram(n)
+
+
+def _jacobian_is_R(problem: Problem, n: int) -> bool:
+    """Whether the state's ``J`` is ``R`` itself (the ``m x n`` Jacobian is never formed)."""
+    return _rows_reduced(problem) or reduces_by_gram(problem, n)
+
+
 def _linearize(problem: Problem, x, f):
     """``(J, R, Q^T f)`` at ``x``; ``J`` is ``R`` itself when the rows are reduced piecewise."""
     if _rows_reduced(problem):
         R, qtf, _ = reduced_problem(problem, x, f)  # 'lm' has the linear loss: no rescaling
+        return R, R, qtf
+    if reduces_by_gram(problem, x.shape[0]):
+        # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
+        # derivatives; J is not formed, so the state keeps R in its place.
+        R, qtf = reduce_by_gram(problem.fun, x, f)
         return R, R, qtf
     J = problem.jac(x)
     R, qtf = reduce_jacobian(J, f)
@@ -297,7 +312,9 @@ def result(problem: Problem, state: LMState) -> SolveResult:
         cost=0.5 * state.fnorm**2,
         fun=state.f,
         jac=state.J,
-        grad=state.R.T @ state.qtf if _rows_reduced(problem) else state.J.T @ state.f,
+        grad=state.R.T @ state.qtf
+        if _jacobian_is_R(problem, state.x.shape[0])
+        else state.J.T @ state.f,
         optimality=state.g_norm,
         active_mask=jnp.zeros(state.x.shape[0], dtype=jnp.int32),
         nfev=state.nfev,

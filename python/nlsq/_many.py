@@ -39,6 +39,7 @@ from ._cache import SolverJit, code_keyed, enable_persistent_cache
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._jax_compat import enable_x64
+from ._lm import reduces_by_gram
 from ._many_sharding import (
     batch_mesh,
     device_datasets,
@@ -49,7 +50,12 @@ from ._many_sharding import (
     solve_on_mesh,
 )
 from ._problem import check_jac, make_problem, prepare_bounds
-from ._reduce import pcov_from_R, vectorized_small_svd
+from ._reduce import (
+    gram_pivot_ratio,
+    gram_reduction,
+    pcov_from_R,
+    vectorized_small_svd,
+)
 from ._solve import METHODS
 from ._verbose import write_many_tables
 
@@ -85,12 +91,22 @@ class FitOutcome(NamedTuple):
     pcov: jax.Array  # (J^T J)^-1, unscaled; NaN where it does not exist
     iterations: jax.Array
     history: jax.Array | None  # verbose=2 table rows, else None
+    # The smallest scaled pivot of R over the iterates (nlsq._reduce.gram_pivot_ratio)
+    # when R came from the Gram matrix, else 1.
+    pivot_ratio: jax.Array
+
+
+#: Fits whose Gram-route R had a smaller scaled pivot at some iterate (R's relative
+#: error about EPS / ratio, 2e-10 here) are fitted again with the QR route.
+MIN_GRAM_PIVOT_RATIO = 1e-6
 
 
 def _run_one(problem, history_len: int) -> FitOutcome:
     """The driver of ``_driver.run`` for one problem, keeping table rows when asked."""
     method = METHODS[problem.method]
     state = method.init(problem)
+    by_gram = problem.method == "lm" and reduces_by_gram(problem, problem.x0.shape[0])
+    pivot_ratio = gram_pivot_ratio(state.R) if by_gram else jnp.ones(())
 
     def as_row(state):
         return jnp.stack([jnp.asarray(v, jnp.float64) for v in method.row(state)])
@@ -98,15 +114,17 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     history = jnp.zeros((history_len, 6)).at[0].set(as_row(state)) if history_len else None
 
     def body(carry):
-        state, history = carry
+        state, history, pivot_ratio = carry
         state = method.step(problem, state)
         if history is not None:
             slot = jnp.minimum(state.iteration, history_len - 1)
             history = history.at[slot].set(as_row(state))
-        return state, history
+        if by_gram:
+            pivot_ratio = jnp.minimum(pivot_ratio, gram_pivot_ratio(state.R))
+        return state, history, pivot_ratio
 
-    state, history = lax.while_loop(
-        lambda carry: carry[0].status == RUNNING, body, (state, history)
+    state, history, pivot_ratio = lax.while_loop(
+        lambda carry: carry[0].status == RUNNING, body, (state, history, pivot_ratio)
     )
     out = method.result(problem, state)
     m_true = problem.residual.true_m(problem.data)
@@ -120,10 +138,11 @@ def _run_one(problem, history_len: int) -> FitOutcome:
         pcov=pcov_from_R(out.R, m_true, problem.n),
         iterations=state.iteration,
         history=history,
+        pivot_ratio=pivot_ratio,
     )
 
 
-def _run_batch(problem, history_len: int) -> FitOutcome:
+def _run_batch_qr(problem, history_len: int) -> FitOutcome:
     """Every fit of the stacked ``problem`` (leading batch axis), vectorized."""
     # A batched LAPACK SVD loops over the fits one small matrix at a time; Jacobi
     # rotations written element-wise vectorize across them (see nlsq._reduce).
@@ -131,11 +150,40 @@ def _run_batch(problem, history_len: int) -> FitOutcome:
         return jax.vmap(lambda one: _run_one(one, history_len))(problem)
 
 
+def _run_batch(problem, history_len: int) -> FitOutcome:
+    """As :func:`_run_batch_qr`, with Levenberg-Marquardt's ``R`` from the Gram matrix
+    (a batched QR, too, is a LAPACK call per fit; see nlsq._reduce)."""
+    with gram_reduction():
+        return _run_batch_qr(problem, history_len)
+
+
 _solve_batch = SolverJit(_run_batch, static_argnums=1)
+_solve_batch_qr = SolverJit(_run_batch_qr, static_argnums=1)
 
 
 def _solve_many(problem, history_len: int):
     return _solve_batch(problem, history_len)
+
+
+def _refit_by_qr(problem, out: FitOutcome, history_len: int) -> FitOutcome:
+    """``out`` (host arrays, B fits) with the fits whose Gram route lost digits
+    (:data:`MIN_GRAM_PIVOT_RATIO`) fitted again by the QR route, as ``curve_fit`` does."""
+    redo = np.flatnonzero(np.asarray(out.pivot_ratio) < MIN_GRAM_PIVOT_RATIO)
+    if not redo.size:
+        return out
+    # The batch of refits is padded to a power of two (repeating the last one), so
+    # few programs serve every count.
+    size = 1 << int(redo.size - 1).bit_length()
+    take = np.concatenate([redo, np.repeat(redo[-1:], size - redo.size)])
+    subset = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[take], problem)
+    again = jax.device_get(_solve_batch_qr(subset, history_len))
+
+    def merge(old, new):
+        merged = np.array(old)
+        merged[redo] = np.asarray(new)[: redo.size]
+        return merged
+
+    return jax.tree_util.tree_map(merge, out, again)
 
 
 def _as_rows(data, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -409,6 +457,7 @@ def curve_fit_many(
                                    *placement)  # fmt: skip
         # Sharded results come back shard by shard (no gather in the program).
         out = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
+        out = _refit_by_qr(problem, out, history_len)
 
     status = np.asarray(out.status).astype(int)
     cost = np.asarray(out.cost)
