@@ -78,6 +78,8 @@ class Trial(NamedTuple):
     info: jax.Array
     step_norm: jax.Array
     actual_reduction: jax.Array  # of the cost 0.5 ||f||^2, for the table
+    # The Gram route's (R, Q^T f) at x, formed with each trial (see step); else None.
+    linearized: tuple[jax.Array, jax.Array] | None
 
 
 # Speed: everything below works on the reduced ``R`` (n x n) and ``Q^T f``, never
@@ -171,11 +173,16 @@ def init(problem: Problem) -> LMState:
     )
 
 
+def _where_tuple(pred, new: tuple, old: tuple) -> tuple:
+    return tuple(jnp.where(pred, a, b) for a, b in zip(new, old, strict=True))
+
+
 def step(problem: Problem, state: LMState) -> LMState:
     """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
     ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
     n = state.x.shape[0]
     m = _n_rows(problem, state.f)
+    by_gram = reduces_by_gram(problem, n)
     diag = state.diag
     if problem.jac_scale:
         diag = jnp.maximum(diag, _colnorms(state.R))
@@ -208,6 +215,10 @@ def step(problem: Problem, state: LMState) -> LMState:
         x_try = state.x + p
         f_try = problem.fun(x_try)
         fnorm1 = norm(f_try)
+        # The Gram route linearizes at x_try here, with f_try, kept if the step is
+        # accepted: the model, its derivatives and the sums share one pass (and
+        # the batched loop would relinearize every fit anyway; see below).
+        at_try = reduce_by_gram(problem.fun, x_try, f_try) if by_gram else None
         blown = ~jnp.isfinite(fnorm1) | (0.1 * fnorm1 >= state.fnorm)
         actred = jnp.where(blown, -1.0, 1 - (fnorm1 / state.fnorm) ** 2)
         Jp = state.R @ p
@@ -246,6 +257,7 @@ def step(problem: Problem, state: LMState) -> LMState:
             info=info,
             step_norm=jnp.where(ok, norm(p), t.step_norm),
             actual_reduction=jnp.where(ok, 0.5 * (fn2 - fnorm1**2), t.actual_reduction),
+            linearized=None if at_try is None else _where_tuple(ok, at_try, t.linearized),
         )
 
     zero = jnp.zeros((), state.x.dtype)
@@ -261,6 +273,7 @@ def step(problem: Problem, state: LMState) -> LMState:
         info=jnp.asarray(0),
         step_norm=zero,
         actual_reduction=zero,
+        linearized=(state.R, state.qtf) if by_gram else None,
     )
     t = lax.while_loop(lambda t: (t.info == 0) & ~t.accepted, trial, first)
     # Unlike MINPACK, also re-linearize after the accepted step that ends the
@@ -269,7 +282,11 @@ def step(problem: Problem, state: LMState) -> LMState:
     def relinearize(_):
         return _linearize(problem, t.x, t.f)
 
-    J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: (state.J, state.R, state.qtf), None)
+    if by_gram:  # linearized at the accepted trial point already
+        J, R, qtf = t.linearized[0], *t.linearized
+    else:
+        keep = (state.J, state.R, state.qtf)
+        J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: keep, None)
     gnorm = jnp.where(t.accepted, _gnorm(R, qtf, t.fnorm), state.gnorm)
     info = jnp.where(t.accepted & (t.info == 0) & (gnorm <= problem.gtol), 4, t.info)
     return LMState(

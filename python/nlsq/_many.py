@@ -142,12 +142,33 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     )
 
 
+def _batch_axes(problem):
+    """``vmap``'s ``in_axes`` for a stacked problem: every leaf has the batch axis
+    first, but ``xdata`` and the weights given once (1-D, ``_host_padded``) are shared."""
+    axes = jax.tree_util.tree_map(lambda _: 0, problem)
+    X, _, W, _ = problem.data
+    shared = [None if np.ndim(A) == 1 else 0 for A in (X, W)]
+    return dataclasses.replace(axes, data=(shared[0], 0, shared[1], 0))
+
+
+def _take_fits(problem, take: np.ndarray):
+    """The fits ``take`` of a stacked problem (host arrays; shared leaves kept whole)."""
+    axes = _batch_axes(problem)
+    return jax.tree_util.tree_map(
+        lambda axis, leaf: leaf if axis is None else np.asarray(leaf)[take],
+        axes,
+        problem,
+        is_leaf=lambda node: node is None,
+    )
+
+
 def _run_batch_qr(problem, history_len: int) -> FitOutcome:
     """Every fit of the stacked ``problem`` (leading batch axis), vectorized."""
     # A batched LAPACK SVD loops over the fits one small matrix at a time; Jacobi
     # rotations written element-wise vectorize across them (see nlsq._reduce).
     with vectorized_small_svd():
-        return jax.vmap(lambda one: _run_one(one, history_len))(problem)
+        run = jax.vmap(lambda one: _run_one(one, history_len), in_axes=(_batch_axes(problem),))
+        return run(problem)
 
 
 def _run_batch(problem, history_len: int) -> FitOutcome:
@@ -175,7 +196,7 @@ def _refit_by_qr(problem, out: FitOutcome, history_len: int) -> FitOutcome:
     # few programs serve every count.
     size = 1 << int(redo.size - 1).bit_length()
     take = np.concatenate([redo, np.repeat(redo[-1:], size - redo.size)])
-    subset = jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[take], problem)
+    subset = _take_fits(problem, take)
     again = jax.device_get(_solve_batch_qr(subset, history_len))
 
     def merge(old, new):
@@ -219,20 +240,26 @@ def _padded_to(rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _is_shared(rows: np.ndarray) -> bool:
+    """Whether ``rows`` (B, L) is one row seen by every dataset (a broadcast, no copy)."""
+    return rows.ndim == 2 and rows.shape[0] > 0 and rows.strides[0] == 0
+
+
 def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
-    """Row weights ``1 / sigma`` as (B, L) for every form of ``sigma``, checked."""
+    """Row weights ``1 / sigma`` as (B, L) for every form of ``sigma``, checked; one
+    row broadcast (:func:`_is_shared`) when every dataset has the same weights."""
     batch, longest = lengths.size, int(lengths.max())
     if sigma is None:
-        return np.ones((batch, longest))
+        return np.broadcast_to(np.ones(longest), (batch, longest))
     if not isinstance(sigma, list | tuple) and np.ndim(sigma) == 0:
-        return np.full((batch, longest), 1.0 / float(sigma))
+        return np.broadcast_to(np.full(longest, 1.0 / float(sigma)), (batch, longest))
     S, s_len = _shared_or_rows(sigma, batch, "sigma")
     wrong = np.flatnonzero(s_len != lengths)
     if wrong.size:
         i = wrong[0]
         raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
     with np.errstate(divide="ignore"):
-        W = 1.0 / S
+        W = np.broadcast_to(1.0 / S[0], S.shape) if _is_shared(S) else 1.0 / S
     not_finite = np.flatnonzero(~np.isfinite(W).all(axis=1))
     if not_finite.size:
         raise ValueError(f"dataset {not_finite[0]}: `sigma` must not contain zeros.")
@@ -279,7 +306,12 @@ def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
 
 
 def _host_padded(model, p: int, X, Y, sigma, lengths):
-    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket."""
+    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket.
+
+    ``X`` and ``W`` are one 1-D row shared by every fit when the datasets have one
+    length and one ``xdata`` (weights): the batched program then reads them once
+    (``_batch_axes``), not once per fit, and they are not copied B times here.
+    """
     W = _inverse_sigma(sigma, lengths)
 
     longest = int(lengths.max())
@@ -291,10 +323,22 @@ def _host_padded(model, p: int, X, Y, sigma, lengths):
                 "element by element (this one mixes data points); fit them with curve_fit."
             )
         size = longest
+    uniform = lengths.min() == longest
+
+    def padded(rows):
+        if uniform and _is_shared(rows):
+            return _padded_to(rows[:1], size)[0]
+        return _padded_to(rows, size)
+
     # Zero-weight rows pad every dataset to ``size``.
-    X, Y, W = (_padded_to(A, size) for A in (X, Y, W))
-    W[np.arange(size) >= lengths[:, None]] = 0.0
+    X, Y, W = (padded(A) for A in (X, Y, W))
+    W[..., np.arange(size) >= (longest if W.ndim == 1 else lengths[:, None])] = 0.0
     return X, Y, W
+
+
+def _first(rows):
+    """The first dataset's row of ``rows`` (B, L), or the shared row itself (L,)."""
+    return rows if np.ndim(rows) == 1 else rows[0]
 
 
 def curve_fit_many(
@@ -397,6 +441,8 @@ def curve_fit_many(
     model = code_keyed(f)
     if not on_device:
         X, Y, W = _host_padded(model, p, X, Y, sigma, lengths)
+        if placement is not None:  # every leaf is split over the devices: one row per fit
+            X, W = (np.broadcast_to(A, Y.shape) if A.ndim == 1 else A for A in (X, W))
 
     enable_persistent_cache()
     with enable_x64(True):
@@ -404,7 +450,7 @@ def curve_fit_many(
         # by per-dataset stacks (checked the same way, vectorized).
         template = make_problem(
             PaddedModelResidual(model, None, 1),
-            (X[0], Y[0], W[0], np.float64(lengths[0])),
+            (_first(X), Y[0], _first(W), np.float64(lengths[0])),
             x0_b[0],
             jac_mode=jac_mode,
             bounds=(lb_b[0], ub_b[0]),
