@@ -44,7 +44,7 @@ _FACTOR = 100.0
 
 class LMState(NamedTuple):
     x: jax.Array
-    f: jax.Array
+    f: jax.Array  # the residuals at x; none (empty) on the Gram route, see _kept
     fnorm: jax.Array
     J: jax.Array
     R: jax.Array
@@ -136,6 +136,13 @@ def _n_rows(problem: Problem, f) -> int:
     return problem.layout.m_valid if problem.layout is not None else f.shape[0]
 
 
+def _kept(problem: Problem, f):
+    """The residuals as the state keeps them.  The Gram route needs them only in the
+    trial that evaluates them (norm, sums), so none are kept: a batch of fits would
+    otherwise select and carry an ``m``-long array per fit each iteration."""
+    return f[:0] if reduces_by_gram(problem, problem.x0.shape[-1]) else f
+
+
 def init(problem: Problem) -> LMState:
     x0 = problem.x0
     f0 = problem.fun(x0)
@@ -152,7 +159,7 @@ def init(problem: Problem) -> LMState:
     zero = jnp.zeros((), x0.dtype)
     return LMState(
         x=x0,
-        f=f0,
+        f=_kept(problem, f0),
         fnorm=fnorm0,
         J=J0,
         R=R0,
@@ -181,7 +188,7 @@ def step(problem: Problem, state: LMState) -> LMState:
     """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
     ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
     n = state.x.shape[0]
-    m = _n_rows(problem, state.f)
+    m = _n_rows(problem, state.f) if state.f.shape[0] else problem.m
     by_gram = reduces_by_gram(problem, n)
     diag = state.diag
     if problem.jac_scale:
@@ -250,7 +257,7 @@ def step(problem: Problem, state: LMState) -> LMState:
             par=par,
             nfev=nfev,
             x=jnp.where(ok, x_try, t.x),
-            f=jnp.where(ok, f_try, t.f),
+            f=jnp.where(ok, _kept(problem, f_try), t.f),
             fnorm=jnp.where(ok, fnorm1, t.fnorm),
             xnorm=xnorm,
             accepted=t.accepted | ok,
