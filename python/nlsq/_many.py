@@ -54,6 +54,7 @@ from ._reduce import (
     gram_pivot_ratio,
     gram_reduction,
     pcov_from_R,
+    pcov_from_triangular,
     vectorized_small_svd,
 )
 from ._solve import METHODS
@@ -92,7 +93,8 @@ class FitOutcome(NamedTuple):
     iterations: jax.Array
     history: jax.Array | None  # verbose=2 table rows, else None
     # The smallest scaled pivot of R over the iterates (nlsq._reduce.gram_pivot_ratio)
-    # when R came from the Gram matrix, else 1.
+    # when R came from the Gram matrix (0 where pcov's rank test is not settled),
+    # else 1.
     pivot_ratio: jax.Array
 
 
@@ -128,6 +130,12 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     )
     out = method.result(problem, state)
     m_true = problem.residual.true_m(problem.data)
+    if by_gram:
+        pcov, certain = pcov_from_triangular(out.R, m_true, problem.n)
+        # Where the rank test of pcov_from_R is not settled, the QR refit decides.
+        pivot_ratio = jnp.where(certain, pivot_ratio, 0.0)
+    else:
+        pcov = pcov_from_R(out.R, m_true, problem.n)
     return FitOutcome(
         x=out.x,
         cost=out.cost,
@@ -135,7 +143,7 @@ def _run_one(problem, history_len: int) -> FitOutcome:
         nfev=out.nfev,
         initial_cost=out.initial_cost,
         optimality=out.optimality,
-        pcov=pcov_from_R(out.R, m_true, problem.n),
+        pcov=pcov,
         iterations=state.iteration,
         history=history,
         pivot_ratio=pivot_ratio,

@@ -236,3 +236,39 @@ def gram_pivot_ratio(R):
     return jnp.min(
         jnp.where(colnorm2 > 0, jnp.diagonal(R) ** 2 / jnp.where(colnorm2 > 0, colnorm2, 1.0), 0.0)
     )
+
+
+def pcov_from_triangular(R, m, n: int):
+    """``((J^T J)^{-1}, certain)`` from the Gram route's upper triangular ``R``.
+
+    ``R^{-1}`` by back substitution, element-wise (it vectorizes across a batch,
+    where :func:`pcov_from_R`'s LAPACK SVD is a call per fit).  ``certain`` says
+    that :func:`pcov_from_R`'s rank test cannot fail: ``1 / ||R^{-1}||_F`` bounds
+    the smallest singular value from below and ``||R||_F`` the largest from above.
+    Where it is False the caller must use :func:`pcov_from_R`.
+    """
+    zero = jnp.zeros((), R.dtype)
+    diag = jnp.diagonal(R)
+    safe = jnp.where(diag != 0, diag, 1.0)
+    inv = [[zero] * n for _ in range(n)]
+    for j in range(n):
+        inv[j][j] = 1.0 / safe[j]
+        for i in range(j - 1, -1, -1):
+            acc = sum((R[i, k] * inv[k][j] for k in range(i + 1, j + 1)), zero)
+            inv[i][j] = -acc / safe[i]
+    pcov = jnp.stack(
+        [
+            jnp.stack(
+                [sum((inv[i][k] * inv[j][k] for k in range(max(i, j), n)), zero) for j in range(n)]
+            )  # fmt: skip
+            for i in range(n)
+        ]
+    )
+    inv_norm = jnp.sqrt(sum((inv[i][j] ** 2 for i in range(n) for j in range(i, n)), zero))
+    r_norm = jnp.sqrt(jnp.sum(R * R))
+    certain = (
+        jnp.all(diag != 0)
+        & jnp.isfinite(inv_norm * r_norm)
+        & (EPS * jnp.maximum(m, n) * r_norm * inv_norm < 1)
+    )
+    return pcov, certain
