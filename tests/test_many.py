@@ -258,7 +258,8 @@ def test_gram_reduction_equals_householder():
 
             p = jnp.array([1.5, 0.7, 0.2])
             f = fun(p)
-            R, qtf = (np.asarray(v) for v in reduce_by_gram(fun, p, f))
+            R, qtf, f_squared = (np.asarray(v) for v in reduce_by_gram(fun, p))
+            np.testing.assert_allclose(f_squared, np.dot(f, f), rtol=1e-14)
             J = np.asarray(jax.jacfwd(fun)(p))
             Q_h, R_h = np.linalg.qr(J)
             signs = np.sign(np.diag(R_h))

@@ -121,11 +121,6 @@ def _linearize(problem: Problem, x, f):
     if _rows_reduced(problem):
         R, qtf, _ = reduced_problem(problem, x, f)  # 'lm' has the linear loss: no rescaling
         return R, R, qtf
-    if reduces_by_gram(problem, x.shape[0]):
-        # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
-        # derivatives; J is not formed, so the state keeps R in its place.
-        R, qtf = reduce_by_gram(problem.fun, x, f)
-        return R, R, qtf
     J = problem.jac(x)
     R, qtf = reduce_jacobian(J, f)
     return J, R, qtf
@@ -146,8 +141,15 @@ def _kept(problem: Problem, f):
 def init(problem: Problem) -> LMState:
     x0 = problem.x0
     f0 = problem.fun(x0)
-    fnorm0 = norm(f0)
-    J0, R0, qtf0 = _linearize(problem, x0, f0)
+    if reduces_by_gram(problem, x0.shape[0]):
+        # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
+        # derivatives, and the norm from the same sums as at every trial point
+        # (see step); J is not formed, so the state keeps R in its place.
+        R0, qtf0, f0_squared = reduce_by_gram(problem.fun, x0)
+        J0, fnorm0 = R0, jnp.sqrt(f0_squared)
+    else:
+        fnorm0 = norm(f0)
+        J0, R0, qtf0 = _linearize(problem, x0, f0)
     if problem.jac_scale:
         cn = _colnorms(R0)
         diag = jnp.where(cn == 0, 1.0, cn)
@@ -220,12 +222,15 @@ def step(problem: Problem, state: LMState) -> LMState:
         # MINPACK: on the first iteration, shrink the initial radius to the first step.
         delta = jnp.where(state.accepted_any | t.accepted, t.delta, jnp.minimum(t.delta, pnorm))
         x_try = state.x + p
-        f_try = problem.fun(x_try)
-        fnorm1 = norm(f_try)
-        # The Gram route linearizes at x_try here, with f_try, kept if the step is
-        # accepted: the model, its derivatives and the sums share one pass (and
-        # the batched loop would relinearize every fit anyway; see below).
-        at_try = reduce_by_gram(problem.fun, x_try, f_try) if by_gram else None
+        if by_gram:
+            # The Gram route linearizes at x_try here, kept if the step is accepted:
+            # the model, its derivatives, the norm and the sums are one pass (and
+            # the batched loop would relinearize every fit anyway; see below).
+            R_try, qtf_try, fnorm1_sq = reduce_by_gram(problem.fun, x_try)
+            at_try, f_try, fnorm1 = (R_try, qtf_try), t.f, jnp.sqrt(fnorm1_sq)
+        else:
+            at_try, f_try = None, problem.fun(x_try)
+            fnorm1 = norm(f_try)
         blown = ~jnp.isfinite(fnorm1) | (0.1 * fnorm1 >= state.fnorm)
         actred = jnp.where(blown, -1.0, 1 - (fnorm1 / state.fnorm) ** 2)
         Jp = state.R @ p

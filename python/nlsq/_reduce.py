@@ -193,25 +193,28 @@ def _sums(terms: list) -> list:
     return list(lax.reduce(tuple(terms), zeros, add, (0,)))
 
 
-def reduce_by_gram(fun, x, f):
-    """``(R, Q^T f)`` of the Jacobian of ``fun`` at ``x`` and ``f = fun(x)``, by the Gram route.
+def reduce_by_gram(fun, x, f=None):
+    """``(R, Q^T f, ||f||^2)`` of the Jacobian of ``fun`` at ``x`` and ``f = fun(x)``, by
+    the Gram route; ``f`` is evaluated here, with the derivatives, unless given.
 
     The Jacobian's columns are forward derivatives along the coordinate axes.  A
     pivot that is not positive (a column that depends linearly on the previous
     ones, to rounding) gives a zero row of ``R`` and a zero entry of ``Q^T f``.
+    ``||f||^2`` and ``Q^T f`` come from the same residuals and the same reduction:
+    the caller compares norms so obtained with each other only (a norm of the
+    same residuals summed in another order differs in its last bits, and steps
+    that change the cost by rounding only are then accepted differently).
     """
     n = x.shape[0]
     basis = jnp.eye(n, dtype=x.dtype)
-    # ``f`` as given, not jvp's primal: the trial steps' norms and ``Q^T f`` then use
-    # the same residuals (a primal evaluated in another fusion differs in its last
-    # bits, and steps that change the cost by rounding only were then accepted
-    # differently from curve_fit's).
-    _, columns = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
+    primal, columns = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
+    f = primal if f is None else f
     cols = [columns[k] for k in range(n)]
     pairs = [(i, j) for i in range(n) for j in range(i, n)]
-    sums = _sums([cols[i] * cols[j] for i, j in pairs] + [cols[i] * f for i in range(n)])
+    products = [cols[i] * cols[j] for i, j in pairs] + [cols[i] * f for i in range(n)]
+    sums = _sums(products + [f * f])
     gram = dict(zip(pairs, sums[: len(pairs)], strict=True))
-    grad = sums[len(pairs) :]
+    grad = sums[len(pairs) : -1]
     zero = jnp.zeros((), x.dtype)
     R = [[zero] * n for _ in range(n)]
     qtf = [zero] * n
@@ -225,7 +228,7 @@ def reduce_by_gram(fun, x, f):
             R[k][j] = jnp.where(positive, off / r_kk, 0.0)
         rest = grad[k] - sum((R[i][k] * qtf[i] for i in range(k)), zero)
         qtf[k] = jnp.where(positive, rest / r_kk, 0.0)
-    return jnp.stack([jnp.stack(row) for row in R]), jnp.stack(qtf)
+    return jnp.stack([jnp.stack(row) for row in R]), jnp.stack(qtf), sums[-1]
 
 
 def gram_pivot_ratio(R):
