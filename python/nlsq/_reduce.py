@@ -138,12 +138,27 @@ def _jacobi_svd(A):
     eye = jnp.eye(n, dtype=A.dtype)
     start = (tuple(A.T), tuple(eye), jnp.asarray(True), 0)
     W, V, _, _ = lax.while_loop(lambda c: c[2] & (c[3] < _MAX_SWEEPS), sweep, start)
-    W, V = jnp.stack(W, axis=1), jnp.stack(V, axis=1)
-    s = jnp.sqrt(jnp.sum(W * W, axis=0))
-    order = jnp.argsort(-s, stable=True)
-    s, W, V = s[order], W[:, order], V[:, order]
+    norms = jnp.sqrt(jnp.sum(jnp.stack(W, axis=1) ** 2, axis=0))
+    s, W, V = _sorted_descending([norms[k] for k in range(n)], list(W), list(V))
+    W, V, s = jnp.stack(W, axis=1), jnp.stack(V, axis=1), jnp.stack(s)
     U = jnp.where(s > 0, W / jnp.where(s > 0, s, 1.0), 0.0)
     return U, s, V.T
+
+
+def _sorted_descending(s: list, W: list, V: list):
+    """``s`` sorted descending, columns of ``W`` and ``V`` alike, stably (equal values keep
+    their order): odd-even transposition, ``n`` rounds of compare-and-swap of
+    neighbours.  Element-wise (a batched sort op was slower for a few columns)."""
+    n = len(s)
+    for round_ in range(n):
+        for i in range(round_ % 2, n - 1, 2):
+            swap = s[i] < s[i + 1]
+            for cols in (s, W, V):
+                cols[i], cols[i + 1] = (
+                    jnp.where(swap, cols[i + 1], cols[i]),
+                    jnp.where(swap, cols[i], cols[i + 1]),
+                )
+    return s, W, V
 
 
 # --- The Gram route (batched Levenberg-Marquardt) ---
