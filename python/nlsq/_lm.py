@@ -12,7 +12,8 @@ The algorithmic rules are MINPACK's, which is what
 
 The LM step itself comes from the SVD trust-region solver shared with TRF
 (``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius) on the
-QR-reduced Jacobian.
+QR-reduced Jacobian; batched fits (``nlsq._many``) reduce it through its Gram
+matrix instead (``reduces_by_gram``, ``nlsq._reduce``).
 
 Long or sharded rows (``problem.layout``, ``chunk_size`` / ``mesh``): ``R`` and
 ``Q^T f`` come from the chunked / per-device reduction that TRF uses
@@ -127,8 +128,11 @@ def _linearize(problem: Problem, x, f):
 
 
 def _n_rows(problem: Problem, f) -> int:
-    """The number of true residuals (without a mesh's zero-weight padding rows)."""
-    return problem.layout.m_valid if problem.layout is not None else f.shape[0]
+    """The number of true residuals (without a mesh's zero-weight padding rows);
+    ``f`` is the state's (empty on the Gram route, see :func:`_kept`)."""
+    if problem.layout is not None:
+        return problem.layout.m_valid
+    return f.shape[0] if f.shape[0] else problem.m
 
 
 def _kept(problem: Problem, f):
@@ -190,7 +194,7 @@ def step(problem: Problem, state: LMState) -> LMState:
     """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
     ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
     n = state.x.shape[0]
-    m = _n_rows(problem, state.f) if state.f.shape[0] else problem.m
+    m = _n_rows(problem, state.f)
     by_gram = reduces_by_gram(problem, n)
     diag = state.diag
     if problem.jac_scale:

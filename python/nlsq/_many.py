@@ -9,6 +9,17 @@ has stopped, and a fit that has stopped keeps its state unchanged (the batched
 loop selects the old carry for it), so each fit ends on its own criteria with the
 same iterates, counts and status as ``curve_fit`` on that dataset alone.
 
+Speed
+-----
+Levenberg-Marquardt (the default method without bounds) takes its reduced
+Jacobian from the Gram matrix (``nlsq._reduce``, the Gram route): per trial
+point, one fused pass over the rows evaluates the model, its forward
+derivatives, the residual norm and every sum, and nothing ``m``-long is kept
+from one iteration to the next.  A fit whose Jacobian is too ill-conditioned
+for that route at some iterate (:data:`MIN_GRAM_PIVOT_RATIO`), or whose
+covariance it cannot settle, is fitted again by the QR route, as ``curve_fit``
+does.  ``xdata`` and weights common to every dataset are passed once.
+
 Logging
 -------
 Nothing is logged from inside the batched loop (where rows of all fits would

@@ -20,12 +20,21 @@ rounding, so the two routes agree to rounding (``tests/test_many.py`` checks
 this, also for ill-conditioned, rank-deficient and tall matrices).  It is used
 for the solvers' steps with ``n <= FUSED_MAX_N`` columns only, where its
 unrolled code stays small (it adds about 0.6 s to the batched program's first
-compilation; the covariance, computed once per fit, keeps LAPACK's SVD).
+compilation; the QR route's covariance, computed once per fit, keeps LAPACK's
+SVD, the Gram route's is ``R^{-1} R^{-T}``, :func:`pcov_from_triangular`).
 
-The QR stays LAPACK's on both routes: Cholesky QR written the same way
-(shifted, three passes, as accurate as Householder) streams the ``B x m``
-columns through memory a pass per product and was slower than the batched
-``geqrf`` at ``B = 1000``, ``m = 512``.
+Two routes to ``R``
+-------------------
+One fit, and the batched TRF / dogbox fits, take LAPACK's QR.  Cholesky QR
+written as separate sums (shifted, three passes, as accurate as Householder)
+streamed the ``B x m`` columns through memory a pass per product and was
+slower than the batched ``geqrf`` at ``B = 1000``, ``m = 512``.  The batched
+Levenberg-Marquardt fits (:func:`gram_reduction`) instead take ``R`` from the
+Gram matrix of ``[J | f]`` with all its sums as ONE reduction
+(:func:`reduce_by_gram`), which XLA fuses with the model and its derivatives:
+one pass over the rows per linearization.  Forming ``J^T J`` squares the
+condition number, so fits whose scaled pivots (:func:`gram_pivot_ratio`) fall
+below ``nlsq._many.MIN_GRAM_PIVOT_RATIO`` are refitted by the QR route.
 """
 
 from __future__ import annotations
