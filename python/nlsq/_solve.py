@@ -286,5 +286,5 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
             async_logger.flush()
         raise ValueError("Residuals are not finite in the initial point.")
     message = TERMINATION_MESSAGES[status]
-    log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
+    log_closing(verbose)  # the solver logged the closing lines; complete the table
     return out, message
