@@ -3,10 +3,13 @@
 The whole table is logged from inside the compiled solver (verbosity is
 static: 0 traces nothing, 1 keeps rows whose iteration is a multiple of 10, 2
 keeps all): the header goes with iteration 0's row (one record of two lines),
-the termination message and summary line after the loop (one record per
-possible status, kept only for the status the fit ended with).  The host's
-part of a verbose fit is then two cheap calls around it -- point the sink at
-the current ``sys.stdout``, and ``flush`` so the table is complete before
+the termination message and summary line after the loop (one record, its
+template chosen by the status the fit ended with: a ``switch``, whose index XLA
+on a GPU reads on the host once per fit, never per iteration).  The closing
+record writes the table on the thread that pushed it
+(``RingLogger.flush_on_push``).  The host's part of a verbose fit is then two
+cheap calls around it -- point the sink at the current ``sys.stdout``, and a
+``flush`` that finds the table written (or writes it) before
 ``curve_fit``/``least_squares`` return.  Why in the program: each host-side
 push after the solve ran with cold caches and cost several microseconds, the
 bulk of ``verbose=2``'s overhead on a small CPU fit (``benches/
@@ -17,7 +20,6 @@ probe_verbose_overhead.py``).  The formats are scipy's
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import functools
 import threading
@@ -215,18 +217,9 @@ def _runtime():
 # One table at a time: the rows of a fit reach the ring while it runs, so two
 # verbose fits on different threads would interleave their rows in one table.
 # Verbose fits hold this lock from the header to the closing lines; silent fits
-# never take it.
-_TABLE_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def table_lock(verbose: int):
-    """Hold the table lock for the duration of a fit with ``verbose > 0``."""
-    if not verbose:
-        yield
-        return
-    with _TABLE_LOCK:
-        yield
+# never take it.  (Held with a plain ``with``: a context-manager generator around
+# it cost a verbose fit microseconds.)
+TABLE_LOCK = threading.RLock()
 
 
 # curve_fit_many: scipy's table with a fit-index column, and a one-line summary.
@@ -242,7 +235,7 @@ def write_many_tables(verbose: int, messages, out, iterations, history) -> None:
     from .utils import async_logger
 
     nfev, cost = out.nfev, out.cost
-    with _TABLE_LOCK:
+    with TABLE_LOCK:
         if verbose == 1:
             for i in sorted(range(len(messages)), key=lambda i: (int(iterations[i]), i)):
                 _template(MANY_SUMMARY)(
