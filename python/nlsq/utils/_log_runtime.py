@@ -266,37 +266,6 @@ def push_rows(key: int, rows: np.ndarray) -> None:
         _failed(exc)
 
 
-def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
-    """Eager push of ``(key, values)`` records of Python numbers, in order (no
-    device involved); registers their templates if needed; never raises.
-
-    With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
-    (if that changed), so a fit's table, whose header is pushed here, lands
-    where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
-    The logger is looked up once for all the records: a verbose fit's two
-    closing lines come together (each Python call there runs with caches cold
-    from the solve).
-    """
-    try:
-        logger, tids = _active()
-        for key, _ in lines:
-            if key >= len(tids) or tids[key] < 0:
-                ensure_registered(key)
-                logger, tids = _active()
-    except Exception as exc:
-        _failed(exc)
-        return
-    try:
-        logger.follow_stdout()
-    except Exception as exc:  # the records still go to the previous target
-        _failed(exc)
-    for key, values in lines:
-        try:
-            logger.push(tids[key], *values)
-        except Exception as exc:
-            _failed(exc)
-
-
 def follow_stdout() -> None:
     """With ``sink=None``, point the sink at the current ``sys.stdout`` (if that
     changed) before records of a table are pushed from inside a computation,
@@ -309,8 +278,28 @@ def follow_stdout() -> None:
 
 
 def push_values(key: int, values: list[int | float]) -> None:
-    """One record for :func:`push_lines`."""
-    push_lines(((key, tuple(values)),))
+    """Eager push of one record of Python numbers (no device involved);
+    registers its template if needed; never raises.
+
+    With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
+    (if that changed), so the line lands where ``print`` would put it now (a
+    notebook cell, ``redirect_stdout``).
+    """
+    try:
+        ensure_registered(key)
+        logger, tids = _active()
+        tid = tids[key]
+    except Exception as exc:
+        _failed(exc)
+        return
+    try:
+        logger.follow_stdout()
+    except Exception as exc:  # the record still goes to the previous target
+        _failed(exc)
+    try:
+        logger.push(tid, *values)
+    except Exception as exc:
+        _failed(exc)
 
 
 def _flush_at_exit() -> None:
