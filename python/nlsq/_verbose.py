@@ -5,15 +5,15 @@ static: 0 traces nothing, 1 keeps rows whose iteration is a multiple of 10, 2
 keeps all): the header goes with iteration 0's row (one record of two lines),
 the termination message and summary line after the loop (one record, its
 template chosen by the status the fit ended with: a ``switch``, whose index XLA
-on a GPU reads on the host once per fit, never per iteration).  The closing
-record writes the table on the thread that pushed it
-(``RingLogger.flush_on_push``).  The host's part of a verbose fit is then two
-cheap calls around it -- point the sink at the current ``sys.stdout``, and a
-``flush`` that finds the table written (or writes it) before
+on a GPU reads on the host once per fit, never per iteration).  The host's
+part of a verbose fit is then two calls around it -- point the sink at the
+current ``sys.stdout``, and ``flush`` so the table is complete before
 ``curve_fit``/``least_squares`` return.  Why in the program: each host-side
-push after the solve ran with cold caches and cost several microseconds, the
-bulk of ``verbose=2``'s overhead on a small CPU fit (``benches/
-probe_verbose_overhead.py``).  The formats are scipy's
+push after the solve ran with cold caches and cost several microseconds
+(``benches/probe_verbose_overhead.py``).  Writing the table in the program,
+as the closing record's push (tried), saved only ~2 µs of the flush's
+10-20 µs: formatting and writing it costs that on any thread right after a
+solve.  The formats are scipy's
 (``optimize/_lsq/common.py``: ``print_header_nonlinear`` /
 ``print_iteration_nonlinear`` and ``least_squares``' closing ``print``).
 """
@@ -92,17 +92,6 @@ def _row_emitter(text: str):
     return _emit.inline_row_emitter(text)
 
 
-@functools.cache
-def _closing_emitter(text: str):
-    # The closing record ends the table: its push writes the table on the
-    # thread that ran the solver, while its caches are warm (the host's flush
-    # after the fit then finds it written).
-    from .utils import _log_runtime
-
-    _log_runtime.mark_flush_on_push(_template(text)._key)
-    return _row_emitter(text)
-
-
 def _constant(text: str):
     return _template(_escape(text))
 
@@ -129,7 +118,7 @@ def make_log_row(verbose: int, gate=None):
         # verbose=1 gate (first field a multiple of 10) decides what ``keep``
         # says; otherwise (the closing records) ``keep`` must be honoured by a
         # cond there.
-        emitter = _row_emitter(text) if gated_by_template else _closing_emitter(text)
+        emitter = _row_emitter(text)
         level = verbose if gated_by_template else None
         if gate is None:
             emitter(keep, level, **fields)
@@ -201,7 +190,7 @@ def log_closing(verbose: int) -> None:
     if _routes.host_callback_records_traced():
         jax.effects_barrier()
     _native.wait_cuda_delivered()
-    # The ring's own flush completes the table (``async_logger.flush()`` would
+    # The ring's own flush writes the table here (``async_logger.flush()`` would
     # pay a barrier for programs still running, and there are none of ours).
     _runtime().get_logger().flush()
 

@@ -37,7 +37,6 @@ __all__ = [
     "follow_stdout",
     "get_logger",
     "intern",
-    "mark_flush_on_push",
     "push_record",
     "push_rows",
     "push_values",
@@ -49,8 +48,6 @@ _TEXTS: list[str] = []
 _KEYS: dict[str, int] = {}
 _OPTIONS: dict[str, Any] = {"sink": None, "capacity": 65536, "policy": "drop_new"}
 _ACTIVE: tuple[RingLogger, list[int]] | None = None
-#: Keys whose records end a unit of output (``RingLogger.flush_on_push``).
-_FLUSH_ON_PUSH: set[int] = set()
 
 
 class _Failures:
@@ -76,24 +73,6 @@ def intern(text: str) -> int:
             _TEXTS.append(text)
             _KEYS[text] = key
         return key
-
-
-def mark_flush_on_push(key: int) -> None:
-    """Make a record of template ``key`` end a unit of output: pushing it also
-    writes what is queued, on the pushing thread (``RingLogger.flush_on_push``),
-    with this logger and every later one."""
-    with _LOCK:
-        _FLUSH_ON_PUSH.add(key)
-        active = _ACTIVE
-        if active is not None and key < len(active[1]) and active[1][key] >= 0:
-            active[0].flush_on_push(active[1][key])
-
-
-def _register(logger: RingLogger, key: int) -> int:
-    tid = logger.register(_TEXTS[key])
-    if key in _FLUSH_ON_PUSH:
-        logger.flush_on_push(tid)
-    return tid
 
 
 def template_text(key: int) -> str:
@@ -137,7 +116,7 @@ def _install(logger: RingLogger) -> None:
     if previous is not None:
         for key, tid in enumerate(previous[1]):
             if tid >= 0:
-                tids[key] = _register(logger, key)
+                tids[key] = logger.register(_TEXTS[key])
     _ACTIVE = (logger, tids)
     for listener in _INSTALL_LISTENERS:
         listener()
@@ -183,7 +162,7 @@ def ensure_registered(key: int) -> int:
         if key >= len(tids):
             tids.extend([-1] * (len(_TEXTS) - len(tids)))
         if tids[key] < 0:
-            tids[key] = _register(logger, key)
+            tids[key] = logger.register(_TEXTS[key])
         return tids[key]
 
 
