@@ -142,6 +142,10 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
     many = variants["curve_fit_many"]()
     compile_many = time.perf_counter() - t0
     loop = np.array([popt for popt, _ in variants["curve_fit loop"]()])
+    # Counts too (untimed): nfev and status of each dataset, curve_fit_many vs curve_fit.
+    alone = [nlsq.curve_fit(f, x, y, p0=[1, 1, 1], full_output=True) for y in Y]
+    nfev_differ = int(np.sum(many.nfev != np.array([r[2]["nfev"] for r in alone])))
+    status_differ = int(np.sum(many.status != np.array([r[4] for r in alone])))
     timing = interleaved_medians(variants, repeats)
     return {
         "batch": batch,
@@ -150,6 +154,8 @@ def many_small(batch: int, n: int, repeats: int) -> dict:
         "median_s": {k: t["median_s"] for k, t in timing.items()},
         "min_s": {k: t["min_s"] for k, t in timing.items()},
         "max_rel_diff_popt_many_vs_loop": float(np.max(np.abs(np.asarray(many.popt) / loop - 1))),
+        "nfev_differ_many_vs_loop": nfev_differ,
+        "status_differ_many_vs_loop": status_differ,
     }
 
 
@@ -180,7 +186,10 @@ def main(quick: bool, out: Path) -> dict:
         checks={
             f"(ii) curve_fit_many finds the curve_fit loop's parameters (rtol {POPT_RTOL:g})": (
                 small["max_rel_diff_popt_many_vs_loop"] < POPT_RTOL
-            )
+            ),
+            "(ii) curve_fit_many counts the curve_fit loop's nfev for every dataset": (
+                small["nfev_differ_many_vs_loop"] == 0
+            ),
         },
         plot=[
             bars(
@@ -251,7 +260,9 @@ def table(result: dict) -> str:
     note = (
         f"Fits only (import apart; import of nlsq in a fresh process: "
         f"{v['buckets']['warm']['import_s']:.2f} s). First curve_fit_many call in (ii): "
-        f"{s['first_call_many_s']:.2f} s. Load average during the run: "
+        f"{s['first_call_many_s']:.2f} s; datasets whose nfev / status differ from the "
+        f"curve_fit loop's: {s.get('nfev_differ_many_vs_loop', '?')} / "
+        f"{s.get('status_differ_many_vs_loop', '?')} of {s['batch']}. Load average during the run: "
         f"{result['load_avg'][0]:.1f}."
     )
     table = markdown_table(["measurement", "variant", "seconds", "vs scipy"], rows, align="llrr")
@@ -273,5 +284,7 @@ if __name__ == "__main__":
     for name, med in small["median_s"].items():
         print(f"  {name:16s} {med:8.3f} s   {med / scipy_loop:6.3f} x scipy loop")
     print(f"  first curve_fit_many call {small['first_call_many_s']:.2f} s; max rel. popt "
-          f"difference many vs loop {small['max_rel_diff_popt_many_vs_loop']:.1e}; "
+          f"difference many vs loop {small['max_rel_diff_popt_many_vs_loop']:.1e}")  # fmt: skip
+    nfev_differ, status_differ = (small[f"{k}_differ_many_vs_loop"] for k in ("nfev", "status"))
+    print(f"  datasets with another nfev {nfev_differ}, another status {status_differ}; "
           f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip

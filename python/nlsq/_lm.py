@@ -12,7 +12,8 @@ The algorithmic rules are MINPACK's, which is what
 
 The LM step itself comes from the SVD trust-region solver shared with TRF
 (``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius) on the
-QR-reduced Jacobian.
+QR-reduced Jacobian; batched fits (``nlsq._many``) reduce it through its Gram
+matrix instead (``reduces_by_gram``, ``nlsq._reduce``).
 
 Long or sharded rows (``problem.layout``, ``chunk_size`` / ``mesh``): ``R`` and
 ``Q^T f`` come from the chunked / per-device reduction that TRF uses
@@ -33,7 +34,7 @@ from ._buckets import true_m
 from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
-from ._reduce import reduce_jacobian, thin_svd
+from ._reduce import reduce_by_gram, reduce_jacobian, thin_svd, use_gram
 from ._sharding import reduced_problem
 
 #: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
@@ -44,7 +45,7 @@ _FACTOR = 100.0
 
 class LMState(NamedTuple):
     x: jax.Array
-    f: jax.Array
+    f: jax.Array  # the residuals at x; none (empty) on the Gram route, see _kept
     fnorm: jax.Array
     J: jax.Array
     R: jax.Array
@@ -78,6 +79,8 @@ class Trial(NamedTuple):
     info: jax.Array
     step_norm: jax.Array
     actual_reduction: jax.Array  # of the cost 0.5 ||f||^2, for the table
+    # The Gram route's (R, Q^T f) at x, formed with each trial (see step); else None.
+    linearized: tuple[jax.Array, jax.Array] | None
 
 
 # Speed: everything below works on the reduced ``R`` (n x n) and ``Q^T f``, never
@@ -104,6 +107,16 @@ def _rows_reduced(problem: Problem) -> bool:
     return problem.layout is not None and problem.jac_mode != "host"
 
 
+def reduces_by_gram(problem: Problem, n: int) -> bool:
+    """Whether ``R`` comes from the Gram matrix (batched fits, ``nlsq._reduce``)."""
+    return problem.jac_mode == "auto" and not _rows_reduced(problem) and use_gram(n)
+
+
+def _jacobian_is_R(problem: Problem, n: int) -> bool:
+    """Whether the state's ``J`` is ``R`` itself (the ``m x n`` Jacobian is never formed)."""
+    return _rows_reduced(problem) or reduces_by_gram(problem, n)
+
+
 def _linearize(problem: Problem, x, f):
     """``(J, R, Q^T f)`` at ``x``; ``J`` is ``R`` itself when the rows are reduced piecewise."""
     if _rows_reduced(problem):
@@ -115,15 +128,32 @@ def _linearize(problem: Problem, x, f):
 
 
 def _n_rows(problem: Problem, f) -> int:
-    """The number of true residuals (without a mesh's zero-weight padding rows)."""
-    return problem.layout.m_valid if problem.layout is not None else f.shape[0]
+    """The number of true residuals (without a mesh's zero-weight padding rows);
+    ``f`` is the state's (empty on the Gram route, see :func:`_kept`)."""
+    if problem.layout is not None:
+        return problem.layout.m_valid
+    return f.shape[0] if f.shape[0] else problem.m
+
+
+def _kept(problem: Problem, f):
+    """The residuals as the state keeps them.  The Gram route needs them only in the
+    trial that evaluates them (norm, sums), so none are kept: a batch of fits would
+    otherwise select and carry an ``m``-long array per fit each iteration."""
+    return f[:0] if reduces_by_gram(problem, problem.x0.shape[-1]) else f
 
 
 def init(problem: Problem) -> LMState:
     x0 = problem.x0
     f0 = problem.fun(x0)
-    fnorm0 = norm(f0)
-    J0, R0, qtf0 = _linearize(problem, x0, f0)
+    if reduces_by_gram(problem, x0.shape[0]):
+        # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
+        # derivatives, and the norm from the same sums as at every trial point
+        # (see step); J is not formed, so the state keeps R in its place.
+        R0, qtf0, f0_squared = reduce_by_gram(problem.fun, x0)
+        J0, fnorm0 = R0, jnp.sqrt(f0_squared)
+    else:
+        fnorm0 = norm(f0)
+        J0, R0, qtf0 = _linearize(problem, x0, f0)
     if problem.jac_scale:
         cn = _colnorms(R0)
         diag = jnp.where(cn == 0, 1.0, cn)
@@ -135,7 +165,7 @@ def init(problem: Problem) -> LMState:
     zero = jnp.zeros((), x0.dtype)
     return LMState(
         x=x0,
-        f=f0,
+        f=_kept(problem, f0),
         fnorm=fnorm0,
         J=J0,
         R=R0,
@@ -156,11 +186,16 @@ def init(problem: Problem) -> LMState:
     )
 
 
+def _where_tuple(pred, new: tuple, old: tuple) -> tuple:
+    return tuple(jnp.where(pred, a, b) for a, b in zip(new, old, strict=True))
+
+
 def step(problem: Problem, state: LMState) -> LMState:
     """One outer iteration of MINPACK's ``lmder`` (one Jacobian, trial steps)."""
     ftol, xtol, max_nfev = problem.ftol, problem.xtol, problem.max_nfev
     n = state.x.shape[0]
     m = _n_rows(problem, state.f)
+    by_gram = reduces_by_gram(problem, n)
     diag = state.diag
     if problem.jac_scale:
         diag = jnp.maximum(diag, _colnorms(state.R))
@@ -191,8 +226,15 @@ def step(problem: Problem, state: LMState) -> LMState:
         # MINPACK: on the first iteration, shrink the initial radius to the first step.
         delta = jnp.where(state.accepted_any | t.accepted, t.delta, jnp.minimum(t.delta, pnorm))
         x_try = state.x + p
-        f_try = problem.fun(x_try)
-        fnorm1 = norm(f_try)
+        if by_gram:
+            # The Gram route linearizes at x_try here, kept if the step is accepted:
+            # the model, its derivatives, the norm and the sums are one pass (and
+            # the batched loop would relinearize every fit anyway; see below).
+            R_try, qtf_try, fnorm1_sq = reduce_by_gram(problem.fun, x_try)
+            at_try, f_try, fnorm1 = (R_try, qtf_try), t.f, jnp.sqrt(fnorm1_sq)
+        else:
+            at_try, f_try = None, problem.fun(x_try)
+            fnorm1 = norm(f_try)
         blown = ~jnp.isfinite(fnorm1) | (0.1 * fnorm1 >= state.fnorm)
         actred = jnp.where(blown, -1.0, 1 - (fnorm1 / state.fnorm) ** 2)
         Jp = state.R @ p
@@ -224,13 +266,14 @@ def step(problem: Problem, state: LMState) -> LMState:
             par=par,
             nfev=nfev,
             x=jnp.where(ok, x_try, t.x),
-            f=jnp.where(ok, f_try, t.f),
+            f=jnp.where(ok, _kept(problem, f_try), t.f),
             fnorm=jnp.where(ok, fnorm1, t.fnorm),
             xnorm=xnorm,
             accepted=t.accepted | ok,
             info=info,
             step_norm=jnp.where(ok, norm(p), t.step_norm),
             actual_reduction=jnp.where(ok, 0.5 * (fn2 - fnorm1**2), t.actual_reduction),
+            linearized=None if at_try is None else _where_tuple(ok, at_try, t.linearized),
         )
 
     zero = jnp.zeros((), state.x.dtype)
@@ -246,6 +289,7 @@ def step(problem: Problem, state: LMState) -> LMState:
         info=jnp.asarray(0),
         step_norm=zero,
         actual_reduction=zero,
+        linearized=(state.R, state.qtf) if by_gram else None,
     )
     t = lax.while_loop(lambda t: (t.info == 0) & ~t.accepted, trial, first)
     # Unlike MINPACK, also re-linearize after the accepted step that ends the
@@ -254,7 +298,11 @@ def step(problem: Problem, state: LMState) -> LMState:
     def relinearize(_):
         return _linearize(problem, t.x, t.f)
 
-    J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: (state.J, state.R, state.qtf), None)
+    if by_gram:  # linearized at the accepted trial point already
+        J, R, qtf = t.linearized[0], *t.linearized
+    else:
+        keep = (state.J, state.R, state.qtf)
+        J, R, qtf = lax.cond(t.accepted, relinearize, lambda _: keep, None)
     gnorm = jnp.where(t.accepted, _gnorm(R, qtf, t.fnorm), state.gnorm)
     info = jnp.where(t.accepted & (t.info == 0) & (gnorm <= problem.gtol), 4, t.info)
     return LMState(
@@ -297,7 +345,9 @@ def result(problem: Problem, state: LMState) -> SolveResult:
         cost=0.5 * state.fnorm**2,
         fun=state.f,
         jac=state.J,
-        grad=state.R.T @ state.qtf if _rows_reduced(problem) else state.J.T @ state.f,
+        grad=state.R.T @ state.qtf
+        if _jacobian_is_R(problem, state.x.shape[0])
+        else state.J.T @ state.f,
         optimality=state.g_norm,
         active_mask=jnp.zeros(state.x.shape[0], dtype=jnp.int32),
         nfev=state.nfev,

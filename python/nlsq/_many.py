@@ -9,6 +9,17 @@ has stopped, and a fit that has stopped keeps its state unchanged (the batched
 loop selects the old carry for it), so each fit ends on its own criteria with the
 same iterates, counts and status as ``curve_fit`` on that dataset alone.
 
+Speed
+-----
+Levenberg-Marquardt (the default method without bounds) takes its reduced
+Jacobian from the Gram matrix (``nlsq._reduce``, the Gram route): per trial
+point, one fused pass over the rows evaluates the model, its forward
+derivatives, the residual norm and every sum, and nothing ``m``-long is kept
+from one iteration to the next.  A fit whose Jacobian is too ill-conditioned
+for that route at some iterate (:data:`MIN_GRAM_PIVOT_RATIO`), or whose
+covariance it cannot settle, is fitted again by the QR route, as ``curve_fit``
+does.  ``xdata`` and weights common to every dataset are passed once.
+
 Logging
 -------
 Nothing is logged from inside the batched loop (where rows of all fits would
@@ -39,6 +50,7 @@ from ._cache import SolverJit, code_keyed, enable_persistent_cache
 from ._common import BAD_START, RUNNING, TERMINATION_MESSAGES
 from ._curve_fit import _initialize_feasible, _n_params
 from ._jax_compat import enable_x64
+from ._lm import reduces_by_gram
 from ._many_sharding import (
     batch_mesh,
     device_datasets,
@@ -49,7 +61,13 @@ from ._many_sharding import (
     solve_on_mesh,
 )
 from ._problem import check_jac, make_problem, prepare_bounds
-from ._reduce import pcov_from_R, vectorized_small_svd
+from ._reduce import (
+    gram_pivot_ratio,
+    gram_reduction,
+    pcov_from_R,
+    pcov_from_triangular,
+    vectorized_small_svd,
+)
 from ._solve import METHODS
 from ._verbose import write_many_tables
 
@@ -85,12 +103,23 @@ class FitOutcome(NamedTuple):
     pcov: jax.Array  # (J^T J)^-1, unscaled; NaN where it does not exist
     iterations: jax.Array
     history: jax.Array | None  # verbose=2 table rows, else None
+    # The smallest scaled pivot of R over the iterates (nlsq._reduce.gram_pivot_ratio)
+    # when R came from the Gram matrix (0 where pcov's rank test is not settled),
+    # else 1.
+    pivot_ratio: jax.Array
+
+
+#: Fits whose Gram-route R had a smaller scaled pivot at some iterate (R's relative
+#: error about EPS / ratio, 2e-10 here) are fitted again with the QR route.
+MIN_GRAM_PIVOT_RATIO = 1e-6
 
 
 def _run_one(problem, history_len: int) -> FitOutcome:
     """The driver of ``_driver.run`` for one problem, keeping table rows when asked."""
     method = METHODS[problem.method]
     state = method.init(problem)
+    by_gram = problem.method == "lm" and reduces_by_gram(problem, problem.x0.shape[0])
+    pivot_ratio = gram_pivot_ratio(state.R) if by_gram else jnp.ones(())
 
     def as_row(state):
         return jnp.stack([jnp.asarray(v, jnp.float64) for v in method.row(state)])
@@ -98,18 +127,26 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     history = jnp.zeros((history_len, 6)).at[0].set(as_row(state)) if history_len else None
 
     def body(carry):
-        state, history = carry
+        state, history, pivot_ratio = carry
         state = method.step(problem, state)
         if history is not None:
             slot = jnp.minimum(state.iteration, history_len - 1)
             history = history.at[slot].set(as_row(state))
-        return state, history
+        if by_gram:
+            pivot_ratio = jnp.minimum(pivot_ratio, gram_pivot_ratio(state.R))
+        return state, history, pivot_ratio
 
-    state, history = lax.while_loop(
-        lambda carry: carry[0].status == RUNNING, body, (state, history)
+    state, history, pivot_ratio = lax.while_loop(
+        lambda carry: carry[0].status == RUNNING, body, (state, history, pivot_ratio)
     )
     out = method.result(problem, state)
     m_true = problem.residual.true_m(problem.data)
+    if by_gram:
+        pcov, certain = pcov_from_triangular(out.R, m_true, problem.n)
+        # Where the rank test of pcov_from_R is not settled, the QR refit decides.
+        pivot_ratio = jnp.where(certain, pivot_ratio, 0.0)
+    else:
+        pcov = pcov_from_R(out.R, m_true, problem.n)
     return FitOutcome(
         x=out.x,
         cost=out.cost,
@@ -117,25 +154,76 @@ def _run_one(problem, history_len: int) -> FitOutcome:
         nfev=out.nfev,
         initial_cost=out.initial_cost,
         optimality=out.optimality,
-        pcov=pcov_from_R(out.R, m_true, problem.n),
+        pcov=pcov,
         iterations=state.iteration,
         history=history,
+        pivot_ratio=pivot_ratio,
     )
 
 
-def _run_batch(problem, history_len: int) -> FitOutcome:
+def _batch_axes(problem):
+    """``vmap``'s ``in_axes`` for a stacked problem: every leaf has the batch axis
+    first, but ``xdata`` and the weights given once (1-D, ``_host_padded``) are shared."""
+    axes = jax.tree_util.tree_map(lambda _: 0, problem)
+    X, _, W, _ = problem.data
+    shared = [None if np.ndim(A) == 1 else 0 for A in (X, W)]
+    return dataclasses.replace(axes, data=(shared[0], 0, shared[1], 0))
+
+
+def _take_fits(problem, take: np.ndarray):
+    """The fits ``take`` of a stacked problem (host arrays; shared leaves kept whole)."""
+    axes = _batch_axes(problem)
+    return jax.tree_util.tree_map(
+        lambda axis, leaf: leaf if axis is None else np.asarray(leaf)[take],
+        axes,
+        problem,
+        is_leaf=lambda node: node is None,
+    )
+
+
+def _run_batch_qr(problem, history_len: int) -> FitOutcome:
     """Every fit of the stacked ``problem`` (leading batch axis), vectorized."""
     # A batched LAPACK SVD loops over the fits one small matrix at a time; Jacobi
     # rotations written element-wise vectorize across them (see nlsq._reduce).
     with vectorized_small_svd():
-        return jax.vmap(lambda one: _run_one(one, history_len))(problem)
+        run = jax.vmap(lambda one: _run_one(one, history_len), in_axes=(_batch_axes(problem),))
+        return run(problem)
+
+
+def _run_batch(problem, history_len: int) -> FitOutcome:
+    """As :func:`_run_batch_qr`, with Levenberg-Marquardt's ``R`` from the Gram matrix
+    (a batched QR, too, is a LAPACK call per fit; see nlsq._reduce)."""
+    with gram_reduction():
+        return _run_batch_qr(problem, history_len)
 
 
 _solve_batch = SolverJit(_run_batch, static_argnums=1)
+_solve_batch_qr = SolverJit(_run_batch_qr, static_argnums=1)
 
 
 def _solve_many(problem, history_len: int):
     return _solve_batch(problem, history_len)
+
+
+def _refit_by_qr(problem, out: FitOutcome, history_len: int) -> FitOutcome:
+    """``out`` (host arrays, B fits) with the fits whose Gram route lost digits
+    (:data:`MIN_GRAM_PIVOT_RATIO`) fitted again by the QR route, as ``curve_fit`` does."""
+    redo = np.flatnonzero(np.asarray(out.pivot_ratio) < MIN_GRAM_PIVOT_RATIO)
+    if not redo.size:
+        return out
+    # The batch of refits is padded to a power of two (repeating the last one), so
+    # few programs serve every count.
+    size = 1 << int(redo.size - 1).bit_length()
+    take = np.concatenate([redo, np.repeat(redo[-1:], size - redo.size)])
+    subset = _take_fits(problem, take)
+    again = jax.device_get(_solve_batch_qr(subset, history_len))
+
+    def merge(old, new):
+        merged = np.array(old)
+        merged[redo] = np.asarray(new)[: redo.size]
+        return merged
+
+    return jax.tree_util.tree_map(merge, out, again)
 
 
 def _as_rows(data, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -171,20 +259,26 @@ def _padded_to(rows: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def _is_shared(rows: np.ndarray) -> bool:
+    """Whether ``rows`` (B, L) is one row seen by every dataset (a broadcast, no copy)."""
+    return rows.ndim == 2 and rows.shape[0] > 0 and rows.strides[0] == 0
+
+
 def _inverse_sigma(sigma, lengths: np.ndarray) -> np.ndarray:
-    """Row weights ``1 / sigma`` as (B, L) for every form of ``sigma``, checked."""
+    """Row weights ``1 / sigma`` as (B, L) for every form of ``sigma``, checked; one
+    row broadcast (:func:`_is_shared`) when every dataset has the same weights."""
     batch, longest = lengths.size, int(lengths.max())
     if sigma is None:
-        return np.ones((batch, longest))
+        return np.broadcast_to(np.ones(longest), (batch, longest))
     if not isinstance(sigma, list | tuple) and np.ndim(sigma) == 0:
-        return np.full((batch, longest), 1.0 / float(sigma))
+        return np.broadcast_to(np.full(longest, 1.0 / float(sigma)), (batch, longest))
     S, s_len = _shared_or_rows(sigma, batch, "sigma")
     wrong = np.flatnonzero(s_len != lengths)
     if wrong.size:
         i = wrong[0]
         raise ValueError(f"dataset {i}: `sigma` must have shape ({lengths[i]},).")
     with np.errstate(divide="ignore"):
-        W = 1.0 / S
+        W = np.broadcast_to(1.0 / S[0], S.shape) if _is_shared(S) else 1.0 / S
     not_finite = np.flatnonzero(~np.isfinite(W).all(axis=1))
     if not_finite.size:
         raise ValueError(f"dataset {not_finite[0]}: `sigma` must not contain zeros.")
@@ -231,7 +325,12 @@ def _per_fit(value, batch: int, p: int, what: str) -> np.ndarray:
 
 
 def _host_padded(model, p: int, X, Y, sigma, lengths):
-    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket."""
+    """``(X, Y, W)``: host rows padded with zero-weight rows to one bucket.
+
+    ``X`` and ``W`` are one 1-D row shared by every fit when the datasets have one
+    length and one ``xdata`` (weights): the batched program then reads them once
+    (``_batch_axes``), not once per fit, and they are not copied B times here.
+    """
     W = _inverse_sigma(sigma, lengths)
 
     longest = int(lengths.max())
@@ -243,10 +342,22 @@ def _host_padded(model, p: int, X, Y, sigma, lengths):
                 "element by element (this one mixes data points); fit them with curve_fit."
             )
         size = longest
+    uniform = lengths.min() == longest
+
+    def padded(rows):
+        if uniform and _is_shared(rows):
+            return _padded_to(rows[:1], size)[0]
+        return _padded_to(rows, size)
+
     # Zero-weight rows pad every dataset to ``size``.
-    X, Y, W = (_padded_to(A, size) for A in (X, Y, W))
-    W[np.arange(size) >= lengths[:, None]] = 0.0
+    X, Y, W = (padded(A) for A in (X, Y, W))
+    W[..., np.arange(size) >= (longest if W.ndim == 1 else lengths[:, None])] = 0.0
     return X, Y, W
+
+
+def _first(rows):
+    """The first dataset's row of ``rows`` (B, L), or the shared row itself (L,)."""
+    return rows if np.ndim(rows) == 1 else rows[0]
 
 
 def curve_fit_many(
@@ -349,6 +460,8 @@ def curve_fit_many(
     model = code_keyed(f)
     if not on_device:
         X, Y, W = _host_padded(model, p, X, Y, sigma, lengths)
+        if placement is not None:  # every leaf is split over the devices: one row per fit
+            X, W = (np.broadcast_to(A, Y.shape) if A.ndim == 1 else A for A in (X, W))
 
     enable_persistent_cache()
     with enable_x64(True):
@@ -356,7 +469,7 @@ def curve_fit_many(
         # by per-dataset stacks (checked the same way, vectorized).
         template = make_problem(
             PaddedModelResidual(model, None, 1),
-            (X[0], Y[0], W[0], np.float64(lengths[0])),
+            (_first(X), Y[0], _first(W), np.float64(lengths[0])),
             x0_b[0],
             jac_mode=jac_mode,
             bounds=(lb_b[0], ub_b[0]),
@@ -409,6 +522,7 @@ def curve_fit_many(
                                    *placement)  # fmt: skip
         # Sharded results come back shard by shard (no gather in the program).
         out = jax.tree_util.tree_map(lambda a: a[:batch], jax.device_get(solved))
+        out = _refit_by_qr(problem, out, history_len)
 
     status = np.asarray(out.status).astype(int)
     cost = np.asarray(out.cost)

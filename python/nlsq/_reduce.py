@@ -20,12 +20,21 @@ rounding, so the two routes agree to rounding (``tests/test_many.py`` checks
 this, also for ill-conditioned, rank-deficient and tall matrices).  It is used
 for the solvers' steps with ``n <= FUSED_MAX_N`` columns only, where its
 unrolled code stays small (it adds about 0.6 s to the batched program's first
-compilation; the covariance, computed once per fit, keeps LAPACK's SVD).
+compilation; the QR route's covariance, computed once per fit, keeps LAPACK's
+SVD, the Gram route's is ``R^{-1} R^{-T}``, :func:`pcov_from_triangular`).
 
-The QR stays LAPACK's on both routes: Cholesky QR written the same way
-(shifted, three passes, as accurate as Householder) streams the ``B x m``
-columns through memory a pass per product and was slower than the batched
-``geqrf`` at ``B = 1000``, ``m = 512``.
+Two routes to ``R``
+-------------------
+One fit, and the batched TRF / dogbox fits, take LAPACK's QR.  Cholesky QR
+written as separate sums (shifted, three passes, as accurate as Householder)
+streamed the ``B x m`` columns through memory a pass per product and was
+slower than the batched ``geqrf`` at ``B = 1000``, ``m = 512``.  The batched
+Levenberg-Marquardt fits (:func:`gram_reduction`) instead take ``R`` from the
+Gram matrix of ``[J | f]`` with all its sums as ONE reduction
+(:func:`reduce_by_gram`), which XLA fuses with the model and its derivatives:
+one pass over the rows per linearization.  Forming ``J^T J`` squares the
+condition number, so fits whose scaled pivots (:func:`gram_pivot_ratio`) fall
+below ``nlsq._many.MIN_GRAM_PIVOT_RATIO`` are refitted by the QR route.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import contextlib
 import contextvars
 from collections.abc import Iterator
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -137,9 +147,155 @@ def _jacobi_svd(A):
     eye = jnp.eye(n, dtype=A.dtype)
     start = (tuple(A.T), tuple(eye), jnp.asarray(True), 0)
     W, V, _, _ = lax.while_loop(lambda c: c[2] & (c[3] < _MAX_SWEEPS), sweep, start)
-    W, V = jnp.stack(W, axis=1), jnp.stack(V, axis=1)
-    s = jnp.sqrt(jnp.sum(W * W, axis=0))
-    order = jnp.argsort(-s, stable=True)
-    s, W, V = s[order], W[:, order], V[:, order]
+    norms = jnp.sqrt(jnp.sum(jnp.stack(W, axis=1) ** 2, axis=0))
+    s, W, V = _sorted_descending([norms[k] for k in range(n)], list(W), list(V))
+    W, V, s = jnp.stack(W, axis=1), jnp.stack(V, axis=1), jnp.stack(s)
     U = jnp.where(s > 0, W / jnp.where(s > 0, s, 1.0), 0.0)
     return U, s, V.T
+
+
+def _sorted_descending(s: list, W: list, V: list):
+    """``s`` sorted descending, columns of ``W`` and ``V`` alike, stably (equal values keep
+    their order): odd-even transposition, ``n`` rounds of compare-and-swap of
+    neighbours.  Element-wise (a batched sort op was slower for a few columns)."""
+    n = len(s)
+    for round_ in range(n):
+        for i in range(round_ % 2, n - 1, 2):
+            swap = s[i] < s[i + 1]
+            for cols in (s, W, V):
+                cols[i], cols[i + 1] = (
+                    jnp.where(swap, cols[i + 1], cols[i]),
+                    jnp.where(swap, cols[i], cols[i + 1]),
+                )
+    return s, W, V
+
+
+# --- The Gram route (batched Levenberg-Marquardt) ---
+#
+# A batched ``geqrf`` is one LAPACK call per fit on a column-major copy of
+# ``[J | f]``: for ``B = 1000`` fits of ``m = 512`` rows and 3 parameters, the copy
+# and the calls took about half of ``curve_fit_many``'s time.  For few parameters
+# the same ``R`` and ``Q^T f`` follow from the ``(n + 1) x (n + 1)`` Gram matrix of
+# ``[J | f]``: ``R`` is the Cholesky factor of ``J^T J`` (Householder's ``R`` up to
+# the signs of its rows, which nothing downstream sees) and ``Q^T f = R^{-T} J^T f``.
+# Its sums are one reduction with several outputs, which XLA fuses with the model
+# and its derivatives, across the batch, with no ``m x n`` array written.  Forming
+# ``J^T J`` squares the condition number: the scaled pivots
+# (:func:`gram_pivot_ratio`) say when that loses digits, and ``curve_fit_many``
+# refits such fits with the QR route.
+
+_GRAM = contextvars.ContextVar("nlsq_gram_reduction", default=False)
+
+
+@contextlib.contextmanager
+def gram_reduction() -> Iterator[None]:
+    """Trace Levenberg-Marquardt's reduced Jacobian by the Gram route (batched fits)."""
+    token = _GRAM.set(True)
+    try:
+        yield
+    finally:
+        _GRAM.reset(token)
+
+
+def use_gram(n: int) -> bool:
+    """Whether the reduction of an ``n``-parameter Jacobian takes the Gram route here."""
+    return _GRAM.get() and n <= FUSED_MAX_N
+
+
+def _sums(terms: list) -> list:
+    """The sums of equally long vectors, as ONE reduction with several outputs.
+
+    XLA then evaluates the model, its derivatives and every product in one pass
+    over the rows (one fusion); separate sums were a pass and a library call each,
+    about four times slower for the ``B x m`` arrays of a batch.
+    """
+    zeros = tuple(jnp.zeros((), t.dtype) for t in terms)
+
+    def add(a, b):
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+
+    return list(lax.reduce(tuple(terms), zeros, add, (0,)))
+
+
+def reduce_by_gram(fun, x, f=None):
+    """``(R, Q^T f, ||f||^2)`` of the Jacobian of ``fun`` at ``x`` and ``f = fun(x)``, by
+    the Gram route; ``f`` is evaluated here, with the derivatives, unless given.
+
+    The Jacobian's columns are forward derivatives along the coordinate axes.  A
+    pivot that is not positive (a column that depends linearly on the previous
+    ones, to rounding) gives a zero row of ``R`` and a zero entry of ``Q^T f``.
+    ``||f||^2`` and ``Q^T f`` come from the same residuals and the same reduction:
+    the caller compares norms so obtained with each other only (a norm of the
+    same residuals summed in another order differs in its last bits, and steps
+    that change the cost by rounding only are then accepted differently).
+    """
+    n = x.shape[0]
+    basis = jnp.eye(n, dtype=x.dtype)
+    primal, columns = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
+    f = primal if f is None else f
+    cols = [columns[k] for k in range(n)]
+    pairs = [(i, j) for i in range(n) for j in range(i, n)]
+    products = [cols[i] * cols[j] for i, j in pairs] + [cols[i] * f for i in range(n)]
+    sums = _sums(products + [f * f])
+    gram = dict(zip(pairs, sums[: len(pairs)], strict=True))
+    grad = sums[len(pairs) : -1]
+    zero = jnp.zeros((), x.dtype)
+    R = [[zero] * n for _ in range(n)]
+    qtf = [zero] * n
+    for k in range(n):  # Cholesky, row by row: R[k, k:] and (Q^T f)[k]
+        pivot = gram[k, k] - sum((R[i][k] * R[i][k] for i in range(k)), zero)
+        positive = pivot > 0
+        r_kk = jnp.sqrt(jnp.where(positive, pivot, 1.0))
+        R[k][k] = jnp.where(positive, r_kk, 0.0)
+        for j in range(k + 1, n):
+            off = gram[k, j] - sum((R[i][k] * R[i][j] for i in range(k)), zero)
+            R[k][j] = jnp.where(positive, off / r_kk, 0.0)
+        rest = grad[k] - sum((R[i][k] * qtf[i] for i in range(k)), zero)
+        qtf[k] = jnp.where(positive, rest / r_kk, 0.0)
+    return jnp.stack([jnp.stack(row) for row in R]), jnp.stack(qtf), sums[-1]
+
+
+def gram_pivot_ratio(R):
+    """``min_k R_kk^2 / ||R_{:,k}||^2``: how much of each column is new against the previous
+    ones (1 for orthogonal columns, 0 for a dependent one).  The Gram route's ``R``
+    carries a relative error of about ``EPS / ratio``."""
+    colnorm2 = jnp.sum(R * R, axis=0)
+    return jnp.min(
+        jnp.where(colnorm2 > 0, jnp.diagonal(R) ** 2 / jnp.where(colnorm2 > 0, colnorm2, 1.0), 0.0)
+    )
+
+
+def pcov_from_triangular(R, m, n: int):
+    """``((J^T J)^{-1}, certain)`` from the Gram route's upper triangular ``R``.
+
+    ``R^{-1}`` by back substitution, element-wise (it vectorizes across a batch,
+    where :func:`pcov_from_R`'s LAPACK SVD is a call per fit).  ``certain`` says
+    that :func:`pcov_from_R`'s rank test cannot fail: ``1 / ||R^{-1}||_F`` bounds
+    the smallest singular value from below and ``||R||_F`` the largest from above.
+    Where it is False the caller must use :func:`pcov_from_R`.
+    """
+    zero = jnp.zeros((), R.dtype)
+    diag = jnp.diagonal(R)
+    safe = jnp.where(diag != 0, diag, 1.0)
+    inv = [[zero] * n for _ in range(n)]
+    for j in range(n):
+        inv[j][j] = 1.0 / safe[j]
+        for i in range(j - 1, -1, -1):
+            acc = sum((R[i, k] * inv[k][j] for k in range(i + 1, j + 1)), zero)
+            inv[i][j] = -acc / safe[i]
+    pcov = jnp.stack(
+        [
+            jnp.stack(
+                [sum((inv[i][k] * inv[j][k] for k in range(max(i, j), n)), zero) for j in range(n)]
+            )  # fmt: skip
+            for i in range(n)
+        ]
+    )
+    inv_norm = jnp.sqrt(sum((inv[i][j] ** 2 for i in range(n) for j in range(i, n)), zero))
+    r_norm = jnp.sqrt(jnp.sum(R * R))
+    certain = (
+        jnp.all(diag != 0)
+        & jnp.isfinite(inv_norm * r_norm)
+        & (EPS * jnp.maximum(m, n) * r_norm * inv_norm < 1)
+    )
+    return pcov, certain
