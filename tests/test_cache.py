@@ -198,4 +198,23 @@ def test_unknown_compiler_option_falls_back(monkeypatch):
     assert jitted.options == expected
     # The solver itself runs with the options this XLA accepts.
     monkeypatch.undo()
-    assert _cache.solver_options() == (_cache.SOLVER_OPTIONS if _xla_accepts(known, False) else {})
+    accepted = {k: v for k, v in _cache.SOLVER_OPTIONS.items() if _xla_accepts(k, v)}
+    assert _cache.solver_options() == accepted
+
+
+def test_options_settled_by_version_are_the_ones_xla_accepts():
+    # The options whose presence the jaxlib version settles (no probe compilation)
+    # must be accepted by this XLA exactly as the version says.
+    version = _cache._jaxlib_version()
+    for name, below in _cache._PRESENT_BELOW.items():
+        assert _xla_accepts(name, _cache.SOLVER_OPTIONS[name]) is (version < below), name
+    for name, through in _cache._PRESENT_THROUGH.items():
+        if version <= through:
+            assert _xla_accepts(name, _cache.SOLVER_OPTIONS[name]), name
+
+
+def test_codegen_parts_is_one_module_per_core_at_most_32(monkeypatch):
+    monkeypatch.setattr(_cache.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert _cache._codegen_parts() == 2
+    monkeypatch.setattr(_cache.os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert _cache._codegen_parts() == 32
