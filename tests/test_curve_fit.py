@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.optimize as so
 from nlsq import CurveFit, HostFallbackWarning, curve_fit
+from nlsq._verbose import RowKind
 
 RNG = np.random.default_rng(20261125)
 X = np.linspace(0.0, 4.0, 120)
@@ -387,8 +388,10 @@ def test_verbose_rows_are_pushed_from_inside_the_loop(monkeypatch):
 
     def fake_make_log_row(verbose):
         # Stand-in for the ring template: a host callback per row, traced in the loop.
-        def log_row(st, first):
-            jax.debug.callback(lambda it: pushes.append(int(it)), st.iteration)
+        def log_row(row, kind):
+            if kind is RowKind.CLOSING:  # the closing lines, after the loop
+                return
+            jax.debug.callback(lambda it: pushes.append(int(it)), row.iteration)
 
         return log_row if verbose else None
 

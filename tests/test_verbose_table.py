@@ -185,3 +185,54 @@ def test_scipy_reference_table_shape():
     check_row(ref[1], first=True)
     check_row(ref[2], first=False)
     assert CLOSING.match(ref[-1])
+
+
+def _stop_after_two(intermediate_result):
+    if intermediate_result.nfev >= 2:
+        raise StopIteration
+
+
+@pytest.mark.parametrize("backend", ["ffi", "callback", "debug_callback"])
+@pytest.mark.parametrize(
+    ("kw", "status"),
+    [
+        (dict(), None),  # whatever the fit ends with
+        (dict(max_nfev=3), 0),
+        (dict(callback=_stop_after_two), -2),
+    ],
+)
+def test_closing_lines_follow_the_status_on_every_route(tmp_path, backend, kw, status):
+    # The solver logs the closing lines itself, choosing the message by the status it
+    # ended with; every route writes the whole table before least_squares returns.
+    path = tmp_path / "fit.log"
+    async_logger.configure(sink=str(path), backend=backend)
+    try:
+        tag = (backend, status)  # a captured value: a program per route
+
+        def fun(p):
+            _ = tag
+            return model(X, *p) - Y
+
+        before = async_logger.stats()["pushed"]
+        res = least_squares(fun, [1.0, 1.0, 0.2], verbose=2, **kw)
+        text = path.read_text()  # no flush: the fit has flushed
+        pushed = async_logger.stats()["pushed"] - before
+    finally:
+        async_logger.configure(backend=None)
+    if status is not None:
+        assert res.status == status
+    lines, rows, parsed = parse_table(text)
+    assert lines[-2] == res.message
+    m = CLOSING.match(lines[-1])
+    assert m and int(m.group(1)) == res.nfev
+    assert [it for it, _ in parsed] == list(range(len(rows)))
+    # One record per row (the header rides with row 0) and one closing record.
+    assert pushed == len(rows) + 1
+
+
+def test_fit_that_cannot_start_writes_its_first_row_and_no_closing(log_file):
+    with pytest.raises(ValueError, match="not finite in the initial point"):
+        least_squares(lambda x: jnp.log(x - 2.0), [1.0], verbose=2)
+    lines = log_file.read_text().splitlines()
+    assert lines[0] == HEADER and len(lines) == 2
+    assert lines[1].split()[:2] == ["0", "1"]

@@ -15,14 +15,21 @@ on its own devices; the data are global ``jax.Array``s (for example from
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import numpy as np
 
 
+@functools.cache
 def is_lead_process() -> bool:
-    """True in the process that writes the verbose table (process 0)."""
+    """True in the process that writes the verbose table (process 0).
+
+    Settled by the first call: ``jax.process_index()`` starts the backends, and
+    ``jax.distributed.initialize`` is refused once they exist.  (Asked on every
+    verbose fit; a cached answer saves a few microseconds there.)
+    """
     return jax.process_index() == 0
 
 

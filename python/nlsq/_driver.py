@@ -26,7 +26,7 @@ from jax import lax
 from ._common import RUNNING, STOPPED_BY_CALLBACK
 from ._problem import Problem
 from ._residual import iteration_callback
-from ._verbose import make_log_row
+from ._verbose import ClosingRow, RowKind, make_log_row
 
 
 class SolveResult(NamedTuple):
@@ -77,22 +77,28 @@ def run(method: Method, problem: Problem) -> SolveResult:
 
         log_row = log_row_on_mesh(problem.verbose, problem.mesh)
 
-    def emit(state, first: bool) -> None:
+    def emit(state, kind: RowKind) -> None:
         if log_row is not None:
-            log_row(method.row(state), first=first)
+            log_row(method.row(state), kind)
 
     state = method.init(problem)
-    emit(state, first=True)
+    emit(state, RowKind.FIRST)
 
     def body(state):
         state = method.step(problem, state)
-        emit(state, first=False)
+        emit(state, RowKind.ITERATION)
         if problem.has_callback:
             state = _call_back(method, problem, state)
         return state
 
     state = lax.while_loop(lambda state: state.status == RUNNING, body, state)
-    return method.result(problem, state)
+    result = method.result(problem, state)
+    if log_row is not None:
+        closing = ClosingRow(
+            result.status, result.nfev, result.initial_cost, result.cost, result.optimality
+        )
+        log_row(closing, RowKind.CLOSING)
+    return result
 
 
 def _call_back(method: Method, problem: Problem, state):

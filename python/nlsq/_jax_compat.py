@@ -133,9 +133,10 @@ def register_always_live(prim: Any) -> None:
     both; a future convention that breaks it is caught by the route's set-up probe
     (:mod:`nlsq.utils._routes`), not by a user's fit.
 
-    A ``shard_map`` around such an equation (the rows of a sharded fit,
-    :func:`nlsq._sharding.log_row_on_mesh`) is kept as well: see
-    :func:`_keep_shard_maps_with_live_bodies`.
+    A ``shard_map`` or ``cond`` around such an equation (the rows of a sharded
+    fit, :func:`nlsq._sharding.log_row_on_mesh`; the closing record chosen by
+    the fit's status, :func:`nlsq._verbose.make_log_row`) is kept as well: see
+    :func:`_keep_containers_with_live_bodies`.
     """
     pe = _partial_eval_module()
 
@@ -145,56 +146,66 @@ def register_always_live(prim: Any) -> None:
 
     pe.dce_rules[prim] = keep_always
     _ALWAYS_LIVE.add(prim)
-    _keep_shard_maps_with_live_bodies(pe)
+    _keep_containers_with_live_bodies(pe)
 
 
 def _has_always_live(jaxpr: Any) -> bool:
     """Whether ``jaxpr`` (or a jaxpr nested in its equations) has an always-live equation."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr's jaxpr
-    for eqn in getattr(jaxpr, "eqns", ()):
-        if eqn.primitive in _ALWAYS_LIVE:
-            return True
-        for value in eqn.params.values():
-            for v in value if isinstance(value, (tuple, list)) else (value,):
-                if (hasattr(v, "eqns") or hasattr(v, "jaxpr")) and _has_always_live(v):
-                    return True
+    return any(
+        eqn.primitive in _ALWAYS_LIVE or _nests_always_live(eqn)
+        for eqn in getattr(jaxpr, "eqns", ())
+    )
+
+
+def _nests_always_live(eqn: Any) -> bool:
+    """Whether a jaxpr among ``eqn``'s parameters (a body, a branch) has an always-live equation."""
+    for value in eqn.params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if (hasattr(v, "eqns") or hasattr(v, "jaxpr")) and _has_always_live(v):
+                return True
     return False
 
 
-_SHARD_MAP_RULE_WRAPPED = False
+_CONTAINER_RULES_WRAPPED = False
 
 
-def _keep_shard_maps_with_live_bodies(pe: Any) -> None:
-    """Wrap ``shard_map``'s DCE rule so that it keeps a body with an always-live equation.
+def _keep_containers_with_live_bodies(pe: Any) -> None:
+    """Wrap the DCE rules of ``shard_map`` and ``cond`` so that they keep an equation
+    whose body or branches hold an always-live equation.
 
-    Why: ``shard_map``'s rule drops an equation with no used outputs and no
-    effects without looking inside, so an effect-free row emitter in a
-    ``shard_map`` with no outputs is removed.  JAX <= 0.11 never ran DCE inside a
-    ``while_loop`` body, so only a ``shard_map`` outside the solver's loop was
-    affected (and given an effect there); JAX 0.12 added a ``while_loop`` DCE rule
-    and every row after the first was lost.  ``shard_map_p`` is exported only
-    from ``jax._src.shard_map``.
+    Why: both rules drop an equation with no used outputs and no effects without
+    looking inside, so an effect-free emitter in a ``shard_map`` or ``cond`` with
+    no outputs is removed.  JAX <= 0.11 never ran DCE inside a ``while_loop`` body,
+    so only a ``shard_map`` outside the solver's loop was affected (and given an
+    effect there); JAX 0.12 added a ``while_loop`` DCE rule and every row after the
+    first was lost.  ``shard_map_p`` is exported only from ``jax._src.shard_map``;
+    ``cond_p`` is public (``jax.lax.cond_p``).
     """
-    global _SHARD_MAP_RULE_WRAPPED
-    if _SHARD_MAP_RULE_WRAPPED:
+    global _CONTAINER_RULES_WRAPPED
+    if _CONTAINER_RULES_WRAPPED:
         return
     try:
         from jax._src.shard_map import shard_map_p
     except ImportError as exc:
         raise JaxInternalsChanged(f"jax._src.shard_map.shard_map_p is unavailable: {exc}") from None
-    original = pe.dce_rules.get(shard_map_p)
-    if original is None:
-        raise JaxInternalsChanged("shard_map has no DCE rule")
+    for prim in (shard_map_p, jax.lax.cond_p):
+        original = pe.dce_rules.get(prim)
+        if original is None:
+            raise JaxInternalsChanged(f"{prim} has no DCE rule")
+        pe.dce_rules[prim] = _keeping_live_bodies(original)
+    _CONTAINER_RULES_WRAPPED = True
 
+
+def _keeping_live_bodies(original: Callable[..., Any]) -> Callable[..., Any]:
     def keep_live_bodies(*args: Any) -> tuple[list[bool], Any]:
         eqn = args[-1]
         used_inputs, new_eqn = original(*args)
-        if new_eqn is None and _has_always_live(eqn.params["jaxpr"]):
+        if new_eqn is None and _nests_always_live(eqn):
             return [True] * len(eqn.invars), eqn
         return used_inputs, new_eqn
 
-    pe.dce_rules[shard_map_p] = keep_live_bodies
-    _SHARD_MAP_RULE_WRAPPED = True
+    return keep_live_bodies
 
 
 def register_batching_rule(prim: Any, rule: Callable[..., Any]) -> None:

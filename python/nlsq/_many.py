@@ -18,7 +18,7 @@ history (``max_nfev + 1`` rows of 6 numbers per fit) and writes, per fit, one wh
 table with a fit-index column, then its closing lines; ``verbose=1`` writes one
 summary line per fit (index, nfev, cost, status), in the order the fits
 finished.  Both go through the ring logger, under the lock that keeps tables of
-concurrent fits apart (``_verbose.table_lock``).
+concurrent fits apart (``_verbose.TABLE_LOCK``).
 """
 
 from __future__ import annotations

@@ -67,6 +67,13 @@ class RingLogger:
 
         Raises ``ValueError`` naming the position of a bad or unsupported spec.
         """
+    def flush_on_push(self, tid: int) -> None:
+        """Mark template ``tid`` as the end of a unit of output (a fit's table): a
+        push of it also writes what is queued and flushes the sink, on the pushing
+        thread, when no drain pass is under way.
+
+        Raises ``ValueError`` for an unknown template id.
+        """
     def push(self, tid: int, /, *values: int | float) -> None:
         """Queue one record (values in the template's field order).
 

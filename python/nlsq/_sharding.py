@@ -284,7 +284,7 @@ def log_row_on_mesh(verbose: int, mesh: Mesh):
     ``shard_map`` (each device emits with its own copy, nothing is gathered) and is
     gated to the first device of the mesh, which belongs to process 0.
     """
-    from ._verbose import make_log_row
+    from ._verbose import RowKind, make_log_row
 
     axes = tuple(mesh.axis_names)
 
@@ -293,12 +293,12 @@ def log_row_on_mesh(verbose: int, mesh: Mesh):
 
     inner = make_log_row(verbose, gate=first_device)
 
-    def log_row(row, first: bool) -> None:
-        # ``row`` holds replicated scalars only (an IterationRow): nothing per-row
-        # enters the shard_map.
+    def log_row(row, kind: RowKind) -> None:
+        # ``row`` holds replicated scalars only (an IterationRow or ClosingRow):
+        # nothing per-row enters the shard_map.
         def body(row):
-            inner(row, first)
-            if first:
+            inner(row, kind)
+            if kind is RowKind.FIRST:
                 # Outside the solver's while_loop an effect-free shard_map with no
                 # outputs would be removed as dead code; a no-op callback (once per
                 # fit) gives it an effect.

@@ -43,7 +43,7 @@ from ._residual import (
     take_user_exception,
 )
 from ._trf import TRF
-from ._verbose import log_closing, log_header, table_lock
+from ._verbose import TABLE_LOCK, log_closing, log_header
 from ._workers import forget_workers, register_workers
 
 METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
@@ -241,7 +241,7 @@ def run_fit(
     try:
         if not problem.verbose:
             return _fit(problem, model, fit_id, rows, stacklevel)
-        with table_lock(problem.verbose):  # verbose tables of concurrent fits stay whole
+        with TABLE_LOCK:  # verbose tables of concurrent fits stay whole
             return _fit(problem, model, fit_id, rows, stacklevel)
     finally:
         end_fit(fit_id)
@@ -286,5 +286,5 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
             async_logger.flush()
         raise ValueError("Residuals are not finite in the initial point.")
     message = TERMINATION_MESSAGES[status]
-    log_closing(verbose, message, out.nfev, out.initial_cost, out.cost, out.optimality)
+    log_closing(verbose)  # the solver logged the closing lines; complete the table
     return out, message

@@ -1,19 +1,31 @@
 """scipy's iteration table, written through the ring logger (``nlsq.utils.async_logger``).
 
-Rows are pushed from inside the jitted ``lax.while_loop`` by the template
-callbacks (verbosity is static: 0 traces nothing, 1 keeps rows whose iteration
-is a multiple of 10, 2 keeps all).  The header is pushed eagerly before the fit,
-the two closing lines eagerly after it, and ``flush`` makes the table complete
-before ``curve_fit``/``least_squares`` return.  The formats are scipy's
+The whole table is logged from inside the compiled solver (verbosity is
+static: 0 traces nothing, 1 keeps rows whose iteration is a multiple of 10, 2
+keeps all): the header goes with iteration 0's row (one record of two lines),
+the termination message and summary line after the loop (one record, its
+template chosen by the status the fit ended with: a ``switch``, whose index XLA
+on a GPU reads on the host once per fit, never per iteration).  The closing
+record writes the table on the thread that pushed it
+(``RingLogger.flush_on_push``).  The host's part of a verbose fit is then two
+cheap calls around it -- point the sink at the current ``sys.stdout``, and a
+``flush`` that finds the table written (or writes it) before
+``curve_fit``/``least_squares`` return.  Why in the program: each host-side
+push after the solve ran with cold caches and cost several microseconds, the
+bulk of ``verbose=2``'s overhead on a small CPU fit (``benches/
+probe_verbose_overhead.py``).  The formats are scipy's
 (``optimize/_lsq/common.py``: ``print_header_nonlinear`` /
 ``print_iteration_nonlinear`` and ``least_squares``' closing ``print``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import enum
 import functools
 import threading
+from typing import NamedTuple
+
+from ._common import TERMINATION_MESSAGES
 
 HEADER = "{:^15}{:^15}{:^15}{:^15}{:^15}{:^15}".format(
     "Iteration", "Total nfev", "Cost", "Cost reduction", "Step norm", "Optimality"
@@ -31,6 +43,41 @@ CLOSING = (
 )
 
 
+class RowKind(enum.Enum):
+    """Which record of the table a solver emits."""
+
+    FIRST = "first"  # the header and iteration 0 (before the loop)
+    ITERATION = "iteration"  # one iteration (inside the loop)
+    CLOSING = "closing"  # termination message and summary (after the loop)
+
+
+class ClosingRow(NamedTuple):
+    """The numbers of the closing lines (``least_squares``' final ``print``)."""
+
+    status: object
+    nfev: object
+    initial_cost: object
+    cost: object
+    optimality: object
+
+
+def _escape(text: str) -> str:
+    # A constant line is a template without fields: braces must be doubled.
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+#: Row 0 with the header above it: one record, so the header costs the fit no
+#: host call of its own (a dropped record loses both; a table without its first
+#: row would be no table either).
+FIRST_ROW_WITH_HEADER = _escape(HEADER) + "\n" + FIRST_ROW
+
+#: ``status -> template`` of the closing record: scipy's termination message,
+#: then the summary line.
+CLOSINGS = {
+    status: _escape(message) + "\n" + CLOSING for status, message in TERMINATION_MESSAGES.items()
+}
+
+
 @functools.cache
 def _template(text: str):
     from .utils import _emit
@@ -45,127 +92,134 @@ def _row_emitter(text: str):
     return _emit.inline_row_emitter(text)
 
 
+@functools.cache
+def _closing_emitter(text: str):
+    # The closing record ends the table: its push writes the table on the
+    # thread that ran the solver, while its caches are warm (the host's flush
+    # after the fit then finds it written).
+    from .utils import _log_runtime
+
+    _log_runtime.mark_flush_on_push(_template(text)._key)
+    return _row_emitter(text)
+
+
 def _constant(text: str):
     return _template(_escape(text))
 
 
 def make_log_row(verbose: int, gate=None):
-    """The ``log_row(state, first)`` hook for the solvers, or None at verbose 0.
+    """The ``log_row(row, kind)`` hook for the solvers' driver, or None at verbose 0.
 
-    Rows go through :func:`nlsq.utils._emit.inline_row_emitter`: on CPU with
-    the FFI route they take the effect-free inline route (the fit keeps JAX's
-    fast dispatch path, and the rows are in the ring once the solver's results
-    are ready, which ``log_closing`` waits for); elsewhere the route table's.
+    ``kind`` is a :class:`RowKind`; ``row`` is the driver's ``IterationRow``, or a
+    :class:`ClosingRow` for ``RowKind.CLOSING``.  Records go through
+    :func:`nlsq.utils._emit.inline_row_emitter`: on CPU with the FFI route they
+    take the effect-free inline route (the fit keeps JAX's fast dispatch path,
+    and the records are in the ring once the solver's results are ready, which
+    ``log_closing`` waits for); elsewhere the route table's.
 
-    ``gate``: a zero-argument function traced where the row is emitted, returning
-    a device predicate; the row is written only where it is true (one device of a
-    mesh, :func:`nlsq._sharding.log_row_on_mesh`).
+    ``gate``: a zero-argument function traced where a record is emitted,
+    returning a device predicate; the record is written only where it is true
+    (one device of a mesh, :func:`nlsq._sharding.log_row_on_mesh`).
     """
     if verbose == 0:
         return None
 
-    def log_row(st, first: bool) -> None:
-        if first:
-            text = FIRST_ROW
-            fields = dict(iteration=st.iteration, nfev=st.nfev, cost=st.cost, optimality=st.g_norm)
-        else:
-            text = ROW
-            fields = dict(
-                iteration=st.iteration,
-                nfev=st.nfev,
-                cost=st.cost,
-                reduction=st.actual_reduction,
-                step_norm=st.step_norm,
-                optimality=st.g_norm,
-            )
-        keep = True if verbose >= 2 else st.iteration % 10 == 0
+    def emit(text: str, keep, gated_by_template: bool, **fields) -> None:
+        # ``gated_by_template``: off the inline route, the template's own
+        # verbose=1 gate (first field a multiple of 10) decides what ``keep``
+        # says; otherwise (the closing records) ``keep`` must be honoured by a
+        # cond there.
+        emitter = _row_emitter(text) if gated_by_template else _closing_emitter(text)
+        level = verbose if gated_by_template else None
         if gate is None:
-            _row_emitter(text)(keep, verbose, **fields)
+            emitter(keep, level, **fields)
             return
         from .utils import _emit
 
         if _emit.inline_rows_available():
-            # The inline row has no effect: a cond around it would be dead code.
-            _row_emitter(text)(gate() & keep, verbose, **fields)
+            # The inline record has no effect: a cond around it would be dead code.
+            emitter(gate() & keep, level, **fields)
         else:
             import jax
 
-            jax.lax.cond(gate(), lambda: _row_emitter(text)(keep, verbose, **fields), lambda: None)
+            jax.lax.cond(gate(), lambda: emitter(keep, level, **fields), lambda: None)
+
+    def log_row(row, kind: RowKind) -> None:
+        if kind is RowKind.CLOSING:
+            fields = dict(
+                nfev=row.nfev,
+                initial_cost=row.initial_cost,
+                cost=row.cost,
+                optimality=row.optimality,
+            )
+            # One branch per status the fit may end with, each logging its own
+            # message (a fit that never started, BAD_START, takes the empty
+            # last branch).  Not one keep-flagged record per status: each
+            # side-effecting call after the loop costs XLA:CPU microseconds.
+            import jax.numpy as jnp
+            from jax import lax
+
+            statuses = tuple(CLOSINGS)
+            branches = [
+                functools.partial(emit, CLOSINGS[status], True, False, **fields)
+                for status in statuses
+            ]
+            index = len(statuses)
+            for i, status in enumerate(statuses):
+                index = jnp.where(row.status == status, i, index)
+            lax.switch(index, [*branches, lambda: None])
+            return
+        fields = dict(iteration=row.iteration, nfev=row.nfev, cost=row.cost, optimality=row.g_norm)
+        if kind is RowKind.FIRST:
+            emit(FIRST_ROW_WITH_HEADER, True, True, **fields)
+            return
+        keep = True if verbose >= 2 else row.iteration % 10 == 0
+        emit(ROW, keep, True, reduction=row.actual_reduction, step_norm=row.step_norm, **fields)
 
     return log_row
 
 
-def _escape(text: str) -> str:
-    # A constant line is a template without fields: braces must be doubled.
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-@functools.cache
-def _line_key(text: str) -> int:
-    """The template key of the constant line ``text`` (the header, a termination
-    message): escaped and interned once, not on every fit."""
-    return _template(_escape(text))._key
-
-
-@functools.cache
-def _closing_fields() -> tuple[int, tuple[str, ...]]:
-    tpl = _template(CLOSING)
-    return tpl._key, tpl.fields
-
-
 def log_header(verbose: int) -> None:
+    """Before a verbose fit: point the sink at the current ``sys.stdout`` (the
+    header itself goes with the first row, from inside the solver)."""
     if verbose > 0:
-        from .utils import _log_runtime
-
-        _log_runtime.push_lines(((_line_key(HEADER), ()),))
+        _runtime().follow_stdout()
 
 
-def log_closing(verbose: int, message: str, nfev, initial_cost, cost, optimality) -> None:
-    """Termination message and summary line, then flush (the table is complete on return)."""
+def log_closing(verbose: int) -> None:
+    """After a verbose fit whose results are on the host: flush, so the table is
+    complete on return (the solver logged its closing lines itself)."""
     if verbose == 0:
         return
     import jax
 
-    from .utils import _log_runtime, _native
+    from .utils import _native, _routes
 
-    # Rows come from callbacks inside the computation (on the CUDA route, from
-    # its poller once the stream has run): all of them are pushed before the
-    # closing lines, so the order in the ring is the table's.
-    jax.effects_barrier()
+    # Records of the native routes were pushed while the program ran (it has
+    # finished: its results were fetched); on the CUDA route its poller pushes
+    # them once the stream ran; host callbacks may still be on their way.
+    if _routes.host_callback_records_traced():
+        jax.effects_barrier()
     _native.wait_cuda_delivered()
-    # Two records, one line each: a record is the unit the ring drops and counts
-    # (`stats()["dropped"]`), so one record must not hide two lines.
-    closing_key, fields = _closing_fields()
-    values = dict(
-        nfev=int(nfev),
-        initial_cost=float(initial_cost),
-        cost=float(cost),
-        optimality=float(optimality),
-    )
-    _log_runtime.push_lines(
-        ((_line_key(message), ()), (closing_key, tuple(values[name] for name in fields)))
-    )
-    # The ring's own flush completes the table: nothing has run on the device
-    # since the barrier above, so `async_logger.flush()` would only pay a
-    # second barrier (and CUDA wait) for nothing, on every verbose fit.
-    _log_runtime.get_logger().flush()
+    # The ring's own flush completes the table (``async_logger.flush()`` would
+    # pay a barrier for programs still running, and there are none of ours).
+    _runtime().get_logger().flush()
+
+
+@functools.cache
+def _runtime():
+    # Imported on first use: ``import nlsq`` does not start the logging layer.
+    from .utils import _log_runtime
+
+    return _log_runtime
 
 
 # One table at a time: the rows of a fit reach the ring while it runs, so two
 # verbose fits on different threads would interleave their rows in one table.
 # Verbose fits hold this lock from the header to the closing lines; silent fits
-# never take it.
-_TABLE_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def table_lock(verbose: int):
-    """Hold the table lock for the duration of a fit with ``verbose > 0``."""
-    if not verbose:
-        yield
-        return
-    with _TABLE_LOCK:
-        yield
+# never take it.  (Held with a plain ``with``: a context-manager generator around
+# it cost a verbose fit microseconds.)
+TABLE_LOCK = threading.RLock()
 
 
 # curve_fit_many: scipy's table with a fit-index column, and a one-line summary.
@@ -181,7 +235,7 @@ def write_many_tables(verbose: int, messages, out, iterations, history) -> None:
     from .utils import async_logger
 
     nfev, cost = out.nfev, out.cost
-    with _TABLE_LOCK:
+    with TABLE_LOCK:
         if verbose == 1:
             for i in sorted(range(len(messages)), key=lambda i: (int(iterations[i]), i)):
                 _template(MANY_SUMMARY)(

@@ -34,8 +34,10 @@ __all__ = [
     "configure_logger",
     "current",
     "ensure_registered",
+    "follow_stdout",
     "get_logger",
     "intern",
+    "mark_flush_on_push",
     "push_record",
     "push_rows",
     "push_values",
@@ -47,6 +49,8 @@ _TEXTS: list[str] = []
 _KEYS: dict[str, int] = {}
 _OPTIONS: dict[str, Any] = {"sink": None, "capacity": 65536, "policy": "drop_new"}
 _ACTIVE: tuple[RingLogger, list[int]] | None = None
+#: Keys whose records end a unit of output (``RingLogger.flush_on_push``).
+_FLUSH_ON_PUSH: set[int] = set()
 
 
 class _Failures:
@@ -72,6 +76,24 @@ def intern(text: str) -> int:
             _TEXTS.append(text)
             _KEYS[text] = key
         return key
+
+
+def mark_flush_on_push(key: int) -> None:
+    """Make a record of template ``key`` end a unit of output: pushing it also
+    writes what is queued, on the pushing thread (``RingLogger.flush_on_push``),
+    with this logger and every later one."""
+    with _LOCK:
+        _FLUSH_ON_PUSH.add(key)
+        active = _ACTIVE
+        if active is not None and key < len(active[1]) and active[1][key] >= 0:
+            active[0].flush_on_push(active[1][key])
+
+
+def _register(logger: RingLogger, key: int) -> int:
+    tid = logger.register(_TEXTS[key])
+    if key in _FLUSH_ON_PUSH:
+        logger.flush_on_push(tid)
+    return tid
 
 
 def template_text(key: int) -> str:
@@ -115,7 +137,7 @@ def _install(logger: RingLogger) -> None:
     if previous is not None:
         for key, tid in enumerate(previous[1]):
             if tid >= 0:
-                tids[key] = logger.register(_TEXTS[key])
+                tids[key] = _register(logger, key)
     _ACTIVE = (logger, tids)
     for listener in _INSTALL_LISTENERS:
         listener()
@@ -161,7 +183,7 @@ def ensure_registered(key: int) -> int:
         if key >= len(tids):
             tids.extend([-1] * (len(_TEXTS) - len(tids)))
         if tids[key] < 0:
-            tids[key] = logger.register(_TEXTS[key])
+            tids[key] = _register(logger, key)
         return tids[key]
 
 
@@ -244,40 +266,40 @@ def push_rows(key: int, rows: np.ndarray) -> None:
         _failed(exc)
 
 
-def push_lines(lines: tuple[tuple[int, tuple[int | float, ...]], ...]) -> None:
-    """Eager push of ``(key, values)`` records of Python numbers, in order (no
-    device involved); registers their templates if needed; never raises.
+def follow_stdout() -> None:
+    """With ``sink=None``, point the sink at the current ``sys.stdout`` (if that
+    changed) before records of a table are pushed from inside a computation,
+    whose thread cannot tell where ``print`` would write now; never raises."""
+    try:
+        logger, _ = _active()
+        logger.follow_stdout()
+    except Exception as exc:  # the records still go to the previous target
+        _failed(exc)
+
+
+def push_values(key: int, values: list[int | float]) -> None:
+    """Eager push of one record of Python numbers (no device involved);
+    registers its template if needed; never raises.
 
     With ``sink=None`` the sink is first pointed at the current ``sys.stdout``
-    (if that changed), so a fit's table, whose header is pushed here, lands
-    where ``print`` would put it now (a notebook cell, ``redirect_stdout``).
-    The logger is looked up once for all the records: a verbose fit's two
-    closing lines come together (each Python call there runs with caches cold
-    from the solve).
+    (if that changed), so the line lands where ``print`` would put it now (a
+    notebook cell, ``redirect_stdout``).
     """
     try:
+        ensure_registered(key)
         logger, tids = _active()
-        for key, _ in lines:
-            if key >= len(tids) or tids[key] < 0:
-                ensure_registered(key)
-                logger, tids = _active()
+        tid = tids[key]
     except Exception as exc:
         _failed(exc)
         return
     try:
         logger.follow_stdout()
-    except Exception as exc:  # the records still go to the previous target
+    except Exception as exc:  # the record still goes to the previous target
         _failed(exc)
-    for key, values in lines:
-        try:
-            logger.push(tids[key], *values)
-        except Exception as exc:
-            _failed(exc)
-
-
-def push_values(key: int, values: list[int | float]) -> None:
-    """One record for :func:`push_lines`."""
-    push_lines(((key, tuple(values)),))
+    try:
+        logger.push(tid, *values)
+    except Exception as exc:
+        _failed(exc)
 
 
 def _flush_at_exit() -> None:

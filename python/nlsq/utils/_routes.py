@@ -108,12 +108,31 @@ def _debug_push(key: int, rows: bool) -> Callable[[Any], None]:
     return callback
 
 
+class _HostCallbacks:
+    """Whether a record was traced through a host-callback route in this process.
+
+    Records of the native routes are in the ring (or, on CUDA, staged for its
+    poller) once the computation's results are ready; a host callback may still
+    be on its way then, so a flush that must see every record first runs
+    ``jax.effects_barrier`` -- a few microseconds per verbose fit, paid only
+    once such a record exists (:func:`host_callback_records_traced`).
+    """
+
+    traced = False
+
+
+def host_callback_records_traced() -> bool:
+    """Whether any record so far was traced through a host-callback route."""
+    return _HostCallbacks.traced
+
+
 class DebugCallbackRoute:
     """Route through the public ``jax.debug.callback``."""
 
     name = "debug_callback"
 
     def emit(self, key: int, packed: jax.Array) -> None:
+        _HostCallbacks.traced = True
         jax.debug.callback(_debug_push(key, packed.ndim == 2), packed)
 
 
@@ -174,6 +193,7 @@ class CallbackRoute:
         _callback_primitive()  # raises here, at set-up, when JAX lacks the hooks
 
     def emit(self, key: int, packed: jax.Array) -> None:
+        _HostCallbacks.traced = True
         host_callback(_host_push(key, packed.ndim == 2), packed)
 
 

@@ -162,6 +162,15 @@ impl RingLogger {
             .map_err(|e| PyValueError::new_err(e.to_string()))
     }
 
+    /// Marks template `tid` as the end of a unit of output: a push of it also
+    /// writes what is queued, on the pushing thread, when the drain is idle.
+    fn flush_on_push(&self, tid: &Bound<'_, PyAny>) -> PyResult<()> {
+        let tid = tid_of(tid)?;
+        self.logger
+            .flush_on_push(tid)
+            .map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
     /// Queues one record: `values` in the template's field order.
     #[pyo3(signature = (tid, *values))]
     fn push(

@@ -157,6 +157,26 @@ impl Logger {
         )
     }
 
+    /// Marks template `tid` as the end of a unit of output (a solver's
+    /// table): a push of it also writes everything queued and flushes the
+    /// sink on the pushing thread, as [`Logger::flush`] does when the drain
+    /// is idle; when a drain pass is under way the drain writes it, as any
+    /// record. The pusher then waits for the sink (under every policy), so
+    /// mark only a template pushed where that wait is already expected: a
+    /// fit's closing line, which a flush follows anyway. Why: a flush from
+    /// the caller after the computation formats the whole table with caches
+    /// gone cold, several times the cost of writing it right after the push
+    /// (`benches/probe_verbose_overhead.py`).
+    pub fn flush_on_push(&self, tid: u32) -> Result<(), PushError> {
+        let entry = self
+            .shared()
+            .templates
+            .get(tid)
+            .ok_or(PushError::UnknownTemplate(tid))?;
+        entry.flush_on_push.store(true, Relaxed);
+        Ok(())
+    }
+
     /// Queues one record with `values` in the template's field order.
     #[inline]
     pub fn push(&self, tid: u32, values: &[Value]) -> Result<(), PushError> {
@@ -206,6 +226,14 @@ impl Logger {
         });
         match outcome {
             Pushed::Queued => {
+                if entry.flush_on_push.load(Relaxed) {
+                    // The last record of a unit (a fit's table): write it
+                    // and what precedes it here, while this thread's caches
+                    // are warm, when no drain pass is under way (else the
+                    // drain writes it, as any record).
+                    drain::drain_here(s);
+                    return Ok(true);
+                }
                 // A record may wait one doze of the drain (a few ms): no
                 // syscall per push while the drain lingers (see `wake`).
                 s.waker.notify_lazy();

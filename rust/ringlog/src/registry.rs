@@ -11,6 +11,7 @@
 
 use crate::template::{Template, TemplateError};
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Mutex, OnceLock};
 
 /// Most templates one logger holds (identical texts share one id).
@@ -19,6 +20,11 @@ pub const MAX_TEMPLATES: usize = 4096;
 pub struct Entry {
     pub template: Template,
     pub arity: usize,
+    /// A push of this template also writes what is queued, on the pushing
+    /// thread ([`crate::Logger::flush_on_push`]). A flag, not a lock: set
+    /// once by the registering side, read (relaxed) by every push; a push
+    /// that misses a concurrent set just leaves its writing to the drain.
+    pub flush_on_push: AtomicBool,
 }
 
 pub struct Registry {
@@ -65,7 +71,11 @@ impl Registry {
             });
         }
         if self.slots[tid]
-            .set(Box::new(Entry { template, arity }))
+            .set(Box::new(Entry {
+                template,
+                arity,
+                flush_on_push: AtomicBool::new(false),
+            }))
             .is_err()
         {
             unreachable!("slot {tid} filled twice under the registration lock");

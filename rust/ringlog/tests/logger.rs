@@ -459,3 +459,73 @@ fn pausing_for_fork_while_another_thread_flushes() {
     let expected: String = (0..n).map(|i| format!("{i}\n")).collect();
     assert_eq!(sink.contents(), expected);
 }
+
+/// A sink that notes, per write, which thread wrote and what.
+#[derive(Clone, Default)]
+struct ByThread {
+    writes: Arc<Mutex<Vec<(std::thread::ThreadId, String)>>>,
+}
+
+impl Sink for ByThread {
+    fn write(&mut self, batch: &[u8]) -> io::Result<()> {
+        let text = String::from_utf8_lossy(batch).into_owned();
+        self.writes
+            .lock()
+            .unwrap()
+            .push((std::thread::current().id(), text));
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_flush_on_push_record_is_written_by_its_pusher_with_what_precedes_it() {
+    let sink = ByThread::default();
+    let log = Logger::new(Box::new(sink.clone()), Config::default());
+    let row = log.register("row {i:d}").unwrap();
+    let end = log.register("end {i:d}").unwrap();
+    assert_eq!(log.flush_on_push(99), Err(PushError::UnknownTemplate(99)));
+    log.flush_on_push(end).unwrap();
+    let me = std::thread::current().id();
+    // The drain thread may hold the consumer at the moment of a push (a timed
+    // doze ending): then it writes the record instead. Some of a few tries
+    // must find it idle.
+    let mut by_pusher = 0;
+    for attempt in 0..20 {
+        sink.writes.lock().unwrap().clear();
+        log.push(row, &[Value::Int(attempt)]).unwrap();
+        log.push(row, &[Value::Int(attempt + 1)]).unwrap();
+        log.push(end, &[Value::Int(attempt)]).unwrap();
+        let pushed_then = sink.writes.lock().unwrap().clone();
+        assert!(log.flush(None));
+        let all: String = sink
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| w.1.clone())
+            .collect();
+        assert_eq!(
+            all,
+            format!("row {attempt}\nrow {}\nend {attempt}\n", attempt + 1)
+        );
+        if pushed_then
+            .iter()
+            .any(|(thread, text)| *thread == me && text.ends_with(&format!("end {attempt}\n")))
+        {
+            by_pusher += 1;
+        }
+    }
+    assert!(
+        by_pusher > 0,
+        "a flush_on_push record was never written by its pusher"
+    );
+    // An unmarked record is left to the drain: its pusher never writes.
+    sink.writes.lock().unwrap().clear();
+    log.push(row, &[Value::Int(0)]).unwrap();
+    assert!(sink.writes.lock().unwrap().iter().all(|w| w.0 != me));
+    assert!(log.flush(None));
+    log.close();
+}
