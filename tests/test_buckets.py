@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from nlsq import _buckets, curve_fit
+from nlsq._jax_compat import enable_x64
+from nlsq._problem import make_problem
 from nlsq._solve import solve
 from nlsq.utils import async_logger
 
@@ -141,3 +144,24 @@ def test_verbose_table_is_the_same(tmp_path, verbose):
     padded = _table(tmp_path, "b.log", buckets=True, verbose=verbose)
     assert "Function evaluations" in unpadded
     assert padded == unpadded
+
+
+@pytest.mark.parametrize("model", [lambda x, a, b: a * jnp.exp(-b * x), lambda x, a, b: a + 0 * b])
+def test_padded_rows_known_without_tracing_the_model(model):
+    # A padded problem reads its number of residuals off the data (no trace of
+    # the model); it must be what the model's residuals actually have, also for
+    # a model that returns a scalar (broadcast against ydata).
+    calls = []
+
+    def counted(x, a, b):
+        calls.append(1)
+        return model(x, a, b)
+
+    x = np.linspace(0, 1, 300)
+    data = _buckets.pad(x, 2 * x, None, 0)
+    residual = _buckets.PaddedModelResidual(counted, None, 1)
+    with enable_x64(True):  # as every fit runs
+        problem = make_problem(residual, data, np.ones(2), jac_mode="auto")
+        m = problem.m
+        assert not calls  # the model was not traced for it
+        assert m == jax.eval_shape(problem.fun, problem.x0).shape[0] == 512

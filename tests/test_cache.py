@@ -198,4 +198,37 @@ def test_unknown_compiler_option_falls_back(monkeypatch):
     assert jitted.options == expected
     # The solver itself runs with the options this XLA accepts.
     monkeypatch.undo()
-    assert _cache.solver_options() == (_cache.SOLVER_OPTIONS if _xla_accepts(known, False) else {})
+    accepted = {k: v for k, v in _cache.SOLVER_OPTIONS.items() if _xla_accepts(k, v)}
+    assert _cache.solver_options() == accepted
+
+
+def test_options_settled_by_version_are_the_ones_xla_accepts():
+    # The options whose presence the jaxlib version settles (no probe compilation)
+    # must be accepted by this XLA exactly as the version says.
+    version = _cache._jaxlib_version()
+    options = {**_cache.SOLVER_OPTIONS, **_cache.SINGLE_FIT_OPTIONS}
+    for name, below in _cache._PRESENT_BELOW.items():
+        assert _xla_accepts(name, options[name]) is (version < below), name
+    for name, through in _cache._PRESENT_THROUGH.items():
+        if version <= through:
+            assert _xla_accepts(name, options[name]), name
+
+
+def test_single_fit_solver_alone_gets_its_extra_options():
+    # -O1 is for the single-fit solver only: curve_fit_many's batched program
+    # keeps -O3 (it runs slower at -O1).
+    from nlsq import _many
+
+    x = np.linspace(0, 1, 50)
+    nlsq.curve_fit(lambda x, a, b: a * jnp.exp(-b * x), x, np.exp(-x), p0=[1.0, 1.0])
+    nlsq.curve_fit_many(lambda x, a, b: a * jnp.exp(-b * x), x, np.exp(-x)[None], p0=[1, 1])
+    accepted = {k: v for k, v in _cache.SINGLE_FIT_OPTIONS.items() if _xla_accepts(k, v)}
+    assert _solve.solve.options == {**_cache.solver_options(), **accepted}
+    assert _many._solve_batch.options == _cache.solver_options()
+
+
+def test_codegen_parts_is_one_module_per_core_at_most_32(monkeypatch):
+    monkeypatch.setattr(_cache.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert _cache._codegen_parts() == 2
+    monkeypatch.setattr(_cache.os, "sched_getaffinity", lambda pid: set(range(96)), raising=False)
+    assert _cache._codegen_parts() == 32

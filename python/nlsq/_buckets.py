@@ -148,6 +148,15 @@ class PaddedModelResidual(ModelResidual):
     def true_m(self, data):
         return data[3]
 
+    def rows(self, data) -> int:
+        """The number of residuals (padded rows included), read off the data.
+
+        The model is row-wise on 1-D ``xdata`` (:func:`model_is_rowwise`), so its
+        residuals have the padded length: no trace of the model (``jax.eval_shape``,
+        a few milliseconds per new bucket) is needed to know it.
+        """
+        return data[1].shape[-1]
+
 
 def true_m(problem):
     """The traced number of real residuals of a padded problem, else None (use the shape)."""

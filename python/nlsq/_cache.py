@@ -193,21 +193,60 @@ def code_keyed(fn: Callable | None) -> Callable | None:
     return CodeKeyed(fn)
 
 
-#: XLA options for the solver programs.  The CPU backend's newer fusion emitters
-#: take about twice as long to compile this solver (many small fusions inside
-#: while loops) with no measurable gain at run time, so the solver uses the
-#: classic emitters (``benches/bench_many_fits.py``, compile time per bucket).
-#: XLA removed this option (jaxlib 0.11 and later have only the fusion
-#: emitters and refuse the name), so :func:`solver_options` applies only the
-#: options the running XLA accepts.
-SOLVER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+def _codegen_parts() -> int:
+    """How many LLVM modules XLA's CPU backend splits a program's kernels into.
+
+    XLA's default is 32 modules, compiled in parallel.  Each module has a fixed
+    cost (an LLVM pipeline and target set-up), so beyond the cores this process
+    may run on, more modules only add work: one per core, at most XLA's 32.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(32, cores))
+
+
+#: XLA options for every solver program (measured with
+#: ``benches/probe_compile_time.py`` and ``benches/bench_many_fits.py``):
+#:
+#: * ``xla_cpu_use_fusion_emitters=False``: the CPU backend's newer fusion
+#:   emitters take about twice as long to compile this solver (many small fusions
+#:   inside while loops) with no measurable gain at run time, so the solver uses
+#:   the classic emitters.  XLA removed this option (jaxlib 0.11 and later have
+#:   only the fusion emitters and refuse the name).
+#: * ``xla_cpu_parallel_codegen_split_count``: one LLVM module per core
+#:   (:func:`_codegen_parts`) instead of 32: less compile CPU time (about 10 % for
+#:   a single fit's program, 28 % for ``curve_fit_many``'s on 2 cores), the same
+#:   run time, and fewer memory mappings per loaded program (91 instead of 181 on
+#:   2 cores; see ``nlsq._map_guard``).
+#:
+#: :func:`solver_options` applies only the options the running XLA accepts.
+SOLVER_OPTIONS = {
+    "xla_cpu_use_fusion_emitters": False,
+    "xla_cpu_parallel_codegen_split_count": _codegen_parts(),
+}
+
+#: Extra options for the single-fit solver (``nlsq._solve.solve``):
+#: ``xla_backend_optimization_level=1`` (LLVM ``-O1`` instead of ``-O3``) cuts its
+#: compile time by about 10 % with the same run time at n = 1e3 and n = 1e5 (its
+#: time is in LAPACK calls and short fused loops).  Not for ``curve_fit_many``:
+#: its batched program runs about 5 % slower at ``-O1`` (loops across the batch
+#: that ``-O3`` vectorizes better).  Level 0 makes fits about 2.5x slower.
+SINGLE_FIT_OPTIONS = {"xla_backend_optimization_level": 1}
 
 _ACCEPTED: dict[tuple[str, Any], bool] = {}
 
-#: Options whose presence the jaxlib version settles: ``name`` exists below
-#: ``(major, minor)``.  Asking XLA costs a compilation (tens of milliseconds in a
-#: fresh process, a tenth of a first fit), so these are not probed.
+#: Options whose presence the jaxlib version settles, so that no compilation is
+#: spent asking XLA (tens of milliseconds in a fresh process, a tenth of a first
+#: fit).  ``_PRESENT_BELOW``: ``name`` exists below ``(major, minor)`` and not from
+#: it on.  ``_PRESENT_THROUGH``: ``name`` is known to exist up to and including
+#: ``(major, minor)`` (the supported oldest jaxlib has it); a newer jaxlib is asked.
 _PRESENT_BELOW = {"xla_cpu_use_fusion_emitters": (0, 11)}
+_PRESENT_THROUGH = {
+    "xla_backend_optimization_level": (0, 10),
+    "xla_cpu_parallel_codegen_split_count": (0, 10),
+}
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -225,13 +264,16 @@ def _accepts(name: str, value: Any) -> bool:
 
     XLA checks option names when it builds the compile options, before compiling,
     and refuses an unknown name with "No such compile option"; there is no API
-    listing the names.  Options in :data:`_PRESENT_BELOW` are settled by the jaxlib
-    version; any other is tried once on a trivial program.
+    listing the names.  Options in :data:`_PRESENT_BELOW` and (up to its version)
+    :data:`_PRESENT_THROUGH` are settled by the jaxlib version; any other is tried
+    once on a trivial program.
     """
     key = (name, value)
     found = _ACCEPTED.get(key)
     if found is None and name in _PRESENT_BELOW:
         found = _ACCEPTED[key] = _jaxlib_version() < _PRESENT_BELOW[name]
+    if found is None and name in _PRESENT_THROUGH and _jaxlib_version() <= _PRESENT_THROUGH[name]:
+        found = _ACCEPTED[key] = True
     if found is None:
         import jax
         import numpy as np
@@ -248,23 +290,26 @@ def _accepts(name: str, value: Any) -> bool:
     return found
 
 
-def solver_options() -> dict[str, Any]:
-    """:data:`SOLVER_OPTIONS` less those the running XLA does not know."""
-    return {name: value for name, value in SOLVER_OPTIONS.items() if _accepts(name, value)}
+def solver_options(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`SOLVER_OPTIONS` and ``extra``, less those the running XLA does not know."""
+    options = {**SOLVER_OPTIONS, **(extra or {})}
+    return {name: value for name, value in options.items() if _accepts(name, value)}
 
 
 class SolverJit:
-    """``jax.jit(fn, compiler_options=solver_options())``, made on first use.
+    """``jax.jit(fn, compiler_options=solver_options(extra_options))``, made on first use.
 
-    Each option is checked once per process (:func:`_accepts`, a trivial
-    compilation), so every route to the program -- calling it, ``lower``,
-    ``trace`` -- gets the same options, and an option this XLA does not know is
-    left out instead of failing the solver's compilation.  ``options`` are the
-    ones in use; ``trace``/``lower``/``_cache_size`` are the jitted function's.
+    Each option is checked once per process (:func:`_accepts`: by the jaxlib
+    version, or a trivial compilation), so every route to the program -- calling
+    it, ``lower``, ``trace`` -- gets the same options, and an option this XLA does
+    not know is left out instead of failing the solver's compilation.  ``options``
+    are the ones in use; ``trace``/``lower``/``_cache_size`` are the jitted
+    function's.
     """
 
-    def __init__(self, fn: Callable, **jit_kwargs: Any):
+    def __init__(self, fn: Callable, extra_options: dict[str, Any] | None = None, **jit_kwargs):
         self._fn = fn
+        self._extra_options = extra_options
         self._jit_kwargs = jit_kwargs
         self._jitted = None
         self.options: dict[str, Any] | None = None
@@ -273,7 +318,7 @@ class SolverJit:
         if self._jitted is None:
             import jax
 
-            self.options = solver_options()
+            self.options = solver_options(self._extra_options)
             self._jitted = jax.jit(self._fn, compiler_options=self.options, **self._jit_kwargs)
         return self._jitted
 

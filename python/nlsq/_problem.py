@@ -87,6 +87,9 @@ class Problem:
         """
         if isinstance(self.residual, HostResidual):
             return self.residual.m
+        rows = getattr(self.residual, "rows", None)
+        if rows is not None:  # known from the data's shape (nlsq._buckets)
+            return rows(self.data)
         return jax.eval_shape(self.fun, self.x0).shape[0]
 
     def fun(self, x):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._buckets import true_m
-from ._cache import SolverJit
+from ._cache import SINGLE_FIT_OPTIONS, SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES
 from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
@@ -115,7 +115,7 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
     )
 
 
-solve = SolverJit(_solve)
+solve = SolverJit(_solve, SINGLE_FIT_OPTIONS)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
