@@ -43,6 +43,16 @@ def _check_equal(many, i, alone):
     assert many.success[i]
 
 
+def test_one_dataset_given_as_a_broadcast_row():
+    # ``y[None]`` is a stride-0 view, as a shared ``xdata`` row is: it must stay
+    # the one dataset's own row (a batch of one), not be read as shared.
+    xs, ys, _ = _datasets(1, lengths=(60, 61))
+    x, y = xs[0], ys[0]
+    many = curve_fit_many(exp_model, x, y[None], p0=[1, 0.5, 0.1])
+    assert many.popt.shape == (1, 3)
+    _check_equal(many, 0, curve_fit(exp_model, x, y, p0=[1, 0.5, 0.1], full_output=True))
+
+
 def test_sequences_of_different_lengths_with_sigma():
     xs, ys, sig = _datasets(5)
     # method=None follows curve_fit's rule ('lm' here: no bounds, linear loss), so the

@@ -349,8 +349,10 @@ def _host_padded(model, p: int, X, Y, sigma, lengths):
             return _padded_to(rows[:1], size)[0]
         return _padded_to(rows, size)
 
-    # Zero-weight rows pad every dataset to ``size``.
-    X, Y, W = (padded(A) for A in (X, Y, W))
+    # Zero-weight rows pad every dataset to ``size``.  ``ydata`` is never shared:
+    # one dataset given as ``y[None]`` is a stride-0 row too.
+    X, W = padded(X), padded(W)
+    Y = _padded_to(Y, size)
     W[..., np.arange(size) >= (longest if W.ndim == 1 else lengths[:, None])] = 0.0
     return X, Y, W
 
