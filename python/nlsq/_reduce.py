@@ -59,13 +59,18 @@ _FUSED = contextvars.ContextVar("nlsq_fused_small_svd", default=False)
 
 
 @contextlib.contextmanager
-def vectorized_small_svd() -> Iterator[None]:
-    """Trace the SVDs of small matrices as element-wise code (batched fits; see the module doc)."""
-    token = _FUSED.set(True)
+def _switched_on(flag: contextvars.ContextVar) -> Iterator[None]:
+    """``flag`` true while tracing inside the ``with`` block (this context only)."""
+    token = flag.set(True)
     try:
         yield
     finally:
-        _FUSED.reset(token)
+        flag.reset(token)
+
+
+def vectorized_small_svd() -> contextlib.AbstractContextManager[None]:
+    """Trace the SVDs of small matrices as element-wise code (batched fits; see the module doc)."""
+    return _switched_on(_FUSED)
 
 
 def _fused(n: int) -> bool:
@@ -187,14 +192,9 @@ def _sorted_descending(s: list, W: list, V: list):
 _GRAM = contextvars.ContextVar("nlsq_gram_reduction", default=False)
 
 
-@contextlib.contextmanager
-def gram_reduction() -> Iterator[None]:
+def gram_reduction() -> contextlib.AbstractContextManager[None]:
     """Trace Levenberg-Marquardt's reduced Jacobian by the Gram route (batched fits)."""
-    token = _GRAM.set(True)
-    try:
-        yield
-    finally:
-        _GRAM.reset(token)
+    return _switched_on(_GRAM)
 
 
 def use_gram(n: int) -> bool:
