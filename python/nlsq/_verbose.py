@@ -113,13 +113,11 @@ def make_log_row(verbose: int, gate=None):
     if verbose == 0:
         return None
 
-    def emit(text: str, keep, gated_by_template: bool, **fields) -> None:
-        # ``gated_by_template``: off the inline route, the template's own
-        # verbose=1 gate (first field a multiple of 10) decides what ``keep``
-        # says; otherwise (the closing records) ``keep`` must be honoured by a
-        # cond there.
+    def emit(text: str, keep, level: int, **fields) -> None:
+        # ``level``: off the inline route, the template's own gate -- verbose=1
+        # keeps a row whose first field (the iteration) is a multiple of 10, as
+        # ``keep`` says; 2 keeps every record (the closing one).
         emitter = _row_emitter(text)
-        level = verbose if gated_by_template else None
         if gate is None:
             emitter(keep, level, **fields)
             return
@@ -150,8 +148,7 @@ def make_log_row(verbose: int, gate=None):
 
             statuses = tuple(CLOSINGS)
             branches = [
-                functools.partial(emit, CLOSINGS[status], True, False, **fields)
-                for status in statuses
+                functools.partial(emit, CLOSINGS[status], True, 2, **fields) for status in statuses
             ]
             index = len(statuses)
             for i, status in enumerate(statuses):
@@ -160,10 +157,10 @@ def make_log_row(verbose: int, gate=None):
             return
         fields = dict(iteration=row.iteration, nfev=row.nfev, cost=row.cost, optimality=row.g_norm)
         if kind is RowKind.FIRST:
-            emit(FIRST_ROW_WITH_HEADER, True, True, **fields)
+            emit(FIRST_ROW_WITH_HEADER, True, verbose, **fields)
             return
         keep = True if verbose >= 2 else row.iteration % 10 == 0
-        emit(ROW, keep, True, reduction=row.actual_reduction, step_norm=row.step_norm, **fields)
+        emit(ROW, keep, verbose, reduction=row.actual_reduction, step_norm=row.step_norm, **fields)
 
     return log_row
 

@@ -493,30 +493,23 @@ def _inline_failed(exc: BaseException) -> None:
 
 
 def inline_row_emitter(text: str) -> Callable[..., None]:
-    """``emit(keep, verbose, **fields)`` for a solver record of template ``text``.
+    """``emit(keep, verbose, **fields)`` for a solver row of template ``text``.
 
-    On CPU with the FFI route the record is staged through ``nlsq_log_inline``
-    (``keep`` travels with it; the handler drops records whose flag is 0).
-    Elsewhere the template's own route is used: gated as ``verbose`` says (its
-    verbose=1 gate is the rows' ``keep``), or, with ``verbose=None``, kept where
-    ``keep`` is true (a ``cond``; the closing records, once per fit).  A failure
-    of the inline route while tracing falls back to the template route with one
-    warning.
+    On CPU with the FFI route the row is staged through ``nlsq_log_inline``
+    (``keep`` travels with the row; the handler drops rows whose flag is 0).
+    Elsewhere the template's own route is used, gated as ``verbose`` says.
+    A failure of the inline route while tracing falls back to the template
+    route with one warning.
     """
     tpl = LogTemplate(text)
 
-    def emit(keep: Any, verbose: int | None, **fields: Any) -> None:
+    def emit(keep: Any, verbose: int, **fields: Any) -> None:
         if inline_rows_available():
             try:
                 _stage_inline_row(tpl._key, keep, [fields[name] for name in tpl.fields])
                 return
             except Exception as exc:
                 _inline_failed(exc)
-        if verbose is not None:
-            tpl(verbose=verbose, **fields)
-        elif keep is True:
-            tpl(verbose=2, **fields)
-        else:
-            lax.cond(keep, lambda: tpl(verbose=2, **fields), lambda: None)
+        tpl(verbose=verbose, **fields)
 
     return emit

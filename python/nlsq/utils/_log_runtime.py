@@ -247,8 +247,9 @@ def push_rows(key: int, rows: np.ndarray) -> None:
 
 def follow_stdout() -> None:
     """With ``sink=None``, point the sink at the current ``sys.stdout`` (if that
-    changed) before records of a table are pushed from inside a computation,
-    whose thread cannot tell where ``print`` would write now; never raises."""
+    changed), so records pushed next land where ``print`` would put them now --
+    also those pushed from inside a computation, whose thread cannot tell;
+    never raises."""
     try:
         logger, _ = _active()
         logger.follow_stdout()
@@ -271,10 +272,7 @@ def push_values(key: int, values: list[int | float]) -> None:
     except Exception as exc:
         _failed(exc)
         return
-    try:
-        logger.follow_stdout()
-    except Exception as exc:  # the record still goes to the previous target
-        _failed(exc)
+    follow_stdout()
     try:
         logger.push(tid, *values)
     except Exception as exc:
