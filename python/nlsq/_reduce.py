@@ -217,9 +217,9 @@ def _sums(terms: list) -> list:
     return list(lax.reduce(tuple(terms), zeros, add, (0,)))
 
 
-def reduce_by_gram(fun, x, f=None):
+def reduce_by_gram(fun, x):
     """``(R, Q^T f, ||f||^2)`` of the Jacobian of ``fun`` at ``x`` and ``f = fun(x)``, by
-    the Gram route; ``f`` is evaluated here, with the derivatives, unless given.
+    the Gram route; ``f`` is evaluated here, with the derivatives.
 
     The Jacobian's columns are forward derivatives along the coordinate axes.  A
     pivot that is not positive (a column that depends linearly on the previous
@@ -231,8 +231,7 @@ def reduce_by_gram(fun, x, f=None):
     """
     n = x.shape[0]
     basis = jnp.eye(n, dtype=x.dtype)
-    primal, columns = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
-    f = primal if f is None else f
+    f, columns = jax.vmap(lambda v: jax.jvp(fun, (x,), (v,)), out_axes=(None, 0))(basis)
     cols = [columns[k] for k in range(n)]
     pairs = [(i, j) for i in range(n) for j in range(i, n)]
     products = [cols[i] * cols[j] for i, j in pairs] + [cols[i] * f for i in range(n)]
