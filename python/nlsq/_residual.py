@@ -219,6 +219,15 @@ class ModelResidual:
     def name(self) -> str:
         return getattr(self.model, "__name__", repr(self.model))
 
+    def stored_description(self) -> tuple | None:
+        """What this residual computes, for the program store (``nlsq._programs``):
+        its kind, the user's model function (unwrapped) and the weighting; None
+        with a user Jacobian (kept on JAX's own route)."""
+        if self.jac is not None:
+            return None
+        model = getattr(self.model, "fn", self.model)  # nlsq._cache.CodeKeyed
+        return (type(self).__qualname__, model, self.transform_kind)
+
 
 def _fd_steps(x, lb, ub, method: str, diff_step, xp):
     """Absolute steps and one-sidedness, as scipy's ``approx_derivative`` chooses them."""
