@@ -111,7 +111,8 @@ def test_what_cannot_be_described_is_not_stored():
     assert _key(_namespace_model("f = lambda x, a: a * exp(x)", exp=jnp.exp)) is not None
 
 
-def test_only_plain_fits_take_the_store(store):
+def test_only_plain_fits_take_the_store(store, monkeypatch):
+    monkeypatch.setattr(_solve.solve, "_programs", {})  # as in a fresh process
     x = np.linspace(0, 4, 200)
     y = 2.0 * np.exp(-0.7 * x)
     model = lambda x, a, b: a * jnp.exp(-b * x)  # noqa: E731
@@ -239,6 +240,7 @@ def test_a_stored_program_that_fails_its_first_run_is_dropped_and_the_fit_compil
     x = np.linspace(0, 4, 150)
     y = 1.5 * np.exp(-0.9 * x) + 0.1
     model = lambda x, a, b, c: a * jnp.exp(-b * x) + c  # noqa: E731
+    monkeypatch.setattr(_solve.solve, "_programs", {})  # as in a fresh process
     expected, _ = nlsq.curve_fit(model, x, y, p0=[1, 1, 0])  # compiled and stored
     (entry,) = store.iterdir()
 
@@ -246,7 +248,7 @@ def test_a_stored_program_that_fails_its_first_run_is_dropped_and_the_fit_compil
         raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion.3 not found")
 
     discarded, real_discard = [], _programs.discard
-    monkeypatch.setattr(_programs, "load_program", lambda key, args: broken)
+    monkeypatch.setattr(_programs, "load_program", lambda key, args, out_tree: broken)
     monkeypatch.setattr(_programs, "discard", discarded.append)
     monkeypatch.setattr(_solve.solve, "_programs", {})  # a fresh process's view
     popt, _ = nlsq.curve_fit(model, x, y, p0=[1, 1, 0])
@@ -254,3 +256,43 @@ def test_a_stored_program_that_fails_its_first_run_is_dropped_and_the_fit_compil
     assert discarded == [entry.name.removesuffix(".xla")]  # dropped from the store
     real_discard(discarded[0])
     assert not entry.exists()
+
+
+MANY_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax, jax.numpy as jnp, numpy as np
+    traces = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, secs, **kw: traces.append(kw.get("fun_name"))
+        if name == "/jax/core/compile/jaxpr_trace_duration" else None)
+    import nlsq
+    from nlsq import _programs
+    rng = np.random.default_rng(1)
+    xs = [np.linspace(0, 4, n) for n in (150, 170, 190)]
+    ys = [2.0 * np.exp(-0.8 * x) + 0.3 + 0.01 * rng.standard_normal(x.size) for x in xs]
+    res = nlsq.curve_fit_many(lambda x, a, b, c: a * jnp.exp(-b * x) + c, xs, ys, p0=[1, 1, 0])
+    print(json.dumps({"popt": res.popt.tolist(), "nfev": res.nfev.tolist(),
+                      "solver_traces": traces.count("_run_batch"), **_programs.counts}))
+    """
+)
+
+
+def test_curve_fit_many_programs_are_stored_and_loaded(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT / "python"))
+    env["NLSQ_CACHE_DIR"] = str(tmp_path)
+
+    def run() -> dict:
+        out = subprocess.run(
+            [sys.executable, "-c", MANY_SCRIPT], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    cold = run()
+    assert (cold["stored"], cold["loaded"], cold["solver_traces"]) == (1, 0, 1)
+    warm = run()
+    assert (warm["stored"], warm["loaded"], warm["solver_traces"]) == (0, 1, 0)
+    assert warm["popt"] == cold["popt"]
+    assert warm["nfev"] == cold["nfev"]

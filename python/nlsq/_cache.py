@@ -281,9 +281,11 @@ class SolverJit:
 
     ``describe``, when given, opens the second route of :mod:`nlsq._programs`: it
     returns a stable description of the call's static part (or None: not
-    storable).  A storable call runs a compiled program held here, keyed by its
-    signature; a new signature loads the executable from the program store (no
-    trace, no lowering) or lowers and compiles it and stores it.  Every other call
+    storable); ``outputs`` (given the same arguments) returns the treedef of what
+    the program returns, when that is not a flat tuple of arrays.  A storable
+    call runs a compiled program held here, keyed by its signature; a new
+    signature loads the executable from the program store (no trace, no
+    lowering) or lowers and compiles it and stores it.  Every other call
     goes through ``jax.jit`` as before.
     """
 
@@ -293,6 +295,7 @@ class SolverJit:
         extra_options: dict[str, Any] | None = None,
         *,
         describe: Callable[..., Any] | None = None,
+        outputs: Callable[..., Any] | None = None,
         **jit_kwargs,
     ):
         self._fn = fn
@@ -301,6 +304,9 @@ class SolverJit:
         self._jitted = None
         self.options: dict[str, Any] | None = None
         self._describe = describe
+        self._outputs = outputs
+        static = jit_kwargs.get("static_argnums", ())
+        self._static = frozenset((static,) if isinstance(static, int) else static)
         self._programs: dict[tuple, Any] = {}  # signature -> Compiled, or None: use jit
         self._clearings = clearings()
 
@@ -330,27 +336,30 @@ class SolverJit:
         """``args`` run by the store route's program, or None (not storable: use jit)."""
         import jax
 
-        if self._clearings != clearings():  # nlsq._map_guard dropped every program
-            self._programs.clear()
-            self._clearings = clearings()
-        leaves, treedef = jax.tree_util.tree_flatten(args)
-        signature = (treedef, jax.config.jax_enable_x64, *map(_leaf_signature, leaves))
+        self._drop_if_cleared()
+        # A compiled program takes the dynamic arguments only (jit's static ones are
+        # part of it, so of the signature).
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
+        static = tuple(args[i] for i in sorted(self._static))
+        leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+        signature = (treedef, static, jax.config.jax_enable_x64, *map(_leaf_signature, leaves))
         program = self._programs.get(signature, _UNSEEN)
         if program is not _UNSEEN:
-            return None if program is None else program(*args)
+            return None if program is None else program(*dynamic)
         key = self._key(args, leaves)
         if key is None:
             self._programs[signature] = None
             return None
-        program = self._load_checked(key, args)
-        if program is None:
-            program = _programs.compile_program(key, lambda: self._get().lower(*args), args)
-            out = None
+        out_tree = None if self._outputs is None else self._outputs(*args)
+        loaded = self._load_checked(key, dynamic, out_tree)
+        if loaded is None:
+            lower = lambda: self._get().lower(*args)  # noqa: E731
+            program, out = _programs.compile_program(key, lower, dynamic, out_tree), None
         else:
-            program, out = program
+            program, out = loaded
         self._programs[signature] = program
         after_new_program()
-        return program(*args) if out is None else out
+        return program(*dynamic) if out is None else out
 
     def _key(self, args: tuple, leaves: list) -> str | None:
         description = self._describe(*args)
@@ -361,7 +370,7 @@ class SolverJit:
         return _programs.program_key(name, self.options or {}, description, leaves)
 
     @staticmethod
-    def _load_checked(key: str, args: tuple):
+    def _load_checked(key: str, args: tuple, out_tree: Any):
         """``(program, its output for args)`` from the store, or None.
 
         The first run of a loaded program is waited for here: one that does not run
@@ -372,7 +381,7 @@ class SolverJit:
         """
         import jax
 
-        program = _programs.load_program(key, args)
+        program = _programs.load_program(key, args, out_tree)
         if program is None:
             return None
         try:
@@ -381,8 +390,14 @@ class SolverJit:
             _programs.discard(key)
             return None
 
+    def _drop_if_cleared(self) -> None:
+        if self._clearings != clearings():  # nlsq._map_guard dropped every program
+            self._programs.clear()
+            self._clearings = clearings()
+
     def _cache_size(self) -> int:
         """Programs held: jax.jit's cache and the store route's."""
+        self._drop_if_cleared()
         held = sum(program is not None for program in self._programs.values())
         return jit_cache_size(self._get()) + held
 

@@ -411,8 +411,9 @@ def _flat_outputs(count: int):
     return jax.tree_util.tree_structure(tuple(range(count)))
 
 
-def load_program(key: str, args: tuple):
-    """The executable stored under ``key`` loaded for a call with ``args``, or None.
+def load_program(key: str, args: tuple, out_tree: Any = None):
+    """The executable stored under ``key`` loaded for a call with ``args`` (the
+    dynamic arguments), returning ``out_tree`` (default: a flat tuple), or None.
 
     Never raises: an entry that cannot be loaded (another jaxlib wrote it, a
     damaged file) is a miss, and the caller compiles (and replaces it).
@@ -429,10 +430,11 @@ def load_program(key: str, args: tuple):
 
         prepare_lapack_kernels()  # see there: the program skipped JAX's lowering
         count, executable = struct.unpack_from("<I", payload)[0], payload[4:]
+        out_tree = _flat_outputs(count) if out_tree is None else out_tree
+        if out_tree.num_leaves != count:
+            return None
         in_tree = jax.tree_util.tree_structure((args, {}))
-        program = serialize_executable.deserialize_and_load(
-            executable, in_tree, _flat_outputs(count)
-        )
+        program = serialize_executable.deserialize_and_load(executable, in_tree, out_tree)
     except Exception:
         return None
     counts["loaded"] += 1
@@ -466,7 +468,7 @@ def _jax_cache_hits_here() -> int:
     return _hits_by_thread.get(threading.get_ident(), 0)
 
 
-def compile_program(key: str, lower: Callable[[], Any], args: tuple) -> Any:
+def compile_program(key: str, lower: Callable[[], Any], args: tuple, out_tree: Any = None) -> Any:
     """``lower().compile()``, stored under ``key`` when XLA compiled it here.
 
     A program that JAX's persistent cache served is not stored: an executable
@@ -477,21 +479,22 @@ def compile_program(key: str, lower: Callable[[], Any], args: tuple) -> Any:
     before = _jax_cache_hits_here()
     compiled = lower().compile()
     if _jax_cache_hits_here() == before:
-        store_program(key, compiled, args)
+        store_program(key, compiled, args, out_tree)
     return compiled
 
 
-def store_program(key: str, compiled: Any, args: tuple) -> bool:
-    """Store ``compiled`` (freshly compiled for a call with ``args``) under ``key``;
-    False when it is not storable (outputs other than a flat tuple of arrays, custom
-    calls other than LAPACK's) or the write failed.  Never raises: storing is an
+def store_program(key: str, compiled: Any, args: tuple, out_tree: Any = None) -> bool:
+    """Store ``compiled`` (freshly compiled for a call with dynamic arguments ``args``)
+    under ``key``; False when it is not storable (outputs other than ``out_tree``,
+    which :func:`load_program` will be given, default a flat tuple; custom calls
+    other than LAPACK's) or the write failed.  Never raises: storing is an
     optimisation of the next process."""
     try:
         import jax
         from jax.experimental import serialize_executable
 
         count = compiled.out_tree.num_leaves
-        if compiled.out_tree != _flat_outputs(count):
+        if compiled.out_tree != (_flat_outputs(count) if out_tree is None else out_tree):
             return False
         targets = _custom_calls(compiled.as_text())
         if not all(target.startswith(_PREPARED_PREFIX) for target in targets):
