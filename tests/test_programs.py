@@ -105,7 +105,14 @@ def test_what_cannot_be_described_is_not_stored():
     user_module.peak = lambda x: x
     assert _key(_namespace_model("f = lambda x, a: a * x * obj.k", obj=obj)) is None
     assert _key(_namespace_model("f = lambda x, a: a * m.peak(x)", m=user_module)) is None
-    assert _key(lambda x, a: a * x, leaves=[jnp.zeros(3)]) is None  # a device array
+    assert _key(lambda x, a: a * x, leaves=[jnp.zeros(3)]) is None  # a device array input
+    # A device array the model captures is a constant of the program: keyed by value.
+    captured = "f = lambda x, a: a * x + T[0]"
+    t1 = _namespace_model(captured, T=jnp.array([1.0]))
+    assert _key(t1) is not None
+    assert _key(t1) == _key(_namespace_model(captured, T=jnp.array([1.0])))
+    assert _key(t1) != _key(_namespace_model(captured, T=jnp.array([2.0])))
+    assert _key(t1) != _key(_namespace_model(captured, T=jnp.array([1], jnp.int32)))
     # Library modules and functions are described by name (their version is keyed).
     assert _key(_namespace_model("f = lambda x, a: a * np.sinc(x)", np=np)) is not None
     assert _key(_namespace_model("f = lambda x, a: a * exp(x)", exp=jnp.exp)) is not None

@@ -13,12 +13,13 @@ The key must name everything the program depends on, or a stale program would
 return a wrong result.  So the rule is conservative: a value takes part only if
 it has a stable description (:func:`describe`), and whenever something cannot
 be described -- an object of a user class, a user module read through an
-attribute, a ``functools.partial``, a device array -- the key is None and the
+attribute, a ``functools.partial`` -- the key is None and the
 fit takes JAX's normal path (trace, lower, persistent cache).  Functions are
 described by their bytecode, constants, defaults, closure values
 and the globals their code can read, recursively for user functions they call;
 library functions and modules (jax, numpy, scipy, math, ...) by name, their
-versions being part of :func:`_environment`.
+versions being part of :func:`_environment`; arrays (NumPy or JAX, captured as
+constants) by their bytes, dtype and shape.
 
 Storage: ``<cache dir>/programs/<sha256 of the key>.xla`` (the directory of the
 persistent compilation cache in use, ``nlsq._cache``), each file a header
@@ -118,6 +119,11 @@ def describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
             raise Unstable("object array")
         digest = hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
         return ("array", array.dtype.str, array.shape, digest)
+    if _is_device_array(value):
+        # A captured constant: its value, dtype and weak type shape the program.
+        if not value.is_fully_addressable:
+            raise Unstable("an array spanning processes")
+        return ("device array", value.weak_type, describe(np.asarray(value), seen))
     if isinstance(value, types.ModuleType):
         if _library(value.__name__):
             return ("module", value.__name__)
@@ -130,6 +136,11 @@ def describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
     if callable(value) and _library(module) and isinstance(name, str):
         return ("library", module, name)
     raise Unstable(type(value).__name__)
+
+
+def _is_device_array(value: Any) -> bool:
+    jax = sys.modules.get("jax")
+    return jax is not None and isinstance(value, jax.Array)
 
 
 def _describe_function(fn: types.FunctionType, seen: frozenset[int]) -> Any:
