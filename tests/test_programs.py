@@ -143,6 +143,18 @@ def test_only_plain_fits_take_the_store(store, monkeypatch):
         _solve._run = real
     plain, user_jac, callable_loss = captured
     assert stored_description(plain) is not None
+    # least_squares: the function and its extra arguments (arrays and floats are
+    # traced; an int is static, so part of the key by value).
+    fun = lambda p, t, y, k: (p[0] * jnp.exp(-p[1] * t) - y) * k  # noqa: E731
+    captured.clear()
+    try:
+        _solve._run = grab
+        for k in (1, 1, 2):
+            nlsq.least_squares(fun, [1.0, 1.0], args=(x, y, k))
+    finally:
+        _solve._run = real
+    one, same, other = (stored_description(problem) for problem in captured)
+    assert one is not None and _key(one) == _key(same) and _key(one) != _key(other)
     assert stored_description(user_jac) is None
     assert stored_description(callable_loss) is None
     for changed in (

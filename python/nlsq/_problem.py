@@ -127,8 +127,8 @@ def stored_description(problem: Problem) -> tuple | None:
     """The static part of ``problem`` for the program store (``nlsq._programs``), or
     None when its program must not be stored: a verbose table or callback (host
     routes, fit ids), a chunked or sharded layout, LSMR, a callable loss, or a
-    residual that cannot describe itself (a user Jacobian, ``least_squares``'
-    functions, a NumPy model on the host)."""
+    residual that cannot describe itself (a user Jacobian, a NumPy model on the
+    host, arguments of ``least_squares`` without a stable description)."""
     if (
         problem.verbose
         or problem.has_callback
