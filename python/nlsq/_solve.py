@@ -29,7 +29,7 @@ from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, run
 from ._lm import LM
-from ._problem import Problem
+from ._problem import Problem, stored_description
 from ._reduce import pcov_from_R
 from ._residual import (
     TRACE_ERRORS,
@@ -115,7 +115,7 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
     )
 
 
-solve = SolverJit(_solve, SINGLE_FIT_OPTIONS)
+solve = SolverJit(_solve, SINGLE_FIT_OPTIONS, describe=stored_description)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
