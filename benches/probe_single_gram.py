@@ -172,14 +172,15 @@ def run_timing(rounds: int) -> None:
         block = max(3, int(2e5 / n))
         times = {key: [] for key in fits}
         keys = list(fits)
-        for r in range(rounds):
+        for r in range(rounds + 1):  # round 0 warms up, not counted
             for key in keys[r % 3 :] + keys[: r % 3]:  # the order rotated every round
                 which, call = fits[key]
                 with route(which):
                     start = time.perf_counter()
                     for _ in range(block):
                         call()
-                    times[key].append((time.perf_counter() - start) / block * 1e6)
+                    if r:
+                        times[key].append((time.perf_counter() - start) / block * 1e6)
         med = {key: statistics.median(v) for key, v in times.items()}
         print(
             f"{n:7d} {med['qr']:9.0f} {med['gram']:9.0f} {med['scipy']:9.0f} "

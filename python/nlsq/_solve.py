@@ -24,7 +24,7 @@ import numpy as np
 
 from ._buckets import true_m
 from ._cache import SINGLE_FIT_OPTIONS, SolverJit
-from ._common import BAD_START, TERMINATION_MESSAGES
+from ._common import BAD_START, TERMINATION_MESSAGES, norm
 from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, run
@@ -121,16 +121,21 @@ def _solve_by_gram(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     linearizations (0 where the covariance's rank test is not settled by ``R``'s
     bounds); below :data:`MIN_SINGLE_GRAM_PIVOT_RATIO`, :func:`_fit` runs the fit
     again by the QR route (:data:`solve_by_qr`), so its result is the QR route's.
-    The per-row outputs (``fun``, ``jac``, ``grad = J^T f``, ``cost``), which the
-    Gram route never forms, are evaluated once at the solution, as the QR route
-    computes them."""
+    The residuals (``fun``, and ``cost`` from them), which the Gram route never
+    keeps, are evaluated once at the solution, as the QR route computes them; so
+    are ``jac`` and ``grad = J^T f`` for ``least_squares``.  ``curve_fit`` (the
+    problems that want ``pcov``, as in ``nlsq._operator.result_arrays``) never reads
+    them: forming ``J`` once more cost a quarter of the program at n = 1e5, so its
+    ``jac`` is ``R`` and its ``grad`` ``R^T Q^T f``."""
     _check_lm_rows(problem)
     with gram_reduction():
         state, pivot_ratio = iterate_tracking_pivots(problem)
         out = result(problem, state)
     fun = problem.fun(out.x)
-    jac = problem.jac(out.x)
-    out = out._replace(fun=fun, jac=jac, grad=jac.T @ fun, cost=0.5 * jnp.dot(fun, fun))
+    out = out._replace(fun=fun, cost=0.5 * norm(fun) ** 2)  # as result() of the QR route
+    if not problem.want_pcov:
+        jac = problem.jac(out.x)
+        out = out._replace(jac=jac, grad=jac.T @ fun)
     pcov = None
     if problem.want_pcov:
         pcov, certain = pcov_from_triangular(out.R, _true_m(problem), problem.n)
