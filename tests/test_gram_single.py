@@ -130,13 +130,15 @@ def _assert_same_fit(got, want):
     np.testing.assert_allclose(cost, cost_q, rtol=1e-12)
 
 
-def test_least_squares_result_fields_equal_qr_route(monkeypatch):
+def test_least_squares_result_fields_equal_qr_route(monkeypatch, problems):
     x, y = _data(exp_model, (2.5, 1.3, 0.5), 200)
 
     def fun(p):
         return exp_model(x, *p) - y
 
     gram = least_squares(fun, np.array([1.0, 1.0, 0.0]), method="lm")
+    assert [program for _, program in problems] == ["solve"]
+    assert not _has_qr(problems[0][0])
     _qr_route(monkeypatch)
     qr = least_squares(fun, np.array([1.0, 1.0, 0.0]), method="lm")
     assert gram.nfev == qr.nfev and gram.njev == qr.njev and gram.status == qr.status

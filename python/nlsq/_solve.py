@@ -186,6 +186,12 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
     )
 
 
+def _lost_digits(small, n: int) -> bool:
+    """Whether a Gram-route fit's packed pivot ratio is below the threshold (never on
+    the QR route, which packs 1)."""
+    return float(small[3 * n + len(_SCALARS)]) < MIN_SINGLE_GRAM_PIVOT_RATIO
+
+
 solve = SolverJit(_solve, SINGLE_FIT_OPTIONS)
 #: The QR route's program for every problem: the refit of a Gram-route fit that
 #: lost digits (:func:`_solve_by_gram`).
@@ -348,13 +354,12 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
                 stacklevel=stacklevel,
             )
             small, fun, jac = _run(host, fit_id, rows)
+    if _lost_digits(small, problem.n):  # the QR route's fit instead (_solve_by_gram)
+        small, fun, jac = _run(problem, fit_id, rows, program=solve_by_qr)
     layout = problem.layout
     if layout is not None and layout.m_valid != layout.m:
         fun = fun[: layout.m_valid]
     out = unpack(small, fun, jac, problem.n)
-    if out.pivot_ratio < MIN_SINGLE_GRAM_PIVOT_RATIO:
-        # The Gram route lost digits (_solve_by_gram): the QR route's fit instead.
-        out = unpack(*_run(problem, fit_id, rows, program=solve_by_qr), problem.n)
     status = out.status
     if status == BAD_START:
         if verbose:
