@@ -7,7 +7,9 @@ tolerances and the NIST test's 1e-14), the exponential model, and polynomials on
 a shifted interval (ill-conditioned on purpose) are fitted by the Gram program
 with the refit switched off and by the QR program; printed per fit: the pivot
 ratio, whether nfev and status agree, and the largest relative difference of
-popt.  ``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` is chosen from this table.
+popt.  ``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` is chosen from this table, and
+``MIN_GRAM_TOLERANCE`` from it with ``PROBE_TIGHT=1e-9`` etc. (the tolerance of the
+``-tight`` rows, 1e-14 unless set).
 
 Default: warm ``curve_fit`` times, QR program against Gram program against
 ``scipy.optimize.curve_fit`` (lm), at n = 1e3, 1e4, 1e5, interleaved in blocks in
@@ -35,16 +37,19 @@ from nlsq import _solve
 
 @contextlib.contextmanager
 def route(name: str):
-    """Fits by ``name``: 'gram' (refit off), 'qr' (the QR program), or 'auto' (as shipped)."""
-    saved = (_solve.solve, _solve.MIN_SINGLE_GRAM_PIVOT_RATIO)
+    """Fits by ``name``: 'gram' (refit and tolerance guard off), 'qr' (the QR program), or
+    'auto' (as shipped)."""
+    names = ("solve", "MIN_SINGLE_GRAM_PIVOT_RATIO", "MIN_GRAM_TOLERANCE")
+    saved = {key: getattr(_solve, key) for key in names}
     if name == "qr":
         _solve.solve = _solve.solve_by_qr
     elif name == "gram":
-        _solve.MIN_SINGLE_GRAM_PIVOT_RATIO = 0.0
+        _solve.MIN_SINGLE_GRAM_PIVOT_RATIO = _solve.MIN_GRAM_TOLERANCE = 0.0
     try:
         yield
     finally:
-        _solve.solve, _solve.MIN_SINGLE_GRAM_PIVOT_RATIO = saved
+        for key, value in saved.items():
+            setattr(_solve, key, value)
 
 
 def _last_pivot_ratio():
@@ -89,7 +94,8 @@ def threshold_cases():
             continue
         for start, p0 in ((1, s1), (2, s2)):
             yield f"{name}-{start}", model, x, y, p0, {}
-            tight = dict(ftol=1e-14, xtol=1e-14, gtol=1e-14, max_nfev=10_000)
+            tol = float(os.environ.get("PROBE_TIGHT", "1e-14"))
+            tight = dict(ftol=tol, xtol=tol, gtol=tol, max_nfev=10_000)
             yield f"{name}-{start}-tight", model, x, y, p0, tight
     for n in (50, 1000, 30000):
         x = np.linspace(0, 4, n)
