@@ -7,9 +7,10 @@ tolerances and the NIST test's 1e-14), the exponential model, and polynomials on
 a shifted interval (ill-conditioned on purpose) are fitted by the Gram program
 with the refit switched off and by the QR program; printed per fit: the pivot
 ratio, whether nfev and status agree, and the largest relative difference of
-popt.  ``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` is chosen from this table, and
-``MIN_GRAM_TOLERANCE`` from it with ``PROBE_TIGHT=1e-9`` etc. (the tolerance of the
-``-tight`` rows, 1e-14 unless set).
+popt.  ``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` is chosen from this table.
+``PROBE_TIGHT=1e-9`` etc. sets the tolerances of the ``-tight`` rows (1e-14 unless
+set): how often the routes stop differently when asked for rounding-level
+convergence (see the note below ``MIN_SINGLE_GRAM_PIVOT_RATIO``).
 
 Default: warm ``curve_fit`` times, QR program against Gram program against
 ``scipy.optimize.curve_fit`` (lm), at n = 1e3, 1e4, 1e5, interleaved in blocks in
@@ -37,14 +38,13 @@ from nlsq import _solve
 
 @contextlib.contextmanager
 def route(name: str):
-    """Fits by ``name``: 'gram' (refit and tolerance guard off), 'qr' (the QR program), or
-    'auto' (as shipped)."""
-    names = ("solve", "MIN_SINGLE_GRAM_PIVOT_RATIO", "MIN_GRAM_TOLERANCE")
+    """Fits by ``name``: 'gram' (refit off), 'qr' (the QR program), or 'auto' (as shipped)."""
+    names = ("solve", "MIN_SINGLE_GRAM_PIVOT_RATIO")
     saved = {key: getattr(_solve, key) for key in names}
     if name == "qr":
         _solve.solve = _solve.solve_by_qr
     elif name == "gram":
-        _solve.MIN_SINGLE_GRAM_PIVOT_RATIO = _solve.MIN_GRAM_TOLERANCE = 0.0
+        _solve.MIN_SINGLE_GRAM_PIVOT_RATIO = 0.0
     try:
         yield
     finally:

@@ -182,14 +182,3 @@ def test_padded_gram_fit_equals_unpadded(problems):
     np.testing.assert_allclose(padded[1], plain[1], rtol=1e-10)
     assert padded[2]["nfev"] == plain[2]["nfev"] and padded[4] == plain[4]
     np.testing.assert_allclose(padded[2]["fvec"], plain[2]["fvec"], rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("tolerance", ["ftol", "xtol", "gtol"])
-def test_rounding_level_tolerances_take_the_qr_program(problems, tolerance):
-    """Tolerances below nlsq._solve.MIN_GRAM_TOLERANCE: the QR program from the start
-    (the routes round the convergence tests' quantities differently)."""
-    x, y = _data(exp_model, (2.5, 1.3, 0.5), 100)
-    curve_fit(exp_model, x, y, p0=[1, 1, 0], method="lm", **{tolerance: 1e-9})
-    assert [program for _, program in problems] == ["solve_by_qr"]
-    curve_fit(exp_model, x, y, p0=[1, 1, 0], method="lm", **{tolerance: 1e-8})
-    assert [program for _, program in problems][1:] == ["solve"]

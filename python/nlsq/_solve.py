@@ -5,6 +5,11 @@ options as static metadata and its numbers as traced leaves, so JAX's jit
 cache keys on exactly (model, options, shapes, dtypes): refitting the same
 model with new data of the same shape reuses the compiled executable.
 
+A Levenberg-Marquardt problem that ``nlsq._lm.single_fit_by_gram`` admits is
+traced by the Gram route (``nlsq._reduce``: no LAPACK QR, one fused pass over the
+rows per linearization); ``solve_by_qr`` is the QR route's program, which reruns
+such a fit when its Gram route lost digits (:func:`_solve_by_gram`).
+
 ``run_fit(problem, model)`` is what ``curve_fit`` calls: the verbose header and
 closing lines, the fallback to the host for functions JAX cannot trace, and the
 results on the host (``Solved``, one transfer); ``fit`` (``least_squares``) makes
@@ -64,16 +69,16 @@ _SCALARS = ("cost", "optimality", "nfev", "njev", "status", "initial_cost")
 #: this; below it the differences reached 1e-9 and more.
 MIN_SINGLE_GRAM_PIVOT_RATIO = 1e-4
 
-#: A fit asked for ``ftol``, ``xtol`` or ``gtol`` below this (scipy's defaults)
-#: runs by the QR program from the start.  Its convergence tests then compare
-#: relative changes nearer the rounding that differs between the routes (the Gram
-#: route's ``R`` carries ``EPS / ratio``, its squared norm is summed in another
-#: order), so the routes may stop at different evaluations.  Of the 26 NIST StRD
-#: fits above the pivot threshold (``benches/probe_single_gram.py --threshold``,
-#: ``PROBE_TIGHT`` setting every tolerance), nfev or status differed in 12 at 1e-14,
-#: in 1 at 1e-10 and at 1e-9 (Misra1c from start 1: status 1 against 2, popt 5e-9
-#: apart), and in none at 1e-8.
-MIN_GRAM_TOLERANCE = 1e-8
+# Tolerances below scipy's defaults do not switch a fit to the QR route: the two
+# routes round the quantities of the convergence tests differently (the Gram
+# route's R carries EPS / ratio, its squared norm is summed in another order), so
+# near the rounding they may stop at different evaluations.  Of the 26 NIST StRD
+# fits above the pivot threshold (benches/probe_single_gram.py --threshold, with
+# PROBE_TIGHT setting every tolerance), nfev or status differed in none at 1e-8,
+# 1 at 1e-9 and 1e-10, 3 at 1e-12 and 12 at 1e-14, where both routes still met
+# the certified values to 7-11 digits (each the closer in about half the fits).
+# A switch on the tolerance would cost a second program whenever a fit changes
+# its tolerances (they are traced values, tests/test_curve_fit.py).
 
 
 def _solve(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -195,15 +200,6 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
         pcov=pcov.reshape(n, n) if pcov.size else None,
         pivot_ratio=pivot_ratio,
     )
-
-
-def _program_for(problem: Problem):
-    """The program to run ``problem`` by first: :data:`solve`, except the QR program for a
-    Gram-route problem with a tolerance below :data:`MIN_GRAM_TOLERANCE`."""
-    if single_fit_by_gram(problem):
-        if min(float(problem.ftol), float(problem.xtol), float(problem.gtol)) < MIN_GRAM_TOLERANCE:
-            return solve_by_qr
-    return solve
 
 
 def _lost_digits(small, n: int) -> bool:
@@ -358,7 +354,7 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
     else:
         untraceable = None
         try:
-            small, fun, jac = _run(problem, fit_id, rows, program=_program_for(problem))
+            small, fun, jac = _run(problem, fit_id, rows)
         except (UserTraceFailure, *TRACE_ERRORS) as err:
             untraceable = err.original if isinstance(err, UserTraceFailure) else err
         if untraceable is not None:
