@@ -26,20 +26,19 @@ def _release_compiled_programs() -> Iterator[None]:
     a compilation or a persistent-cache load fails, and XLA:CPU then crashes
     with SIGSEGV in the C++ unwinder instead of raising.  A whole suite in one
     pytest process crossed it with jax 0.11.2 (``benches/repro_many_programs.py``
-    reproduces it without nlsq; README "Known limits").  ``jax.clear_caches()``
-    frees the executables and their mappings; later tests recompile or load from
-    the persistent cache.  Done between files only, so no test sees it.
+    reproduces it without nlsq; README "Known limits").  ``clear_programs()``
+    (``jax.clear_caches()`` and the programs nlsq holds) frees the executables
+    and their mappings; later tests recompile or load from the persistent cache.
+    Done between files only, so no test sees it.
     """
     yield
-    from nlsq._map_guard import mapping_count, mapping_limit
+    from nlsq._map_guard import clear_programs, mapping_count, mapping_limit
 
     limit = mapping_limit()
     count = mapping_count()
     if limit is None or count is None or count < MAPPING_SHARE * limit:
         return
-    import jax
-
-    jax.clear_caches()
+    clear_programs()
 
 
 @pytest.fixture

@@ -27,12 +27,18 @@ FIT_SCRIPT = textwrap.dedent(
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     HIT = "/jax/compilation_cache/cache_hits"
-    hits = []
+    TRACE = "/jax/core/compile/jaxpr_trace_duration"
+    hits, traces = [], []
     def on_event(name, **kw):
         if name == HIT:
             hits.append(name)
+    def on_duration(name, secs, **kw):
+        if name == TRACE and kw.get("fun_name") == "_solve":
+            traces.append(secs)
     jax.monitoring.register_event_listener(on_event)
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
     import nlsq
+    from nlsq import _programs
     x = np.linspace(0, 5, 300)
     y = 2.5 * np.exp(-1.3 * x) + 0.5 + 0.01 * np.cos(7 * x)
     popt, pcov = nlsq.curve_fit(lambda x, a, b, c: a * jnp.exp(-b * x) + c, x, y, p0=[1, 0.5, 0])
@@ -40,6 +46,8 @@ FIT_SCRIPT = textwrap.dedent(
         "popt": [float(v).hex() for v in popt],
         "pcov": [float(v).hex() for v in pcov.ravel()],
         "hits": len(hits),
+        "solver_traces": len(traces),
+        "loaded": _programs.counts["loaded"],
         "dir": jax.config.jax_compilation_cache_dir,
     }))
     """
@@ -96,11 +104,23 @@ def test_processes_share_the_cache_and_results_do_not_change(tmp_path):
     assert cold[0]["hits"] == 0 or cold[1]["hits"] == 0
     entries = _entries(cache)
     assert any(name.startswith("jit__solve") for name in entries), entries
-    # A third process loads the solver from the cache and gets the same numbers.
+    programs = sorted(p.name for p in (cache / "programs").iterdir())
+    assert len(programs) == 1, programs  # both wrote the one program (nlsq._programs)
+    # A third process loads the solver from nlsq's program store (no trace at all)
+    # and gets the same numbers.
     warm = _result(_run(str(cache)))
-    assert warm["hits"] >= 1
+    assert (warm["loaded"], warm["solver_traces"], warm["hits"]) == (1, 0, 0)
+    # Without the program store, JAX's own cache serves it (after a trace).
+    for path in (cache / "programs").iterdir():
+        path.unlink()
+    jax_warm = _result(_run(str(cache)))
+    assert (jax_warm["loaded"], jax_warm["solver_traces"]) == (0, 1)
+    assert jax_warm["hits"] >= 1
+    # A program JAX's cache served is not stored: such an executable serializes
+    # without some of its kernels (jaxlib 0.10), and would fail where it is loaded.
+    assert list((cache / "programs").iterdir()) == []
     assert _entries(cache) == entries  # nothing recompiled, nothing new written
-    for other in cold:
+    for other in [*cold, jax_warm]:
         assert warm["popt"] == other["popt"]
         assert warm["pcov"] == other["pcov"]
 

@@ -34,9 +34,11 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from . import _programs
 from ._cache_dir import resolve_cache_dir
 from ._jax_compat import jit_cache_size
-from ._map_guard import after_new_program
+from ._map_guard import after_new_program, clearings
+from ._programs import global_names
 
 __all__ = ["DEFAULT_MAX_BYTES", "cache_dir", "code_keyed", "enable_persistent_cache"]
 
@@ -108,34 +110,6 @@ def _have_filelock() -> bool:
     return True
 
 
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """The names ``code`` (and the code nested in it) may read as globals, sorted.
-
-    Memoised per code object (a code object is immutable): a fit keys its model on
-    every call, and walking the nested code each time cost more than the rest of
-    the key.  The values are still read on every call (they may change).
-    """
-    names = _GLOBAL_NAMES.get(code)
-    if names is None:
-        names = tuple(sorted(_collect_names(code)))
-        if len(_GLOBAL_NAMES) >= _GLOBAL_NAMES_MAX:
-            _GLOBAL_NAMES.clear()
-        _GLOBAL_NAMES[code] = names
-    return names
-
-
-_GLOBAL_NAMES: dict[types.CodeType, tuple[str, ...]] = {}
-_GLOBAL_NAMES_MAX = 4096
-
-
-def _collect_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _collect_names(const)
-    return names
-
-
 def _function_key(fn: Callable) -> tuple | None:
     """What a plain Python function computes with, hashable; None if it cannot be."""
     code = getattr(fn, "__code__", None)
@@ -145,7 +119,7 @@ def _function_key(fn: Callable) -> tuple | None:
         cells = tuple(cell.cell_contents for cell in fn.__closure__ or ())
         kwdefaults = tuple(sorted((fn.__kwdefaults__ or {}).items()))
         globals_ = fn.__globals__
-        used = tuple((n, globals_[n]) for n in _global_names(code) if n in globals_)
+        used = tuple((n, globals_[n]) for n in global_names(code) if n in globals_)
         key = (code, cells, fn.__defaults__, kwdefaults, used)
         hash(key)
     except (TypeError, ValueError):  # an unhashable value, or an empty cell
@@ -303,16 +277,38 @@ class SolverJit:
     version, or a trivial compilation), so every route to the program -- calling
     it, ``lower``, ``trace`` -- gets the same options, and an option this XLA does
     not know is left out instead of failing the solver's compilation.  ``options``
-    are the ones in use; ``trace``/``lower``/``_cache_size`` are the jitted
-    function's.
+    are the ones in use; ``trace``/``lower`` are the jitted function's.
+
+    ``describe``, when given, opens the second route of :mod:`nlsq._programs`: it
+    returns a stable description of the call's static part (or None: not
+    storable); ``outputs`` (given the same arguments) returns the treedef of what
+    the program returns, when that is not a flat tuple of arrays.  A storable
+    call runs a compiled program held here, keyed by its signature; a new
+    signature loads the executable from the program store (no trace, no
+    lowering) or lowers and compiles it and stores it.  Every other call
+    goes through ``jax.jit`` as before.
     """
 
-    def __init__(self, fn: Callable, extra_options: dict[str, Any] | None = None, **jit_kwargs):
+    def __init__(
+        self,
+        fn: Callable,
+        extra_options: dict[str, Any] | None = None,
+        *,
+        describe: Callable[..., Any] | None = None,
+        outputs: Callable[..., Any] | None = None,
+        **jit_kwargs,
+    ):
         self._fn = fn
         self._extra_options = extra_options
         self._jit_kwargs = jit_kwargs
         self._jitted = None
         self.options: dict[str, Any] | None = None
+        self._describe = describe
+        self._outputs = outputs
+        static = jit_kwargs.get("static_argnums", ())
+        self._static = frozenset((static,) if isinstance(static, int) else static)
+        self._programs: dict[tuple, Any] = {}  # signature -> Compiled, or None: use jit
+        self._clearings = clearings()
 
     def _get(self):
         if self._jitted is None:
@@ -323,6 +319,10 @@ class SolverJit:
         return self._jitted
 
     def __call__(self, *args: Any):
+        if self._describe is not None:
+            out = self._call_stored(args)
+            if out is not None:
+                return out
         jitted = self._jitted or self._get()
         before = jit_cache_size(jitted)
         out = jitted(*args)
@@ -332,5 +332,82 @@ class SolverJit:
             after_new_program()
         return out
 
+    def _call_stored(self, args: tuple):
+        """``args`` run by the store route's program, or None (not storable: use jit)."""
+        import jax
+
+        self._drop_if_cleared()
+        # A compiled program takes the dynamic arguments only (jit's static ones are
+        # part of it, so of the signature).
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
+        static = tuple(args[i] for i in sorted(self._static))
+        leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+        signature = (treedef, static, jax.config.jax_enable_x64, *map(_leaf_signature, leaves))
+        program = self._programs.get(signature, _UNSEEN)
+        if program is not _UNSEEN:
+            return None if program is None else program(*dynamic)
+        key = self._key(args, leaves)
+        if key is None:
+            self._programs[signature] = None
+            return None
+        out_tree = None if self._outputs is None else self._outputs(*args)
+        loaded = self._load_checked(key, dynamic, out_tree)
+        if loaded is None:
+            lower = lambda: self._get().lower(*args)  # noqa: E731
+            program, out = _programs.compile_program(key, lower, dynamic, out_tree), None
+        else:
+            program, out = loaded
+        self._programs[signature] = program
+        after_new_program()
+        return program(*dynamic) if out is None else out
+
+    def _key(self, args: tuple, leaves: list) -> str | None:
+        description = self._describe(*args)
+        if description is None:
+            return None
+        self._get()  # settles self.options
+        name = f"{self._fn.__module__}.{self._fn.__qualname__}"
+        return _programs.program_key(name, self.options or {}, description, leaves)
+
+    @staticmethod
+    def _load_checked(key: str, args: tuple, out_tree: Any):
+        """``(program, its output for args)`` from the store, or None.
+
+        The first run of a loaded program is waited for here: one that does not run
+        in this process (an XLA error such as a missing kernel) is dropped from the
+        store and the caller compiles instead, so a stored program can never fail
+        a fit.  (A store-route program has no host callbacks: any run-time error of
+        its own is the executable's.)
+        """
+        import jax
+
+        program = _programs.load_program(key, args, out_tree)
+        if program is None:
+            return None
+        try:
+            return program, jax.block_until_ready(program(*args))
+        except jax.errors.JaxRuntimeError:
+            _programs.discard(key)
+            return None
+
+    def _drop_if_cleared(self) -> None:
+        if self._clearings != clearings():  # nlsq._map_guard dropped every program
+            self._programs.clear()
+            self._clearings = clearings()
+
+    def _cache_size(self) -> int:
+        """Programs held: jax.jit's cache and the store route's."""
+        self._drop_if_cleared()
+        held = sum(program is not None for program in self._programs.values())
+        return jit_cache_size(self._get()) + held
+
     def __getattr__(self, name: str):
         return getattr(self._get(), name)
+
+
+_UNSEEN = object()
+
+
+def _leaf_signature(leaf: Any) -> tuple:
+    """What jit's cache keys a leaf on, for the leaves a storable call has."""
+    return (type(leaf), getattr(leaf, "shape", None), getattr(leaf, "dtype", None))

@@ -37,6 +37,7 @@ __all__ = [
     "ffi_lowering",
     "jaxlib_ffi_api_version",
     "jit_cache_size",
+    "prepare_lapack_kernels",
     "new_primitive",
     "register_always_live",
     "register_batching_rule",
@@ -63,6 +64,27 @@ def jit_cache_size(jitted: Any) -> int:
     """
     size = getattr(jitted, "_cache_size", None)
     return size() if size is not None else -1
+
+
+def prepare_lapack_kernels() -> None:
+    """Make the CPU LAPACK kernels that compiled programs call ready in this process.
+
+    Why here: JAX's CPU LAPACK custom calls (``lapack_*_ffi``) find their kernels
+    through a table that ``jaxlib``'s ``_lapack.initialize()`` fills, and JAX calls
+    it only from the lowering rules of its linear-algebra primitives.  A program
+    loaded from ``nlsq._programs`` skips lowering, so without this its first LAPACK
+    call jumps through an empty table (a segmentation fault).  The public
+    alternative, lowering a tiny ``jnp.linalg.qr``, costs ~0.2 s in a fresh
+    process: more than the load saves.  Raises :class:`JaxInternalsChanged` when
+    the function is gone (the caller then does not load programs).
+    """
+    try:
+        from jaxlib import lapack
+
+        initialize = lapack._lapack.initialize
+    except (ImportError, AttributeError) as err:
+        raise JaxInternalsChanged(f"jaxlib.lapack._lapack.initialize: {err}") from err
+    initialize()
 
 
 # -- scoped x64 ---------------------------------------------------------------------

@@ -60,7 +60,7 @@ from ._many_sharding import (
     sharded_datasets,
     solve_on_mesh,
 )
-from ._problem import check_jac, make_problem, prepare_bounds
+from ._problem import check_jac, make_problem, prepare_bounds, stored_description
 from ._reduce import (
     gram_pivot_ratio,
     gram_reduction,
@@ -197,8 +197,22 @@ def _run_batch(problem, history_len: int) -> FitOutcome:
         return _run_batch_qr(problem, history_len)
 
 
-_solve_batch = SolverJit(_run_batch, static_argnums=1)
-_solve_batch_qr = SolverJit(_run_batch_qr, static_argnums=1)
+def _stored_description(problem, history_len: int):
+    """The batch's static part for the program store (``nlsq._programs``)."""
+    static = stored_description(problem)
+    return None if static is None else ("batch", static, history_len)
+
+
+def _outcome_tree(problem, history_len: int):
+    """The treedef of a storable batch's :class:`FitOutcome` (no verbose history)."""
+    fields = dict.fromkeys(FitOutcome._fields, 0)
+    return jax.tree_util.tree_structure(FitOutcome(**{**fields, "history": None}))
+
+
+_solve_batch, _solve_batch_qr = (
+    SolverJit(run, static_argnums=1, describe=_stored_description, outputs=_outcome_tree)
+    for run in (_run_batch, _run_batch_qr)
+)
 
 
 def _solve_many(problem, history_len: int):

@@ -12,7 +12,8 @@ that fits many models or data shapes reaches it through nlsq.
 
 So after each new solver program (:func:`after_new_program`, called by
 ``nlsq._cache.SolverJit``) the process's mappings are counted; past
-:data:`CLEAR_AT` of the limit, ``jax.clear_caches()`` drops every compiled
+:data:`CLEAR_AT` of the limit, :func:`clear_programs` (``jax.clear_caches()``
+and the programs ``nlsq._cache.SolverJit`` holds itself) drops every compiled
 program and its mappings (each is loaded again from the persistent cache, or
 compiled, on its next use), with one warning per process.  A fit never fails
 for it, and nothing happens where ``/proc`` is missing.
@@ -23,7 +24,14 @@ from __future__ import annotations
 import threading
 import warnings
 
-__all__ = ["CLEAR_AT", "after_new_program", "mapping_count", "mapping_limit"]
+__all__ = [
+    "CLEAR_AT",
+    "after_new_program",
+    "clear_programs",
+    "clearings",
+    "mapping_count",
+    "mapping_limit",
+]
 
 #: Share of ``vm.max_map_count`` past which JAX's caches are cleared.  High
 #: enough that a test suite's own guard (``tests/conftest.py``, half the limit,
@@ -33,6 +41,23 @@ CLEAR_AT = 0.8
 
 _LOCK = threading.Lock()
 _warned = False
+_clearings = 0
+
+
+def clearings() -> int:
+    """How many times :func:`clear_programs` ran: holders of compiled programs outside
+    JAX's caches (``nlsq._cache.SolverJit``) drop theirs when it changes."""
+    return _clearings
+
+
+def clear_programs() -> None:
+    """Drop every compiled program: JAX's caches and those nlsq holds itself."""
+    global _clearings
+    import jax
+
+    with _LOCK:
+        jax.clear_caches()
+        _clearings += 1
 
 
 def mapping_count() -> int | None:
@@ -62,10 +87,8 @@ def after_new_program() -> bool:
         count = mapping_count()
         if limit is None or count is None or count < CLEAR_AT * limit:
             return False
-        import jax
-
+        clear_programs()
         with _LOCK:
-            jax.clear_caches()
             first, _warned = not _warned, True
         if first:
             warnings.warn(

@@ -123,6 +123,39 @@ class Problem:
         return dataclasses.replace(self, residual=residual, jac_mode="host")
 
 
+def stored_description(problem: Problem) -> tuple | None:
+    """The static part of ``problem`` for the program store (``nlsq._programs``), or
+    None when its program must not be stored: a verbose table or callback (host
+    routes, fit ids), a chunked or sharded layout, LSMR, a callable loss, or a
+    residual that cannot describe itself (a user Jacobian, a NumPy model on the
+    host, arguments of ``least_squares`` without a stable description)."""
+    if (
+        problem.verbose
+        or problem.has_callback
+        or problem.fit_id is not None
+        or problem.layout is not None
+        or problem.mesh is not None
+        or problem.lsmr_options is not None
+        or problem.sparsity is not None
+        or not isinstance(problem.loss, str)
+    ):
+        return None
+    describe_residual = getattr(problem.residual, "stored_description", None)
+    residual = describe_residual() if describe_residual is not None else None
+    if residual is None:
+        return None
+    return (
+        residual,
+        problem.jac_mode,
+        problem.method,
+        problem.loss,
+        problem.bounded,
+        problem.jac_scale,
+        problem.want_pcov,
+        problem.tr_solver,
+    )
+
+
 _TRACED = ("x0", "lb", "ub", "x_scale", "ftol", "xtol", "gtol", "max_nfev", "f_scale",
            "diff_step", "data", "fit_id", "sparsity")  # fmt: skip
 _STATIC = ("residual", "jac_mode", "method", "loss", "bounded", "jac_scale", "verbose",

@@ -149,6 +149,20 @@ class FunResidual:
     def name(self) -> str:
         return getattr(self.fun, "__name__", repr(self.fun))
 
+    def stored_description(self) -> tuple | None:
+        """What this residual computes, for the program store (``nlsq._programs``):
+        the user's function (unwrapped), where ``args``/``kwargs`` put their arrays,
+        and their other values; None with a user Jacobian, or when the arguments'
+        structure prints an object (its text would name a memory address)."""
+        structure = str(self.treedef)
+        if self.jac is not None or "<" in structure:
+            return None
+        static = tuple(
+            leaf.value if isinstance(leaf, _Unhashable) else leaf for leaf in self.static_leaves
+        )
+        fun = getattr(self.fun, "fn", self.fun)  # nlsq._cache.CodeKeyed
+        return (type(self).__qualname__, fun, structure, static, self.dynamic_index)
+
 
 def split_args(args, kwargs) -> tuple[Any, tuple, tuple, tuple]:
     """(treedef, static leaves, dynamic leaf positions, dynamic leaves) of ``(args, kwargs)``."""
@@ -218,6 +232,15 @@ class ModelResidual:
     @property
     def name(self) -> str:
         return getattr(self.model, "__name__", repr(self.model))
+
+    def stored_description(self) -> tuple | None:
+        """What this residual computes, for the program store (``nlsq._programs``):
+        its kind, the user's model function (unwrapped) and the weighting; None
+        with a user Jacobian (kept on JAX's own route)."""
+        if self.jac is not None:
+            return None
+        model = getattr(self.model, "fn", self.model)  # nlsq._cache.CodeKeyed
+        return (type(self).__qualname__, model, self.transform_kind)
 
 
 def _fd_steps(x, lb, ub, method: str, diff_step, xp):

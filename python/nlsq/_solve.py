@@ -34,7 +34,7 @@ from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, run
 from ._lm import LM, iterate_tracking_pivots, result, single_fit_by_gram
-from ._problem import Problem
+from ._problem import Problem, stored_description
 from ._reduce import gram_reduction, pcov_from_R, pcov_from_triangular
 from ._residual import (
     TRACE_ERRORS,
@@ -208,10 +208,12 @@ def _lost_digits(small, n: int) -> bool:
     return float(small[3 * n + len(_SCALARS)]) < MIN_SINGLE_GRAM_PIVOT_RATIO
 
 
-solve = SolverJit(_solve, SINGLE_FIT_OPTIONS)
+# The store route keys a program by the function's name too: the Gram and the QR
+# programs of one problem are stored apart.
+solve = SolverJit(_solve, SINGLE_FIT_OPTIONS, describe=stored_description)
 #: The QR route's program for every problem: the refit of a Gram-route fit that
 #: lost digits (:func:`_solve_by_gram`).
-solve_by_qr = SolverJit(_solve_by_qr, SINGLE_FIT_OPTIONS)
+solve_by_qr = SolverJit(_solve_by_qr, SINGLE_FIT_OPTIONS, describe=stored_description)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
