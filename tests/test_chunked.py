@@ -115,14 +115,16 @@ def test_chunked_lm_keeps_the_triangle_and_its_table():
     from nlsq._problem import make_problem
     from nlsq._residual import ModelResidual
     from nlsq._sharding import plan_rows, with_rows
-    from nlsq._solve import solve, unpack
+    from nlsq._solve import solve, solve_by_qr, unpack
 
     with jax.enable_x64(True):
         x, y, t, kind, layout = plan_rows(X, Y, None, 0, 3, chunk_size=1000, mesh=None)
         problem = make_problem(ModelResidual(exp_model, None, kind), (x, y, t), [1.0, 1.0, 0.0],
                                jac_mode="auto", method="lm", want_pcov=True)  # fmt: skip
         out = unpack(*jax.device_get(solve(with_rows(problem, layout))), n=3)
-        ref = unpack(*jax.device_get(solve(problem)), n=3)
+        # The unchunked QR route (unchunked, this problem takes the Gram route, whose
+        # jac is R as well: nlsq._solve._solve_by_gram).
+        ref = unpack(*jax.device_get(solve_by_qr(problem)), n=3)
     # The state never holds the 5003 x 3 Jacobian: R (R^T R = J^T J) in its place.
     assert np.shape(out.jac) == (3, 3) and np.shape(ref.jac) == (X.size, 3)
     np.testing.assert_allclose(np.asarray(out.x), np.asarray(ref.x), rtol=1e-10)

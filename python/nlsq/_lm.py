@@ -12,8 +12,9 @@ The algorithmic rules are MINPACK's, which is what
 
 The LM step itself comes from the SVD trust-region solver shared with TRF
 (``solve_lsq_trust_region``, MINPACK's 10 % tolerance on the radius) on the
-QR-reduced Jacobian; batched fits (``nlsq._many``) reduce it through its Gram
-matrix instead (``reduces_by_gram``, ``nlsq._reduce``).
+QR-reduced Jacobian; batched fits (``nlsq._many``), and single fits that
+:func:`single_fit_by_gram` admits, reduce it through its Gram matrix instead
+(``reduces_by_gram``, ``nlsq._reduce``).
 
 Long or sharded rows (``problem.layout``, ``chunk_size`` / ``mesh``): ``R`` and
 ``Q^T f`` come from the chunked / per-device reduction that TRF uses
@@ -34,7 +35,14 @@ from ._buckets import true_m
 from ._common import BAD_START, EPS, RUNNING, norm, safe_div, solve_lsq_trust_region
 from ._driver import IterationRow, Method, SolveResult
 from ._problem import Problem
-from ._reduce import reduce_by_gram, reduce_jacobian, thin_svd, use_gram
+from ._reduce import (
+    FUSED_MAX_N,
+    gram_pivot_ratio,
+    reduce_by_gram,
+    reduce_jacobian,
+    thin_svd,
+    use_gram,
+)
 from ._sharding import reduced_problem
 
 #: MINPACK ``info`` -> scipy status (6, 7, 8: tolerances below machine precision);
@@ -108,8 +116,48 @@ def _rows_reduced(problem: Problem) -> bool:
 
 
 def reduces_by_gram(problem: Problem, n: int) -> bool:
-    """Whether ``R`` comes from the Gram matrix (batched fits, ``nlsq._reduce``)."""
+    """Whether ``R`` comes from the Gram matrix here (while traced under
+    ``nlsq._reduce.gram_reduction``: batched fits, and single fits that
+    :func:`single_fit_by_gram` admits)."""
     return problem.jac_mode == "auto" and not _rows_reduced(problem) and use_gram(n)
+
+
+def single_fit_by_gram(problem: Problem) -> bool:
+    """Whether one fit of ``problem`` is traced by the Gram route (``nlsq._solve``).
+
+    Decided by the problem's static fields and ``x0``'s shape only, so the jit
+    cache, keyed on them, never hands one route's program to the other's problem.
+    Levenberg-Marquardt with JAX's derivatives and few parameters, rows not chunked
+    or sharded, and nothing observed per iteration: a fit whose Gram route loses
+    digits is run again by the QR route, and no logged row or ``callback`` call may
+    then be repeated.
+    """
+    return (
+        problem.method == "lm"
+        and problem.jac_mode == "auto"
+        and problem.layout is None
+        and problem.mesh is None
+        and problem.verbose == 0
+        and not problem.has_callback
+        and problem.x0.shape[-1] <= FUSED_MAX_N
+    )
+
+
+def iterate_tracking_pivots(problem: Problem) -> tuple[LMState, jax.Array]:
+    """``init`` and ``step`` until the status leaves RUNNING, as ``_driver.run`` without
+    rows or callbacks (which :func:`single_fit_by_gram` excludes), and the smallest
+    scaled pivot (``nlsq._reduce.gram_pivot_ratio``) of the accepted linearizations:
+    ``R`` changes only when a step is accepted."""
+    state = init(problem)
+
+    def body(carry):
+        state, pivot_ratio = carry
+        state = step(problem, state)
+        return state, jnp.minimum(pivot_ratio, gram_pivot_ratio(state.R))
+
+    return lax.while_loop(
+        lambda carry: carry[0].status == RUNNING, body, (state, gram_pivot_ratio(state.R))
+    )
 
 
 def _jacobian_is_R(problem: Problem, n: int) -> bool:

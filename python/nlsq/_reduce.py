@@ -25,16 +25,19 @@ SVD, the Gram route's is ``R^{-1} R^{-T}``, :func:`pcov_from_triangular`).
 
 Two routes to ``R``
 -------------------
-One fit, and the batched TRF / dogbox fits, take LAPACK's QR.  Cholesky QR
-written as separate sums (shifted, three passes, as accurate as Householder)
-streamed the ``B x m`` columns through memory a pass per product and was
-slower than the batched ``geqrf`` at ``B = 1000``, ``m = 512``.  The batched
-Levenberg-Marquardt fits (:func:`gram_reduction`) instead take ``R`` from the
+TRF and dogbox fits, and the Levenberg-Marquardt fits that are chunked,
+sharded, logged, called back or given another Jacobian, take LAPACK's QR.
+Cholesky QR written as separate sums (shifted, three passes, as accurate as
+Householder) streamed the ``B x m`` columns through memory a pass per product
+and was slower than the batched ``geqrf`` at ``B = 1000``, ``m = 512``.  The
+other Levenberg-Marquardt fits (:func:`gram_reduction`: batched ones, and single
+ones that ``nlsq._lm.single_fit_by_gram`` admits) instead take ``R`` from the
 Gram matrix of ``[J | f]`` with all its sums as ONE reduction
 (:func:`reduce_by_gram`), which XLA fuses with the model and its derivatives:
 one pass over the rows per linearization.  Forming ``J^T J`` squares the
 condition number, so fits whose scaled pivots (:func:`gram_pivot_ratio`) fall
-below ``nlsq._many.MIN_GRAM_PIVOT_RATIO`` are refitted by the QR route.
+below ``nlsq._many.MIN_GRAM_PIVOT_RATIO`` (batched) or
+``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` (single) are refitted by the QR route.
 """
 
 from __future__ import annotations
@@ -193,7 +196,8 @@ _GRAM = contextvars.ContextVar("nlsq_gram_reduction", default=False)
 
 
 def gram_reduction() -> contextlib.AbstractContextManager[None]:
-    """Trace Levenberg-Marquardt's reduced Jacobian by the Gram route (batched fits)."""
+    """Trace Levenberg-Marquardt's reduced Jacobian by the Gram route (batched fits, and
+    single fits that ``nlsq._lm.single_fit_by_gram`` admits)."""
     return _switched_on(_GRAM)
 
 

@@ -5,6 +5,11 @@ options as static metadata and its numbers as traced leaves, so JAX's jit
 cache keys on exactly (model, options, shapes, dtypes): refitting the same
 model with new data of the same shape reuses the compiled executable.
 
+A Levenberg-Marquardt problem that ``nlsq._lm.single_fit_by_gram`` admits is
+traced by the Gram route (``nlsq._reduce``: no LAPACK QR, one fused pass over the
+rows per linearization); ``solve_by_qr`` is the QR route's program, which reruns
+such a fit when its Gram route lost digits (:func:`_solve_by_gram`).
+
 ``run_fit(problem, model)`` is what ``curve_fit`` calls: the verbose header and
 closing lines, the fallback to the host for functions JAX cannot trace, and the
 results on the host (``Solved``, one transfer); ``fit`` (``least_squares``) makes
@@ -24,13 +29,13 @@ import numpy as np
 
 from ._buckets import true_m
 from ._cache import SINGLE_FIT_OPTIONS, SolverJit
-from ._common import BAD_START, TERMINATION_MESSAGES
+from ._common import BAD_START, TERMINATION_MESSAGES, norm
 from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, run
-from ._lm import LM
+from ._lm import LM, iterate_tracking_pivots, result, single_fit_by_gram
 from ._problem import Problem, stored_description
-from ._reduce import pcov_from_R
+from ._reduce import gram_reduction, pcov_from_R, pcov_from_triangular
 from ._residual import (
     TRACE_ERRORS,
     HostFallbackWarning,
@@ -49,31 +54,109 @@ from ._workers import forget_workers, register_workers
 METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
 
 
-#: The scalars of a ``SolveResult``, in the order ``_solve`` packs them.
+#: The scalars of a ``SolveResult``, in the order ``_solve`` packs them, and then
+#: the Gram route's pivot ratio (:func:`_solve_by_gram`).
 _SCALARS = ("cost", "optimality", "nfev", "njev", "status", "initial_cost")
+
+#: A Gram-route fit whose ``R`` had a smaller scaled pivot at some accepted
+#: linearization (``nlsq._reduce.gram_pivot_ratio``; ``R``'s relative error is about
+#: ``EPS / ratio``) is fitted again by the QR route.  Stricter than
+#: ``nlsq._many.MIN_GRAM_PIVOT_RATIO``, chosen with ``benches/probe_single_gram.py
+#: --threshold`` (NIST StRD models, polynomials on shifted intervals): at scipy's
+#: default tolerances, popt's largest difference from the QR route's, against the
+#: largest parameter, was below about ``1e-14 / ratio`` (4e-11 at ratio 2e-4,
+#: 2e-10 at 5e-7), with the same nfev and status wherever the ratio stayed above
+#: this; below it the differences reached 1e-9 and more.
+MIN_SINGLE_GRAM_PIVOT_RATIO = 1e-4
+
+# Tolerances below scipy's defaults do not switch a fit to the QR route: the two
+# routes round the quantities of the convergence tests differently (the Gram
+# route's R carries EPS / ratio, its squared norm is summed in another order), so
+# near the rounding they may stop at different evaluations.  Of the 26 NIST StRD
+# fits above the pivot threshold (benches/probe_single_gram.py --threshold, with
+# PROBE_TIGHT setting every tolerance), nfev or status differed in none at 1e-8,
+# 1 at 1e-9 and 1e-10, 3 at 1e-12 and 12 at 1e-14, where both routes still met
+# the certified values to 7-11 digits (each the closer in about half the fits).
+# A switch on the tolerance would cost a second program whenever a fit changes
+# its tolerances (they are traced values, tests/test_curve_fit.py).
 
 
 def _solve(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(small, fun, jac)``: everything but the per-row outputs packed in ONE float64
     vector (:func:`unpack`), so a fit brings its results to the host in one transfer
     instead of one per field (each costs a few microseconds, as much as the whole
-    loop of a small fit).  Integers (counts, status) are exact in float64."""
+    loop of a small fit).  Integers (counts, status) are exact in float64.
+
+    A problem that ``nlsq._lm.single_fit_by_gram`` admits is traced by the Gram
+    route (:func:`_solve_by_gram`); the decision rests on the static fields and
+    shapes the jit cache keys on."""
+    if single_fit_by_gram(problem):
+        return _solve_by_gram(problem)
+    return _solve_by_qr(problem)
+
+
+def _check_lm_rows(problem: Problem) -> None:
     m, n = problem.m, problem.n
     if problem.method == "lm" and m < n:
         raise ValueError(
             "Method 'lm' doesn't work when the number of residuals is less than the number "
             f"of variables (m={m} < n={n})."
         )
-    out = run(METHODS[problem.method], problem)
+
+
+def _true_m(problem: Problem):
     m_true = true_m(problem)
     if problem.layout is not None:
         m_true = problem.layout.m_valid  # without the mesh's zero-weight padding rows
+    return problem.m if m_true is None else m_true
+
+
+def _pack(out, pcov, pivot_ratio) -> jax.Array:
     f64 = jnp.float64
     parts = [out.x, out.grad, out.active_mask.astype(f64)]
-    parts.append(jnp.stack([jnp.asarray(getattr(out, k), f64) for k in _SCALARS]))
+    scalars = [jnp.asarray(getattr(out, k), f64) for k in _SCALARS]
+    parts.append(jnp.stack([*scalars, jnp.asarray(pivot_ratio, f64)]))
+    if pcov is not None:
+        parts.append(pcov.ravel())
+    return jnp.concatenate([p.astype(f64) for p in parts])
+
+
+def _solve_by_qr(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`_solve` by the QR route (every problem but the Gram route's)."""
+    _check_lm_rows(problem)
+    out = run(METHODS[problem.method], problem)
+    pcov = pcov_from_R(out.R, _true_m(problem), problem.n) if problem.want_pcov else None
+    return _pack(out, pcov, 1.0), out.fun, out.jac
+
+
+def _solve_by_gram(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`_solve` by the Gram route (``nlsq._reduce``): ``R`` from the Gram matrix of
+    ``[J | f]``, one fused pass over the rows per linearization, no LAPACK QR.
+
+    The packed ``pivot_ratio`` is the smallest scaled pivot of the accepted
+    linearizations (0 where the covariance's rank test is not settled by ``R``'s
+    bounds); below :data:`MIN_SINGLE_GRAM_PIVOT_RATIO`, :func:`_fit` runs the fit
+    again by the QR route (:data:`solve_by_qr`), so its result is the QR route's.
+    The residuals (``fun``, and ``cost`` from them), which the Gram route never
+    keeps, are evaluated once at the solution, as the QR route computes them; so
+    are ``jac`` and ``grad = J^T f`` for ``least_squares``.  ``curve_fit`` (the
+    problems that want ``pcov``, as in ``nlsq._operator.result_arrays``) never reads
+    them: forming ``J`` once more cost a quarter of the program at n = 1e5, so its
+    ``jac`` is ``R`` and its ``grad`` ``R^T Q^T f``."""
+    _check_lm_rows(problem)
+    with gram_reduction():
+        state, pivot_ratio = iterate_tracking_pivots(problem)
+        out = result(problem, state)
+    fun = problem.fun(out.x)
+    out = out._replace(fun=fun, cost=0.5 * norm(fun) ** 2)  # as result() of the QR route
+    if not problem.want_pcov:
+        jac = problem.jac(out.x)
+        out = out._replace(jac=jac, grad=jac.T @ fun)
+    pcov = None
     if problem.want_pcov:
-        parts.append(pcov_from_R(out.R, m if m_true is None else m_true, n).ravel())
-    return jnp.concatenate([p.astype(f64) for p in parts]), out.fun, out.jac
+        pcov, certain = pcov_from_triangular(out.R, _true_m(problem), problem.n)
+        pivot_ratio = jnp.where(certain, pivot_ratio, 0.0)
+    return _pack(out, pcov, pivot_ratio), out.fun, out.jac
 
 
 class Solved(NamedTuple):
@@ -91,14 +174,17 @@ class Solved(NamedTuple):
     status: int
     initial_cost: float
     pcov: np.ndarray | None
+    # The Gram route's smallest scaled pivot (_solve_by_gram); 1 on the QR route.
+    pivot_ratio: float = 1.0
 
 
 def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
     """The host view of ``_solve``'s packed vector (one writable copy, then slices)."""
     small = np.array(small)
     k = 3 * n
-    cost, optimality, nfev, njev, status, initial_cost = small[k : k + len(_SCALARS)].tolist()
-    pcov = small[k + len(_SCALARS) :]
+    scalars = small[k : k + len(_SCALARS) + 1].tolist()
+    cost, optimality, nfev, njev, status, initial_cost, pivot_ratio = scalars
+    pcov = small[k + len(scalars) :]
     return Solved(
         x=small[:n],
         cost=cost,
@@ -112,10 +198,22 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
         status=int(status),
         initial_cost=initial_cost,
         pcov=pcov.reshape(n, n) if pcov.size else None,
+        pivot_ratio=pivot_ratio,
     )
 
 
+def _lost_digits(small, n: int) -> bool:
+    """Whether a Gram-route fit's packed pivot ratio is below the threshold (never on
+    the QR route, which packs 1)."""
+    return float(small[3 * n + len(_SCALARS)]) < MIN_SINGLE_GRAM_PIVOT_RATIO
+
+
+# The store route keys a program by the function's name too: the Gram and the QR
+# programs of one problem are stored apart.
 solve = SolverJit(_solve, SINGLE_FIT_OPTIONS, describe=stored_description)
+#: The QR route's program for every problem: the refit of a Gram-route fit that
+#: lost digits (:func:`_solve_by_gram`).
+solve_by_qr = SolverJit(_solve_by_qr, SINGLE_FIT_OPTIONS, describe=stored_description)
 
 
 # Functions found not to be traceable: skip the failed trace next time (and warn once).
@@ -171,11 +269,12 @@ def _to_host(outs, rows: bool):
     return np.asarray(small), fun, jac
 
 
-def _run(problem: Problem, fit_id: int, rows: bool = True):
-    """Run the compiled loop; an exception of the user's code raised in a host
-    callback (residual, Jacobian, ``callback``) is re-raised as itself."""
+def _run(problem: Problem, fit_id: int, rows: bool = True, program: Any = None):
+    """Run the compiled loop (``program``, :data:`solve` unless given); an exception
+    of the user's code raised in a host callback (residual, Jacobian, ``callback``)
+    is re-raised as itself."""
     try:
-        return _to_host(solve(problem), rows)
+        return _to_host((program or solve)(problem), rows)
     except jax.errors.JaxRuntimeError:
         user_error = take_user_exception(fit_id)
         if user_error is None:
@@ -273,6 +372,8 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
                 stacklevel=stacklevel,
             )
             small, fun, jac = _run(host, fit_id, rows)
+    if _lost_digits(small, problem.n):  # the QR route's fit instead (_solve_by_gram)
+        small, fun, jac = _run(problem, fit_id, rows, program=solve_by_qr)
     layout = problem.layout
     if layout is not None and layout.m_valid != layout.m:
         fun = fun[: layout.m_valid]
