@@ -68,7 +68,7 @@ from ._reduce import (
     pcov_from_triangular,
     vectorized_small_svd,
 )
-from ._solve import METHODS
+from ._solve import METHODS, MIN_SINGLE_GRAM_PIVOT_RATIO
 from ._verbose import write_many_tables
 
 __all__ = ["ManyFitResult", "curve_fit_many"]
@@ -110,8 +110,9 @@ class FitOutcome(NamedTuple):
 
 
 #: Fits whose Gram-route R had a smaller scaled pivot at some iterate (R's relative
-#: error about EPS / ratio, 2e-10 here) are fitted again with the QR route.
-MIN_GRAM_PIVOT_RATIO = 1e-6
+#: error about EPS / ratio) are fitted again with the QR route: the single fit's
+#: threshold (see there), so a dataset takes the route ``curve_fit`` alone takes.
+MIN_GRAM_PIVOT_RATIO = MIN_SINGLE_GRAM_PIVOT_RATIO
 
 
 def _run_one(problem, history_len: int) -> FitOutcome:

@@ -36,8 +36,8 @@ Gram matrix of ``[J | f]`` with all its sums as ONE reduction
 (:func:`reduce_by_gram`), which XLA fuses with the model and its derivatives:
 one pass over the rows per linearization.  Forming ``J^T J`` squares the
 condition number, so fits whose scaled pivots (:func:`gram_pivot_ratio`) fall
-below ``nlsq._many.MIN_GRAM_PIVOT_RATIO`` (batched) or
-``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` (single) are refitted by the QR route.
+below ``nlsq._solve.MIN_SINGLE_GRAM_PIVOT_RATIO`` (single fits and batched ones
+alike) are refitted by the QR route.
 """
 
 from __future__ import annotations

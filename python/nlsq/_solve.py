@@ -60,8 +60,8 @@ _SCALARS = ("cost", "optimality", "nfev", "njev", "status", "initial_cost")
 
 #: A Gram-route fit whose ``R`` had a smaller scaled pivot at some accepted
 #: linearization (``nlsq._reduce.gram_pivot_ratio``; ``R``'s relative error is about
-#: ``EPS / ratio``) is fitted again by the QR route.  Stricter than
-#: ``nlsq._many.MIN_GRAM_PIVOT_RATIO``, chosen with ``benches/probe_single_gram.py
+#: ``EPS / ratio``) is fitted again by the QR route (``curve_fit_many`` uses the same
+#: threshold, ``nlsq._many.MIN_GRAM_PIVOT_RATIO``).  Chosen with ``benches/probe_single_gram.py
 #: --threshold`` (NIST StRD models, polynomials on shifted intervals): at scipy's
 #: default tolerances, popt's largest difference from the QR route's, against the
 #: largest parameter, was below about ``1e-14 / ratio`` (4e-11 at ratio 2e-4,
