@@ -74,11 +74,10 @@ def test_eligible_fit_has_no_lapack_qr(problems):
     "options",
     [
         {"method": "trf"},
-        {"method": "lm", "verbose": 1},
         {"method": "lm", "jac": "2-point"},
         {"method": "lm", "nine_parameters": True},
     ],
-    ids=["trf", "verbose", "finite-differences", "p=9"],
+    ids=["trf", "finite-differences", "p=9"],
 )
 def test_ineligible_fits_keep_the_qr_route(problems, options, capsys):
     options = dict(options)
@@ -170,6 +169,35 @@ def test_ill_conditioned_fit_is_refitted_by_qr(monkeypatch, problems):
     _assert_same_fit(refit, qr)
     with pytest.raises(AssertionError):
         _assert_same_fit(gram_only, qr)
+
+
+def test_verbose_fits_take_the_gram_route_and_a_rerun_writes_a_second_table(
+    monkeypatch, problems, capsys
+):
+    x, y = _data(exp_model, (2.5, 1.3, 0.5), 300)
+    gram = curve_fit(exp_model, x, y, p0=[1, 1, 0], method="lm", verbose=2, full_output=True)
+    one_table = capsys.readouterr().out
+    assert not _has_qr(problems[0][0])
+    assert one_table.count("Iteration") == 1 and "nlsq:" not in one_table
+    gram_program = _solve.solve
+    _qr_route(monkeypatch)
+    qr = curve_fit(exp_model, x, y, p0=[1, 1, 0], method="lm", verbose=2, full_output=True)
+    assert capsys.readouterr().out == one_table  # the same table, row for row
+    _assert_same_fit(gram, qr)
+    monkeypatch.setattr(_solve, "solve", gram_program)
+    # An ill-conditioned verbose fit: the Gram route's table, one line, the QR route's.
+    problems.clear()
+    x, y = _ill_conditioned()
+    refit = curve_fit(quadratic, x, y, p0=[1.0, 1.0, 1.0], method="lm", verbose=2)
+    out = capsys.readouterr().out
+    assert [program for _, program in problems] == ["solve", "solve_by_qr"]
+    first, note, second = out.partition("the fit runs again by the QR route:\n")
+    assert note and "nlsq: the Gram route lost digits" in first, out
+    assert first.count("Iteration") == 1 and second.count("Iteration") == 1, out
+    assert "Function evaluations" in first and "Function evaluations" in second
+    quiet = curve_fit(quadratic, x, y, p0=[1.0, 1.0, 1.0], method="lm")
+    np.testing.assert_array_equal(refit[0], quiet[0])
+    assert capsys.readouterr().out == ""
 
 
 def test_padded_gram_fit_equals_unpadded(problems):

@@ -44,6 +44,9 @@ class SolveResult(NamedTuple):
     status: jax.Array
     initial_cost: jax.Array
     R: jax.Array  # reduced Jacobian (same singular values/vectors as ``jac``)
+    # Levenberg-Marquardt on the Gram route: the smallest scaled pivot of R over the
+    # accepted linearizations (nlsq._reduce.gram_pivot_ratio); 1 elsewhere.
+    pivot_ratio: Any = 1.0
 
 
 class IterationRow(NamedTuple):

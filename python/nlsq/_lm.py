@@ -71,6 +71,9 @@ class LMState(NamedTuple):
     step_norm: jax.Array
     actual_reduction: jax.Array
     initial_cost: jax.Array
+    # The Gram route's smallest scaled pivot of R so far (nlsq._reduce.gram_pivot_ratio:
+    # R's relative error is about EPS / ratio); 1 on the QR route.
+    pivot_ratio: jax.Array
 
 
 class Trial(NamedTuple):
@@ -128,35 +131,17 @@ def single_fit_by_gram(problem: Problem) -> bool:
     Decided by the problem's static fields and ``x0``'s shape only, so the jit
     cache, keyed on them, never hands one route's program to the other's problem.
     Levenberg-Marquardt with JAX's derivatives and few parameters, rows not chunked
-    or sharded, and nothing observed per iteration: a fit whose Gram route loses
-    digits is run again by the QR route, and no logged row or ``callback`` call may
-    then be repeated.
+    or sharded, and no ``callback``: a fit whose Gram route loses digits is run
+    again by the QR route, and a callback's calls could not be taken back (a
+    verbose table can: the rerun writes a second table after a note, ``nlsq._solve``).
     """
     return (
         problem.method == "lm"
         and problem.jac_mode == "auto"
         and problem.layout is None
         and problem.mesh is None
-        and problem.verbose == 0
         and not problem.has_callback
         and problem.x0.shape[-1] <= FUSED_MAX_N
-    )
-
-
-def iterate_tracking_pivots(problem: Problem) -> tuple[LMState, jax.Array]:
-    """``init`` and ``step`` until the status leaves RUNNING, as ``_driver.run`` without
-    rows or callbacks (which :func:`single_fit_by_gram` excludes), and the smallest
-    scaled pivot (``nlsq._reduce.gram_pivot_ratio``) of the accepted linearizations:
-    ``R`` changes only when a step is accepted."""
-    state = init(problem)
-
-    def body(carry):
-        state, pivot_ratio = carry
-        state = step(problem, state)
-        return state, jnp.minimum(pivot_ratio, gram_pivot_ratio(state.R))
-
-    return lax.while_loop(
-        lambda carry: carry[0].status == RUNNING, body, (state, gram_pivot_ratio(state.R))
     )
 
 
@@ -193,7 +178,8 @@ def _kept(problem: Problem, f):
 def init(problem: Problem) -> LMState:
     x0 = problem.x0
     f0 = problem.fun(x0)
-    if reduces_by_gram(problem, x0.shape[0]):
+    by_gram = reduces_by_gram(problem, x0.shape[0])
+    if by_gram:
         # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
         # derivatives, and the norm from the same sums as at every trial point
         # (see step); J is not formed, so the state keeps R in its place.
@@ -231,6 +217,7 @@ def init(problem: Problem) -> LMState:
         step_norm=zero,
         actual_reduction=zero,
         initial_cost=0.5 * fnorm0**2,
+        pivot_ratio=gram_pivot_ratio(R0) if by_gram else jnp.ones((), x0.dtype),
     )
 
 
@@ -373,6 +360,10 @@ def step(problem: Problem, state: LMState) -> LMState:
         step_norm=t.step_norm,
         actual_reduction=t.actual_reduction,
         initial_cost=state.initial_cost,
+        # R changes only when a step is accepted; a rejected one keeps its ratio.
+        pivot_ratio=jnp.minimum(state.pivot_ratio, gram_pivot_ratio(R))
+        if by_gram
+        else state.pivot_ratio,
     )
 
 
@@ -403,6 +394,7 @@ def result(problem: Problem, state: LMState) -> SolveResult:
         status=state.status,
         initial_cost=state.initial_cost,
         R=state.R,
+        pivot_ratio=state.pivot_ratio,
     )
 
 

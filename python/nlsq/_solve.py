@@ -19,6 +19,7 @@ scipy's ``OptimizeResult`` of them.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import warnings
 import weakref
 from typing import Any, NamedTuple
@@ -33,7 +34,7 @@ from ._common import BAD_START, TERMINATION_MESSAGES, norm
 from ._distributed import fetch, table_verbosity
 from ._dogbox import DOGBOX
 from ._driver import Method, run
-from ._lm import LM, iterate_tracking_pivots, result, single_fit_by_gram
+from ._lm import LM, single_fit_by_gram
 from ._problem import Problem, stored_description
 from ._reduce import gram_reduction, pcov_from_R, pcov_from_triangular
 from ._residual import (
@@ -145,8 +146,8 @@ def _solve_by_gram(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     ``jac`` is ``R`` and its ``grad`` ``R^T Q^T f``."""
     _check_lm_rows(problem)
     with gram_reduction():
-        state, pivot_ratio = iterate_tracking_pivots(problem)
-        out = result(problem, state)
+        out = run(LM, problem)
+    pivot_ratio = out.pivot_ratio
     fun = problem.fun(out.x)
     out = out._replace(fun=fun, cost=0.5 * norm(fun) ** 2)  # as result() of the QR route
     if not problem.want_pcov:
@@ -200,6 +201,20 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
         pcov=pcov.reshape(n, n) if pcov.size else None,
         pivot_ratio=pivot_ratio,
     )
+
+
+def _note_rerun(verbose: int, small, n: int) -> None:
+    """Between a verbose fit's two tables: the Gram route's table is complete, and
+    one line says why a second table follows (the QR route's run, the result)."""
+    log_closing(verbose)
+    ratio = float(small[3 * n + len(_SCALARS)])
+    print(
+        f"nlsq: the Gram route lost digits (smallest scaled pivot {ratio:.1e} < "
+        f"{MIN_SINGLE_GRAM_PIVOT_RATIO:.0e}); the fit runs again by the QR route:",
+        file=sys.stdout,
+        flush=True,
+    )
+    log_header(verbose)
 
 
 def _lost_digits(small, n: int) -> bool:
@@ -373,6 +388,8 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
             )
             small, fun, jac = _run(host, fit_id, rows)
     if _lost_digits(small, problem.n):  # the QR route's fit instead (_solve_by_gram)
+        if verbose:
+            _note_rerun(verbose, small, problem.n)
         small, fun, jac = _run(problem, fit_id, rows, program=solve_by_qr)
     layout = problem.layout
     if layout is not None and layout.m_valid != layout.m:
