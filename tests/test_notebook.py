@@ -115,10 +115,11 @@ def test_rows_of_a_long_fit_reach_the_notebook_before_the_fit_returns() -> None:
     # The first fit compiles; the second (same shapes) is the timed one. Its rows
     # are pushed from inside the compiled loop; the drain writes them to the
     # kernel's stream while the fit's thread waits in XLA (without the GIL),
-    # and ipykernel sends them every 0.2 s.
+    # and ipykernel sends them every 0.2 s.  'trf': its QR route keeps the fit long
+    # enough to watch (lm's Gram route finishes n = 1e6 in under 0.4 s).
     fit = (
         "curve_fit(model, x, y, p0=[1.0, 0.1, 3.0], verbose=2, ftol=1e-15, xtol=1e-15, "
-        "gtol=1e-15, max_nfev=40)"
+        'gtol=1e-15, max_nfev=40, method="trf")'
     )
     nb, client = run_notebook(
         f"x, y = data(1_000_000)\n{fit}",
