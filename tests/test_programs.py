@@ -113,6 +113,20 @@ def test_what_cannot_be_described_is_not_stored():
     assert _key(t1) == _key(_namespace_model(captured, T=jnp.array([1.0])))
     assert _key(t1) != _key(_namespace_model(captured, T=jnp.array([2.0])))
     assert _key(t1) != _key(_namespace_model(captured, T=jnp.array([1], jnp.int32)))
+    # A subclass of a plain type, or a library class's instance, may compute with
+    # what no value shows (methods, wrapped arguments): not described.
+    import functools
+    from typing import NamedTuple
+
+    class Params(NamedTuple):
+        k: float
+
+        def scale(self):
+            return 2.0 * self.k
+
+    assert _key(_namespace_model("f = lambda x, a: a * x * P.scale()", P=Params(1.0))) is None
+    half = functools.partial(jnp.multiply, 0.5)
+    assert _key(_namespace_model("f = lambda x, a: a * half(x)", half=half)) is None
     # Library modules and functions are described by name (their version is keyed).
     assert _key(_namespace_model("f = lambda x, a: a * np.sinc(x)", np=np)) is not None
     assert _key(_namespace_model("f = lambda x, a: a * exp(x)", exp=jnp.exp)) is not None

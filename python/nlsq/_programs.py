@@ -103,11 +103,14 @@ def _library(module_name: str | None) -> bool:
 def describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
     """A description of ``value`` made of str, bytes and tuples, equal in every process
     exactly when the value computes the same thing; raises :class:`Unstable`."""
-    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
-        return (type(value).__name__, repr(value))
-    if isinstance(value, (tuple, list)):
-        return (type(value).__name__, tuple(describe(v, seen) for v in value))
-    if isinstance(value, frozenset):  # its iteration order varies between processes
+    # Exact types only: a subclass (a NamedTuple, an IntEnum, a str subclass) may carry
+    # methods the model calls, which no value describes.
+    kind = type(value)
+    if value is None or kind in (bool, int, float, complex, str, bytes):
+        return (kind.__name__, repr(value))
+    if kind in (tuple, list):
+        return (kind.__name__, tuple(describe(v, seen) for v in value))
+    if kind is frozenset:  # its iteration order varies between processes
         return ("frozenset", tuple(sorted((describe(v, seen) for v in value), key=repr)))
     if value is Ellipsis:
         return ("ellipsis",)
@@ -130,12 +133,22 @@ def describe(value: Any, seen: frozenset[int] = frozenset()) -> Any:
         raise Unstable(f"module {value.__name__}")
     if isinstance(value, types.FunctionType) and not _library(value.__module__):
         return _describe_function(value, seen)
-    # Library callables and types (jnp.exp, np.float64, math.pi's module...): by name.
+    # Library callables and types (jnp.exp, np.float64, len): by name, when the name
+    # leads back to this very object (an instance such as a functools.partial only
+    # borrows its class's name, and its arguments would be lost).
     module = getattr(value, "__module__", None)
     name = getattr(value, "__qualname__", None) or getattr(value, "__name__", None)
-    if callable(value) and _library(module) and isinstance(name, str):
+    if _library(module) and isinstance(name, str) and _named(module, name) is value:
         return ("library", module, name)
-    raise Unstable(type(value).__name__)
+    raise Unstable(kind.__name__)
+
+
+def _named(module: str, qualname: str) -> Any:
+    """The object ``module.qualname`` names, or None."""
+    found: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 def _is_device_array(value: Any) -> bool:
