@@ -180,7 +180,7 @@ def init(problem: Problem) -> LMState:
     f0 = problem.fun(x0)
     by_gram = reduces_by_gram(problem, x0.shape[0])
     if by_gram:
-        # Batched fits (nlsq._many): R from the Gram matrix, fused with the model's
+        # The Gram route (nlsq._reduce): R from the Gram matrix, fused with the model's
         # derivatives, and the norm from the same sums as at every trial point
         # (see step); J is not formed, so the state keeps R in its place.
         R0, qtf0, f0_squared = reduce_by_gram(problem.fun, x0)

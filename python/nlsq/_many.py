@@ -62,7 +62,6 @@ from ._many_sharding import (
 )
 from ._problem import check_jac, make_problem, prepare_bounds, stored_description
 from ._reduce import (
-    gram_pivot_ratio,
     gram_reduction,
     pcov_from_R,
     pcov_from_triangular,
@@ -120,7 +119,6 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     method = METHODS[problem.method]
     state = method.init(problem)
     by_gram = problem.method == "lm" and reduces_by_gram(problem, problem.x0.shape[0])
-    pivot_ratio = gram_pivot_ratio(state.R) if by_gram else jnp.ones(())
 
     def as_row(state):
         return jnp.stack([jnp.asarray(v, jnp.float64) for v in method.row(state)])
@@ -128,19 +126,19 @@ def _run_one(problem, history_len: int) -> FitOutcome:
     history = jnp.zeros((history_len, 6)).at[0].set(as_row(state)) if history_len else None
 
     def body(carry):
-        state, history, pivot_ratio = carry
+        state, history = carry
         state = method.step(problem, state)
         if history is not None:
             slot = jnp.minimum(state.iteration, history_len - 1)
             history = history.at[slot].set(as_row(state))
-        if by_gram:
-            pivot_ratio = jnp.minimum(pivot_ratio, gram_pivot_ratio(state.R))
-        return state, history, pivot_ratio
+        return state, history
 
-    state, history, pivot_ratio = lax.while_loop(
-        lambda carry: carry[0].status == RUNNING, body, (state, history, pivot_ratio)
+    state, history = lax.while_loop(
+        lambda carry: carry[0].status == RUNNING, body, (state, history)
     )
     out = method.result(problem, state)
+    # The Gram route's smallest pivot over the iterates (LM keeps it); 1 elsewhere.
+    pivot_ratio = jnp.asarray(out.pivot_ratio, jnp.float64)
     m_true = problem.residual.true_m(problem.data)
     if by_gram:
         pcov, certain = pcov_from_triangular(out.R, m_true, problem.n)
