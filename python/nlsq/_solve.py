@@ -203,11 +203,10 @@ def unpack(small: np.ndarray, fun, jac, n: int) -> Solved:
     )
 
 
-def _note_rerun(verbose: int, small, n: int) -> None:
+def _note_rerun(verbose: int, ratio: float) -> None:
     """Between a verbose fit's two tables: the Gram route's table is complete, and
     one line says why a second table follows (the QR route's run, the result)."""
     log_closing(verbose)
-    ratio = float(small[3 * n + len(_SCALARS)])
     print(
         f"nlsq: the Gram route lost digits (smallest scaled pivot {ratio:.1e} < "
         f"{MIN_SINGLE_GRAM_PIVOT_RATIO:.0e}); the fit runs again by the QR route:",
@@ -217,10 +216,9 @@ def _note_rerun(verbose: int, small, n: int) -> None:
     log_header(verbose)
 
 
-def _lost_digits(small, n: int) -> bool:
-    """Whether a Gram-route fit's packed pivot ratio is below the threshold (never on
-    the QR route, which packs 1)."""
-    return float(small[3 * n + len(_SCALARS)]) < MIN_SINGLE_GRAM_PIVOT_RATIO
+def _packed_pivot_ratio(small, n: int) -> float:
+    """The pivot ratio ``_pack`` put after the scalars (1 on the QR route)."""
+    return float(small[3 * n + len(_SCALARS)])
 
 
 # The store route keys a program by the function's name too: the Gram and the QR
@@ -387,9 +385,10 @@ def _fit(problem: Problem, model: Any, fit_id: int, rows: bool, stacklevel: int)
                 stacklevel=stacklevel,
             )
             small, fun, jac = _run(host, fit_id, rows)
-    if _lost_digits(small, problem.n):  # the QR route's fit instead (_solve_by_gram)
+    pivot_ratio = _packed_pivot_ratio(small, problem.n)
+    if pivot_ratio < MIN_SINGLE_GRAM_PIVOT_RATIO:  # the QR route's fit (_solve_by_gram)
         if verbose:
-            _note_rerun(verbose, small, problem.n)
+            _note_rerun(verbose, pivot_ratio)
         small, fun, jac = _run(problem, fit_id, rows, program=solve_by_qr)
     layout = problem.layout
     if layout is not None and layout.m_valid != layout.m:
