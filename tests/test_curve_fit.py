@@ -378,8 +378,13 @@ def test_iteration_loop_is_one_compiled_while_loop(monkeypatch):
     # verbose=0: no host callback anywhere, so no host round trip per iteration.
     assert not [p for _, p in prims if "callback" in p]
     # One top-level while (the iteration loop); the trial loop and the
-    # trust-region secular-equation loop are nested inside it.
-    assert [p for d, p in prims if d == 0].count("while") == 1
+    # trust-region secular-equation loop are nested inside it.  A small 'lm' fit's
+    # program is one kernel (nlsq._kernel): a single nested jit holds the loop.
+    top = [p for d, p in prims if d == 0]
+    if "while" not in top:
+        assert sum(p in ("jit", "pjit") for p in top) == 1
+        top = [p for d, p in prims if d == 1]
+    assert top.count("while") == 1
     assert sum(p == "while" for _, p in prims) >= 3
 
 

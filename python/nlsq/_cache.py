@@ -37,6 +37,7 @@ from typing import Any
 from . import _programs
 from ._cache_dir import resolve_cache_dir
 from ._jax_compat import jit_cache_size
+from ._kernel import kernels_off, traced_kernels
 from ._map_guard import after_new_program, clearings
 from ._programs import global_names
 
@@ -287,6 +288,11 @@ class SolverJit:
     signature loads the executable from the program store (no trace, no
     lowering) or lowers and compiles it and stores it.  Every other call
     goes through ``jax.jit`` as before.
+
+    A program holding a single kernel (:mod:`nlsq._kernel`) that XLA refuses to
+    compile is compiled again with none (``fn`` traced inside
+    ``nlsq._kernel.kernels_off``, a second ``SolverJit``), and calls with that
+    signature go there from then on: a kernel never fails a fit.
     """
 
     def __init__(
@@ -309,6 +315,8 @@ class SolverJit:
         self._static = frozenset((static,) if isinstance(static, int) else static)
         self._programs: dict[tuple, Any] = {}  # signature -> Compiled, or None: use jit
         self._clearings = clearings()
+        self._kernel_refused: set[tuple] = set()  # signatures XLA refused as one kernel
+        self._without_kernels: SolverJit | None = None
 
     def _get(self):
         if self._jitted is None:
@@ -319,13 +327,23 @@ class SolverJit:
         return self._jitted
 
     def __call__(self, *args: Any):
+        if self._kernel_refused and self._signature(args) in self._kernel_refused:
+            return self._in_thunks()(*args)
         if self._describe is not None:
             out = self._call_stored(args)
             if out is not None:
                 return out
+        import jax
+
         jitted = self._jitted or self._get()
         before = jit_cache_size(jitted)
-        out = jitted(*args)
+        kernels = traced_kernels()
+        try:
+            out = jitted(*args)
+        except jax.errors.JaxRuntimeError:
+            if traced_kernels() == kernels:
+                raise  # not a kernel XLA refused: the program's own error
+            return self._refused(args)
         if jit_cache_size(jitted) > before:
             # A new program (compiled or loaded): its mappings count against
             # the process's limit (see nlsq._map_guard).
@@ -337,12 +355,7 @@ class SolverJit:
         import jax
 
         self._drop_if_cleared()
-        # A compiled program takes the dynamic arguments only (jit's static ones are
-        # part of it, so of the signature).
-        dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
-        static = tuple(args[i] for i in sorted(self._static))
-        leaves, treedef = jax.tree_util.tree_flatten(dynamic)
-        signature = (treedef, static, jax.config.jax_enable_x64, *map(_leaf_signature, leaves))
+        dynamic, leaves, signature = self._split(args)
         program = self._programs.get(signature, _UNSEEN)
         if program is not _UNSEEN:
             return None if program is None else program(*dynamic)
@@ -354,12 +367,50 @@ class SolverJit:
         loaded = self._load_checked(key, dynamic, out_tree)
         if loaded is None:
             lower = lambda: self._get().lower(*args)  # noqa: E731
-            program, out = _programs.compile_program(key, lower, dynamic, out_tree), None
+            kernels = traced_kernels()
+            try:
+                program, out = _programs.compile_program(key, lower, dynamic, out_tree), None
+            except jax.errors.JaxRuntimeError:
+                if traced_kernels() == kernels:
+                    raise
+                return self._refused(args)
         else:
             program, out = loaded
         self._programs[signature] = program
         after_new_program()
         return program(*dynamic) if out is None else out
+
+    def _split(self, args: tuple) -> tuple[tuple, list, tuple]:
+        """``(dynamic arguments, their leaves, the call's signature)``."""
+        import jax
+
+        # A compiled program takes the dynamic arguments only (jit's static ones are
+        # part of it, so of the signature).
+        dynamic = tuple(a for i, a in enumerate(args) if i not in self._static)
+        static = tuple(args[i] for i in sorted(self._static))
+        leaves, treedef = jax.tree_util.tree_flatten(dynamic)
+        signature = (treedef, static, jax.config.jax_enable_x64, *map(_leaf_signature, leaves))
+        return dynamic, leaves, signature
+
+    def _signature(self, args: tuple) -> tuple:
+        return self._split(args)[2]
+
+    def _refused(self, args: tuple) -> Any:
+        """Run ``args`` without single kernels, as every later call of this signature."""
+        self._kernel_refused.add(self._signature(args))
+        return self._in_thunks()(*args)
+
+    def _in_thunks(self) -> SolverJit:
+        """This function's programs with no single kernel (see the class doc)."""
+        if self._without_kernels is None:
+            self._without_kernels = SolverJit(
+                _without_kernels(self._fn),
+                self._extra_options,
+                describe=self._describe,
+                outputs=self._outputs,
+                **self._jit_kwargs,
+            )
+        return self._without_kernels
 
     def _key(self, args: tuple, leaves: list) -> str | None:
         description = self._describe(*args)
@@ -406,6 +457,18 @@ class SolverJit:
 
 
 _UNSEEN = object()
+
+
+def _without_kernels(fn: Callable) -> Callable:
+    """``fn`` traced inside :func:`nlsq._kernel.kernels_off`; stored under its own name."""
+
+    def traced_in_thunks(*args: Any) -> Any:
+        with kernels_off():
+            return fn(*args)
+
+    traced_in_thunks.__module__ = fn.__module__
+    traced_in_thunks.__qualname__ = f"{fn.__qualname__}.in_thunks"
+    return traced_in_thunks
 
 
 def _leaf_signature(leaf: Any) -> tuple:

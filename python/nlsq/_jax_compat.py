@@ -44,6 +44,7 @@ __all__ = [
     "register_ffi_target",
     "register_jvp_rule",
     "register_lowering",
+    "tag_single_kernel",
 ]
 
 
@@ -88,6 +89,52 @@ def prepare_lapack_kernels() -> None:
 
 
 # -- scoped x64 ---------------------------------------------------------------------
+
+
+def tag_single_kernel(outputs: Any) -> Any:
+    """``outputs`` of a nested ``jax.jit`` call, its call marked to run as ONE kernel on CPU.
+
+    Why here: XLA:CPU runs a program as a sequence of thunks (one per fusion,
+    loop, copy...), dispatched one by one; a small fit's loop pays that dispatch
+    at every operation of every iteration, far more than its arithmetic.  XLA's
+    own small-while-loop pass (``xla_cpu_small_while_loop_byte_threshold``, set
+    only through ``XLA_FLAGS`` for the whole process) wraps a small loop in a call
+    marked with the frontend attribute ``xla_cpu_small_call``, which its thunk
+    emitter compiles as a single function; ``inlineable="false"`` keeps the call
+    past XLA's call inliner until then.  These attribute names are XLA:CPU's, not a
+    public contract, so they live here; they are attached with JAX's public
+    ``jax.experimental.xla_metadata.set_xla_metadata`` (the form that tags the op
+    producing a value).  Other backends ignore them.  The callee must contain no
+    custom call, sort, scatter, FFT or collective (XLA's pass excludes them, and
+    the kernel would not link): ``nlsq._kernel`` checks that before tagging, and
+    :class:`nlsq._cache.SolverJit` compiles the program again without the kernel
+    if XLA still refuses it.
+    """
+    from jax.experimental.xla_metadata import set_xla_metadata
+
+    return set_xla_metadata(outputs, inlineable="false", xla_cpu_small_call="true")
+
+
+def primitive_names(closed_jaxpr: Any) -> set[str]:
+    """Names of every primitive in ``closed_jaxpr`` and the jaxprs nested in its equations.
+
+    Why here: walks ``Jaxpr.eqns`` and the jaxprs held in equation parameters (the
+    bodies of ``jit``, ``while``, ``cond``, ``scan``, custom derivatives); the
+    jaxpr types are public (``jax.extend.core``) but where sub-jaxprs sit in the
+    parameters is not.
+    """
+    names: set[str] = set()
+    pending = [getattr(closed_jaxpr, "jaxpr", closed_jaxpr)]
+    while pending:
+        jaxpr = pending.pop()
+        for eqn in jaxpr.eqns:
+            names.add(eqn.primitive.name)
+            for value in eqn.params.values():
+                for item in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(item, "jaxpr", item)
+                    if hasattr(inner, "eqns"):
+                        pending.append(inner)
+    return names
 
 
 def enable_x64(enabled: bool = True) -> contextlib.AbstractContextManager[Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 import warnings
 import weakref
 from typing import Any, NamedTuple
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _kernel
 from ._buckets import true_m
 from ._cache import SINGLE_FIT_OPTIONS, SolverJit
 from ._common import BAD_START, TERMINATION_MESSAGES, norm
@@ -36,7 +38,7 @@ from ._dogbox import DOGBOX
 from ._driver import Method, run
 from ._lm import LM, single_fit_by_gram
 from ._problem import Problem, stored_description
-from ._reduce import gram_reduction, pcov_from_R, pcov_from_triangular
+from ._reduce import gram_reduction, pcov_from_R, pcov_from_triangular, vectorized_small_svd
 from ._residual import (
     TRACE_ERRORS,
     HostFallbackWarning,
@@ -92,8 +94,21 @@ def _solve(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     route (:func:`_solve_by_gram`); the decision rests on the static fields and
     shapes the jit cache keys on."""
     if single_fit_by_gram(problem):
+        if not _kernel.wanted(problem.m):
+            return _solve_by_gram(problem)
+        if not problem.verbose:
+            return _kernel.call(_solve_by_gram_in_a_kernel, problem)
         return _solve_by_gram(problem)
     return _solve_by_qr(problem)
+
+
+def _solve_by_gram_in_a_kernel(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """:func:`_solve_by_gram` with no LAPACK call, so that its program can be one
+    kernel (``nlsq._kernel``): the step's small SVD by Jacobi rotations (as the
+    batched fits take it, ``nlsq._reduce.vectorized_small_svd``; the two agree to
+    rounding)."""
+    with vectorized_small_svd():
+        return _solve_by_gram(problem)
 
 
 def _check_lm_rows(problem: Problem) -> None:
@@ -277,9 +292,27 @@ def _to_host(outs, rows: bool):
     small, fun, jac = outs
     if not (small.is_fully_addressable and fun.is_fully_addressable):
         return fetch(outs)
+    _poll_until_ready(small)
     if rows:
         return jax.device_get(outs)
     return np.asarray(small), fun, jac
+
+
+#: How long the host polls a fit's results before it blocks on them (seconds).
+_POLL_SECONDS = 300e-6
+
+
+def _poll_until_ready(result: jax.Array) -> None:
+    """Poll ``result.is_ready()`` for up to :data:`_POLL_SECONDS` before the host blocks.
+
+    A small fit's program ends within a few hundred microseconds; blocking on it
+    puts the host thread to sleep, and waking it costs 20-40 µs on a busy or
+    virtualized machine (``benches/probe_single_kernel.py``), a tenth of the
+    fit.  A longer fit then blocks as before, having spent this much CPU time.
+    """
+    deadline = time.perf_counter() + _POLL_SECONDS
+    while not result.is_ready() and time.perf_counter() < deadline:
+        pass
 
 
 def _run(problem: Problem, fit_id: int, rows: bool = True, program: Any = None):
