@@ -89,10 +89,11 @@ def _stage_variant(prim: Any = None, key_offset: int = 0) -> Callable[..., None]
         _routes._sync_native_route()
         dtype = jnp.result_type(float)
         row = jnp.stack(
-            [jnp.asarray(keep).astype(dtype)] + [jnp.asarray(v).astype(dtype) for v in values]
+            [jnp.asarray(keep).astype(dtype)] + [jnp.asarray(v).astype(dtype) for v in values],
+            axis=-1,
         )
         (prim or _emit._inline_primitive()).bind(
-            lax.stop_gradient(row)[None, :],
+            lax.stop_gradient(row).reshape(-1, row.shape[-1]),
             template_key=np.int64(key + key_offset),
             rows=np.int64(1),
         )

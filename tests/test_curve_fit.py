@@ -10,7 +10,7 @@ import nlsq
 import numpy as np
 import pytest
 import scipy.optimize as so
-from nlsq import CurveFit, HostFallbackWarning, curve_fit
+from nlsq import CurveFit, HostFallbackWarning, _kernel, curve_fit
 from nlsq._verbose import RowKind
 
 RNG = np.random.default_rng(20261125)
@@ -373,6 +373,33 @@ def _primitives(jaxpr, depth=0, out=None):
     return out
 
 
+def test_a_small_lm_fit_logs_the_rows_its_start_kernel_kept(monkeypatch):
+    """A small logged 'lm' fit: the start and first steps are one kernel keeping their
+    rows; row 0 and then the block of kept rows are logged after it, and any later
+    steps from the loop (nlsq._driver.run)."""
+    kinds = []
+
+    def fake_make_log_row(verbose):
+        def log_row(row, kind, valid=None):
+            kinds.append(kind)
+
+        return log_row if verbose else None
+
+    monkeypatch.setattr("nlsq._driver.make_log_row", fake_make_log_row)
+    monkeypatch.setattr("nlsq._solve.log_header", lambda verbose: None)
+    monkeypatch.setattr("nlsq._solve.log_closing", lambda *a: None)
+    before = _kernel.traced_kernels()
+    _captured_solver_call(monkeypatch, verbose=2)
+    assert _kernel.traced_kernels() > before
+    first, block, rest, closing = (
+        RowKind.FIRST,
+        RowKind.ITERATIONS,
+        RowKind.ITERATION,
+        RowKind.CLOSING,
+    )
+    assert kinds[:4] == [first, block, rest, closing]
+
+
 def test_iteration_loop_is_one_compiled_while_loop(monkeypatch):
     prims = _primitives(_captured_solver_call(monkeypatch))
     # verbose=0: no host callback anywhere, so no host round trip per iteration.
@@ -403,7 +430,10 @@ def test_verbose_rows_are_pushed_from_inside_the_loop(monkeypatch):
     monkeypatch.setattr("nlsq._driver.make_log_row", fake_make_log_row)
     monkeypatch.setattr("nlsq._solve.log_header", lambda verbose: None)
     monkeypatch.setattr("nlsq._solve.log_closing", lambda *a: None)
-    prims = _primitives(_captured_solver_call(monkeypatch, verbose=2, ftol=1e-9))
+    # Every fit but a small 'lm' one (whose first steps are one kernel keeping
+    # their rows: test_a_small_lm_fit_logs_the_rows_its_start_kernel_kept) logs
+    # its rows from inside the loop.
+    prims = _primitives(_captured_solver_call(monkeypatch, verbose=2, ftol=1e-9, method="trf"))
     callbacks = [d for d, p in prims if "callback" in p]
     assert 0 in callbacks and max(callbacks) >= 1  # row 0 before the loop, rows inside
     assert pushes == list(range(len(pushes))) and len(pushes) > 3

@@ -76,15 +76,49 @@ def test_the_compiled_program_holds_the_kernel_call():
     assert 'xla_cpu_small_call="true"' in text
 
 
+def _table(log_file, model, x, y, **kwargs) -> tuple[str, tuple]:
+    """The verbose table a fit writes (to the ``log_file`` sink) and its results."""
+    from nlsq.utils import async_logger
+
+    start = log_file.stat().st_size if log_file.exists() else 0
+    out = _fit(model, x, y, **kwargs)
+    async_logger.flush()
+    return log_file.read_text()[start:], out
+
+
+@pytest.mark.parametrize("verbose", [1, 2])
+@pytest.mark.parametrize("rows_in_a_kernel", [64, 2])
+def test_a_logged_small_fit_keeps_its_rows_in_the_kernel_and_writes_the_same_table(
+    log_file, monkeypatch, verbose, rows_in_a_kernel
+):
+    """The start and the first steps are one kernel that keeps their rows; the table is
+    the one the per-iteration records write (also when the fit takes more steps than
+    the kernel keeps: the rest are logged from the loop after it)."""
+    monkeypatch.setattr(_solve, "ROWS_IN_A_KERNEL", rows_in_a_kernel)
+    x, y = _data()
+    y = y + 0.3 * np.sin(9 * x)  # a few more iterations
+    kwargs = dict(verbose=verbose, ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    before = _kernel.traced_kernels()
+    got_table, got = _table(log_file, _exp_model(), x, y, **kwargs)
+    assert _kernel.traced_kernels() == before + 1
+    with _kernel.kernels_off():
+        want_table, want = _table(log_file, _exp_model(), x, y, **kwargs)
+    _assert_same_fit(got, want, rtol=1e-10)
+    assert got_table == want_table
+    rows = [line for line in got_table.splitlines() if line.strip()[:1].isdigit()]
+    if verbose == 2:
+        assert len(rows) > 3  # with 2 rows kept, the loop after the kernel logged more
+    else:
+        assert [int(r.split()[0]) % 10 for r in rows] == [0] * len(rows)
+
+
 @pytest.mark.parametrize(
     "case",
-    ["verbose", "trf", "many rows", "sort in the model", "switched off"],
+    ["trf", "many rows", "sort in the model", "switched off"],
 )
 def test_where_no_kernel_is_made(case, monkeypatch, capsys):
     x, y = _data(_kernel.MAX_ROWS + 1 if case == "many rows" else 400)
     kwargs = {}
-    if case == "verbose":
-        kwargs["verbose"] = 2
     if case == "trf":
         kwargs["method"] = "trf"
     if case == "switched off":

@@ -16,6 +16,7 @@ flow on traced values, so a batch of problems runs under ``vmap`` as is.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import _kernel
 from ._common import RUNNING, STOPPED_BY_CALLBACK
 from ._problem import Problem
 from ._residual import iteration_callback
@@ -72,8 +74,16 @@ class Method(NamedTuple):
     point: Callable[[Any], tuple[jax.Array, jax.Array]] | None = None
 
 
-def run(method: Method, problem: Problem) -> SolveResult:
-    """Iterate ``method.step`` from ``method.init`` until the status leaves RUNNING."""
+def run(method: Method, problem: Problem, *, rows_in_a_kernel: int = 0) -> SolveResult:
+    """Iterate ``method.step`` from ``method.init`` until the status leaves RUNNING.
+
+    ``rows_in_a_kernel`` (a logged fit that ``nlsq._kernel`` may compile as one
+    kernel): the start and up to that many steps run as one kernel that keeps
+    their rows in a table (a log record is a custom call, which no kernel holds);
+    the rows are logged from the table right after it, and any further steps in
+    the loop below, each logged as it ends.  The table is the same as when every
+    row is logged from the loop.
+    """
     log_row = make_log_row(problem.verbose)
     if problem.mesh is not None and log_row is not None:
         from ._sharding import log_row_on_mesh
@@ -84,8 +94,13 @@ def run(method: Method, problem: Problem) -> SolveResult:
         if log_row is not None:
             log_row(method.row(state), kind)
 
-    state = method.init(problem)
-    emit(state, RowKind.FIRST)
+    if rows_in_a_kernel and log_row is not None:
+        start = _start_keeping_rows(method, rows_in_a_kernel)
+        state, table, count = _kernel.call(start, problem)
+        _log_table(log_row, table, count)
+    else:
+        state = method.init(problem)
+        emit(state, RowKind.FIRST)
 
     def body(state):
         state = method.step(problem, state)
@@ -102,6 +117,44 @@ def run(method: Method, problem: Problem) -> SolveResult:
         )
         log_row(closing, RowKind.CLOSING)
     return result
+
+
+@functools.cache
+def _start_keeping_rows(method: Method, steps: int) -> Callable[[Problem], tuple]:
+    """``start(problem) -> (state, table, count)``: ``init`` and at most ``steps`` steps,
+    with the rows they would log (iteration 0's first) in ``table[:count]``."""
+
+    def start(problem: Problem) -> tuple:
+        state = method.init(problem)
+        table = jnp.zeros((steps + 1, len(IterationRow._fields)), jnp.float64)
+        table = _put_row(table, 0, method.row(state))
+
+        def body(carry):
+            state, table, count = carry
+            state = method.step(problem, state)
+            return state, _put_row(table, count, method.row(state)), count + 1
+
+        def more(carry):
+            state, _, count = carry
+            return (state.status == RUNNING) & (count <= steps)
+
+        return lax.while_loop(more, body, (state, table, jnp.asarray(1)))
+
+    return start
+
+
+def _put_row(table, index, row: IterationRow):
+    """``table`` with ``row`` at ``index`` (an update slice: a scatter cannot be in a kernel)."""
+    values = jnp.stack([jnp.asarray(value, jnp.float64) for value in row])
+    return lax.dynamic_update_slice(table, values[None, :], (index, 0))
+
+
+def _log_table(log_row, table, count) -> None:
+    """Log ``table[:count]`` (kept by :func:`_start_keeping_rows`) as the loop would
+    have: row 0 as the first, the others as iterations (one block: one call)."""
+    log_row(IterationRow(*table[0]), RowKind.FIRST)
+    valid = jnp.arange(1, table.shape[0]) < count
+    log_row(IterationRow(*table[1:].T), RowKind.ITERATIONS, valid)
 
 
 def _call_back(method: Method, problem: Problem, state):

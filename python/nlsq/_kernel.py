@@ -17,7 +17,10 @@ where it pays and can work:
   the primitives in :data:`_NOT_IN_A_KERNEL` before the call is tagged.  The
   Levenberg-Marquardt Gram route (``nlsq._solve``) qualifies when it takes its
   small SVDs from the element-wise Jacobi routine (``nlsq._reduce``) instead of
-  LAPACK, and when it is not logged (a log record is a custom call).
+  LAPACK.  A log record is a custom call, so a logged fit is not one kernel:
+  its start and first steps are, keeping their table rows, which are logged
+  right after it in one call (``nlsq._driver.run``); later steps, if any, run
+  and log as in any fit.
 
 A program XLA still refuses as one kernel (an operation its emitter does not
 implement) is compiled again without it, by :class:`nlsq._cache.SolverJit`,

@@ -51,7 +51,7 @@ from ._residual import (
     take_user_exception,
 )
 from ._trf import TRF
-from ._verbose import TABLE_LOCK, log_closing, log_header
+from ._verbose import TABLE_LOCK, log_closing, log_header, rows_in_blocks
 from ._workers import forget_workers, register_workers
 
 METHODS: dict[str, Method] = {"trf": TRF, "dogbox": DOGBOX, "lm": LM}
@@ -71,6 +71,11 @@ _SCALARS = ("cost", "optimality", "nfev", "njev", "status", "initial_cost")
 #: 2e-10 at 5e-7), with the same nfev and status wherever the ratio stayed above
 #: this; below it the differences reached 1e-9 and more.
 MIN_SINGLE_GRAM_PIVOT_RATIO = 1e-4
+
+#: A logged small fit (``nlsq._kernel``) runs its first steps as one kernel that
+#: keeps their rows, this many at most (a small fit seldom takes more; later
+#: steps run, logged, as in any other fit).
+ROWS_IN_A_KERNEL = 64
 
 # Tolerances below scipy's defaults do not switch a fit to the QR route: the two
 # routes round the quantities of the convergence tests differently (the Gram
@@ -98,7 +103,12 @@ def _solve(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
             return _solve_by_gram(problem)
         if not problem.verbose:
             return _kernel.call(_solve_by_gram_in_a_kernel, problem)
-        return _solve_by_gram(problem)
+        if not rows_in_blocks():
+            return _solve_by_gram(problem)
+        # A logged fit: its records are custom calls, which no kernel holds; its
+        # first steps are one kernel that keeps their rows (nlsq._driver.run).
+        with vectorized_small_svd():
+            return _solve_by_gram(problem, rows_in_a_kernel=ROWS_IN_A_KERNEL)
     return _solve_by_qr(problem)
 
 
@@ -145,7 +155,9 @@ def _solve_by_qr(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     return _pack(out, pcov, 1.0), out.fun, out.jac
 
 
-def _solve_by_gram(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _solve_by_gram(
+    problem: Problem, rows_in_a_kernel: int = 0
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """:func:`_solve` by the Gram route (``nlsq._reduce``): ``R`` from the Gram matrix of
     ``[J | f]``, one fused pass over the rows per linearization, no LAPACK QR.
 
@@ -161,7 +173,7 @@ def _solve_by_gram(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     ``jac`` is ``R`` and its ``grad`` ``R^T Q^T f``."""
     _check_lm_rows(problem)
     with gram_reduction():
-        out = run(LM, problem)
+        out = run(LM, problem, rows_in_a_kernel=rows_in_a_kernel)
     pivot_ratio = out.pivot_ratio
     fun = problem.fun(out.x)
     out = out._replace(fun=fun, cost=0.5 * norm(fun) ** 2)  # as result() of the QR route

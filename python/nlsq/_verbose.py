@@ -48,6 +48,10 @@ class RowKind(enum.Enum):
 
     FIRST = "first"  # the header and iteration 0 (before the loop)
     ITERATION = "iteration"  # one iteration (inside the loop)
+    # A block of iterations at once (each field a vector; rows where ``valid``):
+    # the rows a one-kernel start kept (nlsq._driver.run).  One record per row,
+    # pushed by ONE custom call.
+    ITERATIONS = "iterations"
     CLOSING = "closing"  # termination message and summary (after the loop)
 
 
@@ -131,7 +135,21 @@ def make_log_row(verbose: int, gate=None):
 
             jax.lax.cond(gate(), lambda: emitter(keep, level, **fields), lambda: None)
 
-    def log_row(row, kind: RowKind) -> None:
+    def log_row(row, kind: RowKind, valid=None) -> None:
+        if kind is RowKind.ITERATIONS:
+            keep = valid if verbose >= 2 else valid & (row.iteration % 10 == 0)
+            fields = dict(
+                iteration=row.iteration, nfev=row.nfev, cost=row.cost, optimality=row.g_norm
+            )
+            emit(
+                ROW,
+                keep,
+                verbose,
+                reduction=row.actual_reduction,
+                step_norm=row.step_norm,
+                **fields,
+            )
+            return
         if kind is RowKind.CLOSING:
             fields = dict(
                 nfev=row.nfev,
@@ -163,6 +181,14 @@ def make_log_row(verbose: int, gate=None):
         emit(ROW, keep, verbose, reduction=row.actual_reduction, step_norm=row.step_norm, **fields)
 
     return log_row
+
+
+def rows_in_blocks() -> bool:
+    """Whether a block of rows (``RowKind.ITERATIONS``) can be logged here: only the
+    inline route (CPU, FFI) pushes a record per row of a block in one call."""
+    from .utils import _emit
+
+    return _emit.inline_rows_available()
 
 
 def log_header(verbose: int) -> None:

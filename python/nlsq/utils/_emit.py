@@ -435,11 +435,17 @@ def _stage_inline_row(key: int, keep: Any, values: Sequence[Any]) -> None:
     _log_runtime.ensure_registered(key)
     _routes._sync_native_route()
     dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    # Scalars give one row; vectors (a block of rows, nlsq._verbose's ITERATIONS) one
+    # row per element.
     row = jnp.stack(
-        [jnp.asarray(keep).astype(dtype)] + [jnp.asarray(v).astype(dtype) for v in values]
+        [jnp.asarray(keep).astype(dtype)] + [jnp.asarray(v).astype(dtype) for v in values],
+        axis=-1,
     )
+    # ``rows=1``: the operand is rows ``[keep, values...]`` (any number of them).
     _inline_primitive().bind(
-        lax.stop_gradient(row)[None, :], template_key=np.int64(key), rows=np.int64(1)
+        lax.stop_gradient(row.reshape(-1, row.shape[-1])),
+        template_key=np.int64(key),
+        rows=np.int64(1),
     )
 
 
