@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import types
+from collections import OrderedDict
 from pathlib import Path
 
 import jax
@@ -41,6 +42,12 @@ LEAVES = [np.zeros(3), np.zeros(512), np.float64(1e-8)]
 
 def _key(model, leaves=LEAVES, options=None, static_extra=()):
     return _programs.program_key("solver", options or {}, (model, *static_extra), leaves)
+
+
+def _fresh_process_view(monkeypatch) -> None:
+    """The single-fit solver as a fresh process sees it: no program held in memory."""
+    monkeypatch.setattr(_solve.solve, "_programs", OrderedDict())
+    monkeypatch.setattr(_solve.solve, "_by_key", OrderedDict())
 
 
 def _namespace_model(source: str, **globals_):
@@ -133,7 +140,7 @@ def test_what_cannot_be_described_is_not_stored():
 
 
 def test_only_plain_fits_take_the_store(store, monkeypatch):
-    monkeypatch.setattr(_solve.solve, "_programs", {})  # as in a fresh process
+    _fresh_process_view(monkeypatch)
     x = np.linspace(0, 4, 200)
     y = 2.0 * np.exp(-0.7 * x)
     model = lambda x, a, b: a * jnp.exp(-b * x)  # noqa: E731
@@ -281,7 +288,7 @@ def test_a_stored_program_that_fails_its_first_run_is_dropped_and_the_fit_compil
     discarded, real_discard = [], _programs.discard
     monkeypatch.setattr(_programs, "load_program", lambda key, args, out_tree: broken)
     monkeypatch.setattr(_programs, "discard", discarded.append)
-    monkeypatch.setattr(_solve.solve, "_programs", {})  # a fresh process's view
+    _fresh_process_view(monkeypatch)
     popt, _ = nlsq.curve_fit(model, x, y, p0=[1, 1, 0])
     np.testing.assert_array_equal(popt, expected)
     (key,) = discarded  # the entry that failed is dropped from the store
@@ -330,3 +337,30 @@ def test_curve_fit_many_programs_are_stored_and_loaded(tmp_path):
     assert (warm["stored"], warm["loaded"], warm["solver_traces"]) == (0, 1, 0)
     assert warm["popt"] == cold["popt"]
     assert warm["nfev"] == cold["nfev"]
+
+
+def test_a_fresh_closure_over_arrays_reuses_the_program_in_memory(monkeypatch):
+    """``least_squares(lambda p: model(x, p) - y, ...)`` in a loop: each lambda is a new
+    signature (its closure holds arrays, compared by identity), but the program key
+    (by value) is the same: the program is reused without loading it again, and only
+    the most recent signatures are held (each holds its call's data)."""
+    from nlsq import _cache
+
+    monkeypatch.setattr(_cache, "_HELD_SIGNATURES", 3)
+    _fresh_process_view(monkeypatch)
+    rng = np.random.default_rng(3)
+    x = np.linspace(0.0, 4.0, 300)
+    y = 2.0 * np.exp(-0.7 * x) + 0.01 * rng.standard_normal(x.size)
+    results = []
+    before = dict(_programs.counts)
+    for _ in range(6):
+        fun = lambda p: p[0] * jnp.exp(-p[1] * x) - y  # noqa: E731 - a fresh closure each time
+        results.append(nlsq.least_squares(fun, np.array([1.0, 1.0]), method="lm").x)
+    # The first call compiles the program (a miss; stored unless JAX's own cache
+    # served it) or loads it; the five others neither compile nor load.
+    assert _programs.counts["missed"] + _programs.counts["loaded"] == (
+        before["missed"] + before["loaded"] + 1
+    )
+    assert len(_solve.solve._programs) <= 3
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import threading
 import types
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -313,7 +314,10 @@ class SolverJit:
         self._outputs = outputs
         static = jit_kwargs.get("static_argnums", ())
         self._static = frozenset((static,) if isinstance(static, int) else static)
-        self._programs: dict[tuple, Any] = {}  # signature -> Compiled, or None: use jit
+        # signature -> Compiled, or None: use jit (least recently used first out)
+        self._programs: OrderedDict[tuple, Any] = OrderedDict()
+        # program key -> (Compiled, the dynamic arguments' treedef it was made for)
+        self._by_key: OrderedDict[str, tuple[Any, Any]] = OrderedDict()
         self._clearings = clearings()
         self._kernel_refused: set[tuple] = set()  # signatures XLA refused as one kernel
         self._without_kernels: SolverJit | None = None
@@ -358,11 +362,19 @@ class SolverJit:
         dynamic, leaves, signature = self._split(args)
         program = self._programs.get(signature, _UNSEEN)
         if program is not _UNSEEN:
+            self._programs.move_to_end(signature)
             return None if program is None else program(*dynamic)
         key = self._key(args, leaves)
         if key is None:
-            self._programs[signature] = None
+            self._remember(signature, None)
             return None
+        held = self._by_key.get(key)
+        if held is not None:
+            # The same program for another signature: a fresh closure over arrays
+            # (compared by identity in the signature, by value in the key).
+            program = _Rebound(*held)
+            self._remember(signature, program)
+            return program(*dynamic)
         out_tree = None if self._outputs is None else self._outputs(*args)
         loaded = self._load_checked(key, dynamic, out_tree)
         if loaded is None:
@@ -376,9 +388,20 @@ class SolverJit:
                 return self._refused(args)
         else:
             program, out = loaded
-        self._programs[signature] = program
+        self._remember(signature, program)
+        self._by_key[key] = (program, jax.tree_util.tree_structure(dynamic))
+        while len(self._by_key) > _HELD_KEYS:
+            self._by_key.popitem(last=False)
         after_new_program()
         return program(*dynamic) if out is None else out
+
+    def _remember(self, signature: tuple, program: Any) -> None:
+        """Hold ``program`` for ``signature``; at most :data:`_HELD_SIGNATURES` (a fresh
+        closure over arrays is a new signature at every call: holding them all would
+        keep every call's data alive)."""
+        self._programs[signature] = program
+        while len(self._programs) > _HELD_SIGNATURES:
+            self._programs.popitem(last=False)
 
     def _split(self, args: tuple) -> tuple[tuple, list, tuple]:
         """``(dynamic arguments, their leaves, the call's signature)``."""
@@ -444,12 +467,13 @@ class SolverJit:
     def _drop_if_cleared(self) -> None:
         if self._clearings != clearings():  # nlsq._map_guard dropped every program
             self._programs.clear()
+            self._by_key.clear()
             self._clearings = clearings()
 
     def _cache_size(self) -> int:
         """Programs held: jax.jit's cache and the store route's."""
         self._drop_if_cleared()
-        held = sum(program is not None for program in self._programs.values())
+        held = len({id(getattr(p, "program", p)) for p in self._programs.values() if p is not None})
         return jit_cache_size(self._get()) + held
 
     def __getattr__(self, name: str):
@@ -457,6 +481,31 @@ class SolverJit:
 
 
 _UNSEEN = object()
+
+#: Signatures (and program keys) a ``SolverJit`` holds programs for, most recent kept.
+_HELD_SIGNATURES = 256
+_HELD_KEYS = 64
+
+
+class _Rebound:
+    """A compiled program called with the arguments of another signature of its key.
+
+    The signatures differ only in static parts that describe the same computation
+    (the program key says so), so the new call's leaves are put into the treedef
+    the program was made for, which its call checks.
+    """
+
+    __slots__ = ("program", "treedef")
+
+    def __init__(self, program: Any, treedef: Any):
+        self.program = program
+        self.treedef = treedef
+
+    def __call__(self, *dynamic: Any) -> Any:
+        import jax
+
+        leaves = jax.tree_util.tree_leaves(dynamic)
+        return self.program(*jax.tree_util.tree_unflatten(self.treedef, leaves))
 
 
 def _without_kernels(fn: Callable) -> Callable:
