@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -79,14 +80,15 @@ _NOT_IN_A_KERNEL_PARTS = ("callback", "collective", "ppermute", "reduce_scatter"
 
 _OFF = contextvars.ContextVar("nlsq_single_kernel_off", default=False)
 
-#: Calls tagged as one kernel so far (a trace-time count: ``SolverJit`` compares it
-#: before and after a call to learn whether a failed program held a kernel).
-_traced = [0]
+#: Calls tagged as one kernel so far, per thread (JAX traces on the calling thread):
+#: ``SolverJit`` compares the count before and after a call to learn whether the
+#: program that failed held a kernel.
+_traced = threading.local()
 
 
 def traced_kernels() -> int:
-    """How many calls have been traced as one kernel in this process."""
-    return _traced[0]
+    """How many calls this thread has traced as one kernel."""
+    return getattr(_traced, "count", 0)
 
 
 @contextlib.contextmanager
@@ -138,5 +140,5 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
     outputs = jitted(*args)  # the trace above is reused, not repeated
     if not fits_in_a_kernel(primitive_names(traced.jaxpr)):
         return outputs
-    _traced[0] += 1
+    _traced.count = traced_kernels() + 1
     return tag_single_kernel(outputs)
