@@ -362,7 +362,10 @@ class SolverJit:
         dynamic, leaves, signature = self._split(args)
         program = self._programs.get(signature, _UNSEEN)
         if program is not _UNSEEN:
-            self._programs.move_to_end(signature)
+            try:
+                self._programs.move_to_end(signature)
+            except KeyError:  # another thread's call just let it go; it runs all the same
+                pass
             return None if program is None else program(*dynamic)
         key = self._key(args, leaves)
         if key is None:
