@@ -9,9 +9,9 @@ for tens of microseconds and spends a few hundred running its ~50 top-level and
 which runs the same HLO with no dispatch between operations.  We ask for that
 where it pays and can work:
 
-* on the CPU backend, for problems whose rows are at most :data:`MAX_ROWS` (where
-  one thread and no dispatch beat the thunks' parallel loops; see
-  ``benches/probe_single_kernel.py``);
+* on the CPU backend, for problems of at most :data:`MAX_ROWS` rows (measured with
+  ``benches/probe_single_kernel.py``: a kernel runs on one thread, and XLA refuses
+  some larger ones);
 * for programs with no custom call, sort, scatter, FFT or collective (the single
   function cannot call XLA's runtime for them): the callee's jaxpr is checked for
   the primitives in :data:`_NOT_IN_A_KERNEL` before the call is tagged.  The
@@ -38,8 +38,10 @@ from typing import Any
 
 from ._jax_compat import primitive_names, tag_single_kernel
 
-#: Largest number of rows fitted as one kernel.  A kernel runs on one thread; the
-#: thunks' loops use the pool past about this size (``benches/probe_single_kernel.py``).
+#: Largest number of rows fitted as one kernel: a bucket of the ladder
+#: (``nlsq._buckets``).  At 2048 rows the kernel still ran in 0.70x the thunks'
+#: time (``benches/probe_single_kernel.py``); at the next bucket, 4096, XLA:CPU's
+#: emitter refused the exp model's kernel ("Fusion kind not implemented on CPU").
 MAX_ROWS = 2048
 
 #: Primitives a single kernel cannot hold: XLA lowers them to custom calls (LAPACK,
