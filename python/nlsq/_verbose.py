@@ -136,20 +136,6 @@ def make_log_row(verbose: int, gate=None):
             jax.lax.cond(gate(), lambda: emitter(keep, level, **fields), lambda: None)
 
     def log_row(row, kind: RowKind, valid=None) -> None:
-        if kind is RowKind.ITERATIONS:
-            keep = valid if verbose >= 2 else valid & (row.iteration % 10 == 0)
-            fields = dict(
-                iteration=row.iteration, nfev=row.nfev, cost=row.cost, optimality=row.g_norm
-            )
-            emit(
-                ROW,
-                keep,
-                verbose,
-                reduction=row.actual_reduction,
-                step_norm=row.step_norm,
-                **fields,
-            )
-            return
         if kind is RowKind.CLOSING:
             fields = dict(
                 nfev=row.nfev,
@@ -178,6 +164,8 @@ def make_log_row(verbose: int, gate=None):
             emit(FIRST_ROW_WITH_HEADER, True, verbose, **fields)
             return
         keep = True if verbose >= 2 else row.iteration % 10 == 0
+        if kind is RowKind.ITERATIONS:  # a block of rows: only its valid ones
+            keep = valid & keep
         emit(ROW, keep, verbose, reduction=row.actual_reduction, step_norm=row.step_norm, **fields)
 
     return log_row
