@@ -171,15 +171,19 @@ def pad(xdata, ydata, transform, kind: int):
     they share the bucket's program.  ``transform`` and ``kind`` are ``curve_fit``'s
     (``kind`` 0: none, 1: ``1/sigma``).
     """
+    block = padded_block(xdata, ydata, transform, kind)
+    return (block[0], block[1], block[2], np.float64(ydata.shape[0]))
+
+
+def padded_block(xdata, ydata, transform, kind: int) -> np.ndarray:
+    """The rows ``x, y, weights`` of :func:`pad` as one ``(3, size)`` block, filled in
+    place (cheaper than three concatenations; a warm call, ``nlsq._warm``, checks
+    the data's finiteness on its first two rows in one pass)."""
     m = ydata.shape[0]
-    size = bucket_size(m)
-    # One (3, size) block, filled in place: cheaper than three concatenations.
-    block = np.empty((3, size))
-    x_pad, y_pad, w_pad = block
-    x_pad[:m] = xdata
-    x_pad[m:] = x_pad[m - 1]
-    y_pad[:m] = ydata
-    y_pad[m:] = ydata[-1]
-    w_pad[:m] = 1.0 if kind == 0 else transform
-    w_pad[m:] = 0.0
-    return (x_pad, y_pad, w_pad, np.float64(m))
+    block = np.empty((3, bucket_size(m)))
+    block[0, :m] = xdata
+    block[1, :m] = ydata
+    block[:2, m:] = block[:2, m - 1 : m]  # padded rows repeat the last real one
+    block[2, :m] = 1.0 if kind == 0 else transform
+    block[2, m:] = 0.0
+    return block

@@ -15,6 +15,7 @@ import numpy as np
 # scipy.optimize is not (nlsq.__getattr__).
 from scipy.linalg import LinAlgError, cholesky
 
+from . import _warm
 from ._buckets import PaddedModelResidual, buckets_enabled, model_is_rowwise, pad
 from ._cache import code_keyed, enable_persistent_cache
 from ._jax_compat import enable_x64
@@ -234,6 +235,17 @@ class CurveFit:
     ):
         """Fit the bound model; see :func:`curve_fit` for the arguments and results."""
         f, method = self.f, self.method
+        warm_key = _warm.key_of(
+            f, self.jac, method, xdata, ydata, p0, sigma, absolute_sigma, check_finite, bounds,
+            full_output, nan_policy, verbose, buckets, kwargs,
+        )  # fmt: skip
+        plan = _warm.find(warm_key)
+        if plan is not None:
+            out = self._fit_warm(
+                plan, xdata, ydata, p0, sigma, absolute_sigma, check_finite, _stacklevel + 1
+            )
+            if out is not None:
+                return out
         if "args" in kwargs:
             raise ValueError("'args' is not a supported keyword argument.")
         unknown = set(kwargs) - _LSQ_KWARGS
@@ -425,35 +437,55 @@ class CurveFit:
                     stacklevel=_stacklevel + 2,  # _fit, run_fit, then this method's frames
                     workers=pool.map,
                 )
-        fvec = res.fun
-        if padded and full_output:  # else fun stayed on the device, unread
-            fvec = fvec[:m]
-        if res.status <= 0:
-            raise RuntimeError("Optimal parameters not found: " + message)
-        popt = res.x
-        ysize = m if padded else fvec.size
-        cost = 2 * res.cost
-        pcov = res.pcov  # a fresh array (nlsq._solve.unpack)
-        warn_cov = False
-        if np.isnan(pcov).any():
+            if warm_key is not None and padded:
+                _warm.remember(warm_key, problem)
+        return _results(res, message, m, n, padded, absolute_sigma, full_output, _stacklevel + 1)
+
+    def _fit_warm(self, plan, xdata, ydata, p0, sigma, absolute_sigma, check_finite, stacklevel):
+        """A call with the route of an earlier one (``nlsq._warm``), or None where its
+        values need the full path."""
+        n = plan.template.n
+        data = _warm.warm_data(xdata, ydata, sigma, n, check_finite is not False)
+        problem = None if data is None else plan.problem(p0, data)
+        if problem is None:
+            return None
+        with enable_x64(True):
+            res, message = run_fit(problem, self.f, rows=False, stacklevel=stacklevel + 2)
+        m = ydata.shape[0]
+        return _results(res, message, m, n, True, absolute_sigma, False, stacklevel + 1)
+
+
+def _results(res, message, m, n, padded, absolute_sigma, full_output, stacklevel):
+    """``curve_fit``'s return value from the solver's host results."""
+    fvec = res.fun
+    if padded and full_output:  # else fun stayed on the device, unread
+        fvec = fvec[:m]
+    if res.status <= 0:
+        raise RuntimeError("Optimal parameters not found: " + message)
+    popt = res.x
+    ysize = m if padded else fvec.size
+    cost = 2 * res.cost
+    pcov = res.pcov  # a fresh array (nlsq._solve.unpack)
+    warn_cov = False
+    if np.isnan(pcov).any():
+        pcov.fill(np.inf)
+        warn_cov = True
+    elif not absolute_sigma:
+        if ysize > n:
+            pcov = pcov * (cost / (ysize - n))
+        else:
             pcov.fill(np.inf)
             warn_cov = True
-        elif not absolute_sigma:
-            if ysize > n:
-                pcov = pcov * (cost / (ysize - n))
-            else:
-                pcov.fill(np.inf)
-                warn_cov = True
-        if warn_cov:
-            from scipy.optimize import OptimizeWarning
+    if warn_cov:
+        from scipy.optimize import OptimizeWarning
 
-            warnings.warn(
-                "Covariance of the parameters could not be estimated",
-                category=OptimizeWarning,
-                stacklevel=_stacklevel,
-            )
-        if full_output:
-            fvec = fvec if isinstance(fvec, jax.Array) else np.asarray(fvec)
-            infodict = {"nfev": res.nfev, "fvec": fvec}
-            return popt, pcov, infodict, message, res.status
-        return popt, pcov
+        warnings.warn(
+            "Covariance of the parameters could not be estimated",
+            category=OptimizeWarning,
+            stacklevel=stacklevel,
+        )
+    if full_output:
+        fvec = fvec if isinstance(fvec, jax.Array) else np.asarray(fvec)
+        infodict = {"nfev": res.nfev, "fvec": fvec}
+        return popt, pcov, infodict, message, res.status
+    return popt, pcov

@@ -118,6 +118,21 @@ class Problem:
         """This problem run as fit ``fit_id``, calling its callback or not."""
         return dataclasses.replace(self, fit_id=np.int64(fit_id), has_callback=has_callback)
 
+    def with_start(self, x0, data) -> Problem:
+        """This problem with another start and data of the same shapes and dtypes.
+
+        A copy of the instance's fields with two replaced: every other field, and
+        the cached ``m``, hold for the new values.  ``dataclasses.replace`` would
+        run ``__init__`` over all fields again, a twentieth of a warm small fit
+        (``nlsq._warm``).
+        """
+        problem = object.__new__(Problem)
+        fields = problem.__dict__
+        fields.update(self.__dict__)
+        fields["x0"] = x0
+        fields["data"] = data
+        return problem
+
     def on_host(self, residual: HostResidual) -> Problem:
         """The same problem with its residual evaluated on the host (NumPy)."""
         return dataclasses.replace(self, residual=residual, jac_mode="host")
