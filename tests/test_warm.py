@@ -79,6 +79,27 @@ def test_sigma_tolerances_and_default_start_are_warm(full_path_calls):
     assert len(full_path_calls) == 3
 
 
+@pytest.mark.parametrize("verbose", [1, 2])
+def test_a_warm_logged_fit_writes_the_full_paths_table(full_path_calls, log_file, verbose):
+    from nlsq.utils import async_logger
+
+    x, y = _data(600)
+    curve_fit(exp_model, x, y, p0=[1.0, 1.0, 1.0], verbose=verbose)
+    async_logger.flush()
+    log_file.write_text("")
+    got = curve_fit(exp_model, x, y * 1.05, p0=[1.0, 1.0, 1.0], verbose=verbose)
+    async_logger.flush()
+    warm_table = log_file.read_text()
+    log_file.write_text("")
+    assert len(full_path_calls) == 1
+    want = _full_path(exp_model, x, y * 1.05, p0=[1.0, 1.0, 1.0], verbose=verbose)
+    async_logger.flush()
+    assert len(full_path_calls) == 2
+    _assert_same(got, want)
+    assert "Function evaluations" in warm_table
+    assert warm_table == log_file.read_text()
+
+
 def test_a_changed_global_is_another_model(full_path_calls):
     x, y = _data(300)
     global _OFFSET
@@ -147,7 +168,6 @@ def test_the_covariance_warning_points_at_the_caller(full_path_calls):
     [
         dict(bounds=([0, 0, 0], [10, 10, 10])),
         dict(full_output=True),
-        dict(verbose=1),
         dict(jac="2-point"),
         dict(nan_policy="omit", check_finite=False),
         dict(loss="soft_l1"),

@@ -12,9 +12,10 @@ types, bucket and dtype, and which arguments are given.  It then runs from the
 bucket and its ``x0`` replaced, nothing else.
 
 Only the plainest calls have a key: NumPy float64 vectors of at most
-:data:`MAX_ROWS` rows padded to a bucket, no bounds, ``jac``, ``verbose``,
-``full_output``, ``nan_policy`` or other keywords than the tolerances, ``sigma``
-absent or a vector.  Anything unusual in a keyed call's values (non-finite data, a
+:data:`MAX_ROWS` rows padded to a bucket, no bounds, ``jac``, ``full_output``,
+``nan_policy`` or other keywords than the tolerances, ``sigma`` absent or a vector
+(``verbose`` is part of the key: a logged fit's table is written by the same
+``run_fit`` either way).  Anything unusual in a keyed call's values (non-finite data, a
 zero ``sigma``, fewer rows than parameters, a start of another shape) sends it back
 to the full path, which raises the error that names it; so the results and errors
 are the full path's, which ``tests/test_warm.py`` checks call by call.
@@ -60,6 +61,7 @@ class WarmKey(NamedTuple):
     buckets: bool | None
     buckets_env: str | None
     tolerances: tuple
+    verbose: int
 
 
 class WarmPlan(NamedTuple):
@@ -100,7 +102,7 @@ def key_of(
     full_output, nan_policy, verbose, buckets, kwargs,
 ) -> WarmKey | None:  # fmt: skip
     """The call's :class:`WarmKey`, or None when it can never be warm."""
-    if jac is not None or full_output or verbose or nan_policy is not None:
+    if jac is not None or full_output or nan_policy is not None or verbose not in (0, 1, 2):
         return None
     if not (_plain_vector(xdata) and _plain_vector(ydata)) or xdata.shape != ydata.shape:
         return None
@@ -122,7 +124,7 @@ def key_of(
         tolerances = tuple(sorted(kwargs.items()))
     key = WarmKey(
         code_keyed(f), method, bucket_size(rows), n_p0, sigma is not None, bool(absolute_sigma),
-        check_finite, buckets, os.environ.get("NLSQ_BUCKETS"), tolerances,
+        check_finite, buckets, os.environ.get("NLSQ_BUCKETS"), tolerances, verbose,
     )  # fmt: skip
     try:
         hash(key)
