@@ -37,29 +37,15 @@ import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 from nlsq import _solve  # noqa: E402
 from nlsq._jax_compat import enable_x64  # noqa: E402
+from probe_single_kernel import _problem_args, model, model_np  # noqa: E402
 
 N = 1000
 P0 = [1.0, 1.0, 1.0]
 
 
-def model(x, a, b, c):
-    return a * jnp.exp(-b * x) + c
-
-
-def model_np(x, a, b, c):
-    return a * np.exp(-b * x) + c
-
-
 def _problem(x, y):
     """The ``Problem`` ``curve_fit`` hands the solver for this data."""
-    seen = []
-    original = _solve.solve
-    _solve.solve = lambda *args: seen.append(args) or original(*args)
-    try:
-        nlsq.curve_fit(model, x, y, p0=P0)
-    finally:
-        _solve.solve = original
-    return seen[0][0]
+    return _problem_args(x, y)[0]
 
 
 def _same_interface(problem):
