@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import time
 
 os.environ.setdefault("NLSQ_CACHE_DIR", "off")
 
@@ -37,7 +36,7 @@ import numpy as np  # noqa: E402
 import scipy.optimize  # noqa: E402
 from nlsq import _solve  # noqa: E402
 from nlsq._jax_compat import enable_x64  # noqa: E402
-from probe_single_kernel import _problem_args, model, model_np  # noqa: E402
+from probe_single_kernel import _interleaved, _problem_args, model, model_np  # noqa: E402
 
 N = 1000
 P0 = [1.0, 1.0, 1.0]
@@ -60,16 +59,12 @@ def _same_interface(problem):
 
 
 def _median_us(cases: dict, rounds: int) -> dict:
+    """``probe_single_kernel``'s interleaved medians, after 50 warm-up calls of each case
+    (the first calls fill the program store and the caches)."""
     for run in cases.values():
         for _ in range(50):
             run()
-    times = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, run in cases.items():
-            start = time.perf_counter_ns()
-            run()
-            times[name].append(time.perf_counter_ns() - start)
-    return {name: float(np.median(t)) / 1e3 for name, t in times.items()}
+    return _interleaved(cases, rounds)
 
 
 def main() -> None:

@@ -171,8 +171,13 @@ def pad(xdata, ydata, transform, kind: int):
     they share the bucket's program.  ``transform`` and ``kind`` are ``curve_fit``'s
     (``kind`` 0: none, 1: ``1/sigma``).
     """
-    block = padded_block(xdata, ydata, transform, kind)
-    return (block[0], block[1], block[2], np.float64(ydata.shape[0]))
+    return padded_data(padded_block(xdata, ydata, transform, kind), ydata.shape[0])
+
+
+def padded_data(block: np.ndarray, m: int) -> tuple:
+    """The data ``(x, y, weights, m)`` of :class:`PaddedModelResidual` from a
+    :func:`padded_block` of ``m`` real rows."""
+    return (block[0], block[1], block[2], np.float64(m))
 
 
 def padded_block(xdata, ydata, transform, kind: int) -> np.ndarray:

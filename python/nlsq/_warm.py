@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._buckets import bucket_size, padded_block
+from ._buckets import bucket_size, padded_block, padded_data
 from ._cache import code_keyed
 from ._problem import Problem, check_x0
 
@@ -167,4 +167,4 @@ def warm_data(xdata, ydata, sigma, n: int, check_finite: bool):
     # exactly when the data are.
     if check_finite and not np.isfinite(block[:2]).all():
         return None
-    return (block[0], block[1], block[2], np.float64(rows))
+    return padded_data(block, rows)
