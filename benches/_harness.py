@@ -35,6 +35,7 @@ import os
 import platform
 import statistics
 import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -163,6 +164,22 @@ def interleaved_medians(
         for name in names[k:] + names[:k]:
             samples[name].append(one(name))
     return {name: summarise(s) for name, s in samples.items()}
+
+
+def run_python(script: str, *args: str, env: Mapping[str, str] | None = None) -> Any:
+    """Run ``script`` (Python source) in a fresh interpreter with this tree's ``python/``
+    on its path and ``env`` added; return the JSON its last line of output prints.
+
+    For figures that need a fresh process (first fits, empty caches): raises
+    ``RuntimeError`` with the end of its stderr when it fails.
+    """
+    full = dict(os.environ, PYTHONPATH=str(REPO / "python"), **(env or {}))
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args], env=full, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def summarise(samples: Sequence[float]) -> dict[str, Any]:

@@ -18,20 +18,14 @@ Run: ``python benches/run.py --only bench_many_fits [--quick]``.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
-from _harness import bars, bench_result, interleaved_medians, lines, markdown_table
-
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from _harness import bars, bench_result, interleaved_medians, lines, markdown_table, run_python
 
 # One process: import, then 20 fits of varying n; prints the timings as JSON.
 _VARYING = textwrap.dedent(
@@ -87,16 +81,6 @@ _PER_BUCKET = textwrap.dedent(
 )
 
 
-def _subprocess(script: str, *args: str, env: dict[str, str]) -> dict:
-    full = dict(os.environ, PYTHONPATH=str(ROOT / "python"), **env)
-    done = subprocess.run(
-        [sys.executable, "-c", script, *args], env=full, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-2000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def varying_sizes(count: int) -> dict:
     """(i): each variant in fresh processes, cold then warm cache."""
     rows = {}
@@ -109,8 +93,8 @@ def varying_sizes(count: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="nlsq-bench-cache-") as cache:
             env = dict(env, NLSQ_CACHE_DIR=cache)
             arg = "many" if mode == "many" else ("scipy" if mode == "scipy" else "loop")
-            cold = _subprocess(_VARYING, arg, str(count), env=env)
-            warm = _subprocess(_VARYING, arg, str(count), env=env)
+            cold = run_python(_VARYING, arg, str(count), env=env)
+            warm = run_python(_VARYING, arg, str(count), env=env)
         rows[mode] = {"cold": cold, "warm": warm}
     return rows
 
@@ -169,7 +153,7 @@ def main(quick: bool, out: Path) -> dict:
     sizes = [300] if quick else [256, 512, 1024, 2048]
     varying = varying_sizes(count)
     small = many_small(batch, 500, repeats)
-    per_bucket = _subprocess(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})
+    per_bucket = run_python(_PER_BUCKET, ",".join(map(str, sizes)), env={"NLSQ_CACHE_DIR": "off"})
     data = {
         "varying": varying,
         "varying_count": count,

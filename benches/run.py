@@ -37,6 +37,7 @@ BENCHES = (
     "ring_micro",  # 3: push latency and drain throughput
     "bench_slow_sink",  # 4: a sink that sleeps per line
     "bench_many_fits",  # 5: buckets, persistent cache and curve_fit_many (issue 13)
+    "bench_vs_optimistix",  # 5: against optimistix: one fit, a batch, the first fit
     "bench_scale",  # 6: time and peak memory against n (chunked), forced-device scaling
     "bench_large_p",  # 7: exact vs 'lsmr' (+ jac_sparsity) against p, and scipy (issue 11)
 )
