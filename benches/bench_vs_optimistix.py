@@ -13,9 +13,9 @@ one's step count; every solution is checked against scipy's.
   ``scipy.optimize.curve_fit`` (MINPACK), interleaved, medians;
 * (ii) ``B`` fits of n = 500 (``a`` and ``b`` differ per dataset) after compilation:
   ``nlsq.curve_fit_many`` against ``jax.jit(jax.vmap(solve))`` of optimistix;
-* (iii) the first fit in a fresh process with no compilation cache (``NLSQ_CACHE_DIR=off``;
-  JAX's own cache is off by default), n = 1e3: trace, compile and run, imports apart.
-  The two libraries' processes alternate; medians.
+* (iii) the first call in a fresh process with no compilation cache (``NLSQ_CACHE_DIR=off``;
+  JAX's own cache is off by default): one fit at n = 1e3, and the batch of (ii); trace,
+  compile and run, imports apart. The two libraries' processes alternate; medians.
 
 Run: ``python benches/run.py --only bench_vs_optimistix [--quick]``.
 """
@@ -107,17 +107,27 @@ def one_fit(n: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def batch(count: int, n: int, repeats: int) -> dict[str, Any]:
-    """(ii): ``count`` datasets of ``n`` points, one compiled program per library."""
-    import nlsq
-
+def _batch_data(count: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` datasets of ``n`` points (``a`` and ``b`` differ), as ``(count, n)`` arrays."""
     rng = np.random.default_rng(1)
     x = np.linspace(0.0, 5.0, n)
     a = 2 + rng.random(count)
     b = 1 + rng.random(count)
     ys = a[:, None] * np.exp(-b[:, None] * x) + 0.5 + 0.05 * rng.standard_normal((count, n))
-    xs = np.broadcast_to(x, ys.shape).copy()
-    solve = jax.jit(jax.vmap(optimistix_solve(), in_axes=(None, 0, 0)))
+    return np.broadcast_to(x, ys.shape).copy(), ys
+
+
+def optimistix_batch():
+    """``optimistix_solve`` over a batch: ``jax.vmap`` across the datasets, one start."""
+    return jax.vmap(optimistix_solve(), in_axes=(None, 0, 0))
+
+
+def batch(count: int, n: int, repeats: int) -> dict[str, Any]:
+    """(ii): ``count`` datasets of ``n`` points, one compiled program per library."""
+    import nlsq
+
+    xs, ys = _batch_data(count, n)
+    solve = jax.jit(optimistix_batch())
     p0 = np.asarray(P0)
     variants = {
         "nlsq.curve_fit_many": lambda: nlsq.curve_fit_many(model_jax, xs, ys, p0=P0),
@@ -138,11 +148,12 @@ def batch(count: int, n: int, repeats: int) -> dict[str, Any]:
     }
 
 
-# One fresh process: the first fit of one library, imports timed apart. Prints JSON.
-_FIRST_FIT = textwrap.dedent(
+# One fresh process: one library's first call, imports timed apart. Prints JSON.
+# ``count`` 0: one fit of ``n`` points; else a batch of ``count`` fits of ``n`` points.
+_FIRST_CALL = textwrap.dedent(
     """
     import json, sys, time
-    library, n, here = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    library, count, n, here = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     sys.path.insert(0, here)
     import numpy as np
     t0 = time.perf_counter()
@@ -150,13 +161,15 @@ _FIRST_FIT = textwrap.dedent(
     if library == "optimistix":
         jax.config.update("jax_enable_x64", True)
     import bench_vs_optimistix as bench
-    x, y = bench._data(n)
+    x, y = bench._batch_data(count, n) if count else bench._data(n)
     if library == "nlsq":
         import nlsq
+        fit = nlsq.curve_fit_many if count else nlsq.curve_fit
         t1 = time.perf_counter()
-        popt = nlsq.curve_fit(bench.model_jax, x, y, p0=bench.P0)[0]
+        found = fit(bench.model_jax, x, y, p0=bench.P0)
+        popt = found.popt if count else found[0]
     else:
-        solve = jax.jit(bench.optimistix_solve())
+        solve = jax.jit(bench.optimistix_batch() if count else bench.optimistix_solve())
         t1 = time.perf_counter()
         popt = jax.block_until_ready(solve(np.asarray(bench.P0), x, y))[0]
     t2 = time.perf_counter()
@@ -165,8 +178,12 @@ _FIRST_FIT = textwrap.dedent(
 )
 
 
-def first_fit(n: int, repeats: int) -> dict[str, Any]:
-    """(iii): fresh processes, alternating libraries; medians of ``repeats`` each."""
+def first_call(count: int, n: int, repeats: int) -> dict[str, Any]:
+    """(iii): fresh processes, alternating libraries; medians of ``repeats`` each.
+
+    ``count`` 0: one fit of ``n`` points, checked against scipy; else a batch of
+    ``count`` fits, each library's checked against the other's.
+    """
     import scipy.optimize as so
 
     here = str(Path(__file__).resolve().parent)
@@ -174,9 +191,15 @@ def first_fit(n: int, repeats: int) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {"nlsq": [], "optimistix": []}
     for _ in range(repeats):
         for library, samples in runs.items():
-            samples.append(run_python(_FIRST_FIT, library, str(n), here, env=env))
-    popt_scipy = so.curve_fit(model_np, *_data(n), p0=P0)[0]
+            samples.append(run_python(_FIRST_CALL, library, str(count), str(n), here, env=env))
+    if count:
+        # A batch: each library's parameters against the other library's first ones.
+        reference = {"nlsq": runs["optimistix"][0]["popt"], "optimistix": runs["nlsq"][0]["popt"]}
+    else:
+        popt_scipy = so.curve_fit(model_np, *_data(n), p0=P0)[0]
+        reference = dict.fromkeys(runs, popt_scipy)
     return {
+        "count": count,
         "n": n,
         "repeats": repeats,
         **{
@@ -185,7 +208,7 @@ def first_fit(n: int, repeats: int) -> dict[str, Any]:
             for key in ("import_s", "first_s")
         },
         **{
-            f"{library}_rel_diff": max(_rel_diff(r["popt"], popt_scipy) for r in samples)
+            f"{library}_rel_diff": max(_rel_diff(r["popt"], reference[library]) for r in samples)
             for library, samples in runs.items()
         },
     }
@@ -197,8 +220,9 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
     sizes = SIZES[:2] if quick else SIZES
     repeats = {1_000: 101, 10_000: 41, 100_000: 11, 1_000_000: 5}
     singles = [one_fit(n, 3 if quick else repeats[n]) for n in sizes]
-    many = batch(*((40, 500, 2) if quick else (1000, 500, 7)))
-    first = first_fit(1_000, 1 if quick else 5)
+    count = 40 if quick else 1000
+    many = batch(count, 500, 2 if quick else 7)
+    firsts = [first_call(c, n, 1 if quick else 5) for c, n in ((0, 1_000), (count, 500))]
     checks = {}
     for r in singles:
         for library in ("nlsq", "optimistix"):
@@ -211,11 +235,13 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
     checks[f"(ii) nlsq and optimistix find the same parameters (rtol {POPT_RTOL:g})"] = (
         many["rel_diff_nlsq_vs_optimistix"] < POPT_RTOL
     )
-    for library in ("nlsq", "optimistix"):
-        checks[f"(iii) {library}'s first fit finds scipy's parameters (rtol {POPT_RTOL:g})"] = (
-            first[f"{library}_rel_diff"] < POPT_RTOL
-        )
-    data = {"singles": singles, "batch": many, "first": first}
+    for f in firsts:
+        for library in ("nlsq", "optimistix"):
+            found = "scipy's" if not f["count"] else "the other library's"
+            checks[f"(iii) {_first_label(f)}: {library} finds {found} parameters"] = (
+                f[f"{library}_rel_diff"] < POPT_RTOL
+            )
+    data = {"singles": singles, "batch": many, "firsts": firsts}
     ns = [r["n"] for r in singles]
     return bench_result(
         "bench_vs_optimistix",
@@ -241,14 +267,20 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
                 {"median": list(many["median_s"].values())},
             ),
             bars(
-                f"(iii) first fit, fresh process, no cache, n = {first['n']}",
+                "(iii) first call, fresh process, no cache",
                 "seconds (median; imports apart)",
-                ["nlsq", "optimistix"],
-                {"first fit": [first["nlsq_first_s"], first["optimistix_first_s"]]},
+                [_first_label(f) for f in firsts],
+                {lib: [f[f"{lib}_first_s"] for f in firsts] for lib in ("nlsq", "optimistix")},
             ),
         ],
         **data,
     )
+
+
+def _first_label(first: dict[str, Any]) -> str:
+    if first["count"]:
+        return f"first batch of {first['count']} fits of n = {first['n']}"
+    return f"first fit, n = {first['n']}"
 
 
 def table(data: dict[str, Any]) -> str:
@@ -277,17 +309,18 @@ def table(data: dict[str, Any]) -> str:
             "",
         ]
     )
-    f = data["first"]
-    rows.append(
-        [
-            f"(iii) first fit, fresh process, no cache, n = {f['n']}",
-            f"{f['nlsq_first_s']:.3f} s",
-            f"{f['optimistix_first_s']:.3f} s",
-            "",
-            f"{f['optimistix_first_s'] / f['nlsq_first_s']:.2f}",
-            "",
-        ]
-    )
+    for f in data["firsts"]:
+        rows.append(
+            [
+                f"(iii) {_first_label(f)}, fresh process, no cache",
+                f"{f['nlsq_first_s']:.3f} s",
+                f"{f['optimistix_first_s']:.3f} s",
+                "",
+                f"{f['optimistix_first_s'] / f['nlsq_first_s']:.2f}",
+                "",
+            ]
+        )
+    f = data["firsts"][0]
     note = (
         f"Imports in (iii) (median, apart from the figure): nlsq {f['nlsq_import_s']:.2f} s, "
         f"optimistix {f['optimistix_import_s']:.2f} s. (ii): largest relative difference "
