@@ -229,6 +229,7 @@ def main(quick: bool, out: Path) -> dict[str, Any]:
             checks[f"(i) n={r['n']}: {library} finds scipy's parameters (rtol {POPT_RTOL:g})"] = (
                 r[f"{library}_rel_diff"] < POPT_RTOL
             )
+        checks[f"(i) n={r['n']}: optimistix reports success"] = r["optimistix_succeeded"]
     checks["(ii) every fit succeeded (nlsq and optimistix)"] = (
         many["nlsq_all_succeeded"] and many["optimistix_all_succeeded"]
     )
