@@ -9,8 +9,8 @@ It
 3. runs a 20 000-step logged loop on the best route and checks zero drops
    (ring drops and every native-route loss in ``async_logger.stats()``);
 4. measures µs per logged iteration, medians of interleaved repeats, for: no
-   logging, the native route (on a GPU: the CUDA staging route; the script sets
-   ``NLSQ_FFI_CUDA=1`` unless it is set, ``NLSQ_FFI_CUDA=0`` skips the route),
+   logging, the native route (on a GPU: the CUDA staging route, nlsq's default
+   there; ``NLSQ_FFI_CUDA=0`` skips it),
    the callback route, a no-op
    ``jax.debug.callback``, ``jax.debug.print`` and a blocking print;
 5. times ``curve_fit`` at n = 1e6 and 1e7, verbose 0/1/2, per route;
@@ -54,9 +54,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-# The check exists to measure the opt-in CUDA staging route: opt in (before
-# nlsq registers its targets) unless the caller said otherwise.
-os.environ.setdefault("NLSQ_FFI_CUDA", "1")
 try:
     import nlsq  # noqa: F401 - an installed nlsq wins
 except ImportError:  # a checkout with the built extension copied in (GPU machines: no Rust)
@@ -94,7 +91,7 @@ def versions() -> dict[str, Any]:
 
 def routes() -> list[str]:
     """Routes this machine can run, the native one first when it can be set up:
-    ``ffi`` on a CPU, ``cuda_staging`` on CUDA (opt-in: ``NLSQ_FFI_CUDA=1``)."""
+    ``ffi`` on a CPU, ``cuda_staging`` on CUDA (unless ``NLSQ_FFI_CUDA=0``)."""
     _blocking_print.register()
     names = ["callback", "debug_callback"]
     native = {"cpu": "ffi", "cuda": "cuda_staging"}.get(_routes.backend_platform())

@@ -4,12 +4,11 @@ Covers the ABI mirror against the installed jaxlib header, registration and
 its fallback, the custom call in the lowered program, byte-identical output
 to the callback route, flush, trace-time and run-time errors, float32 and
 float64, vmap, while_loop / cond / scan, and the CUDA handler's registration
-rule (the CUDA handler itself is not verified on a device here).
+rule (the CUDA handler itself runs on a device in ``benches/gpu_check.py``).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -456,14 +455,13 @@ def test_records_for_a_closed_logger_are_counted_not_raised() -> None:
     assert _native.stats()["orphaned"] == before + 1
 
 
-# -- CUDA (not verified on a device) ----------------------------------------------
+# -- CUDA (on a device: benches/gpu_check.py) --------------------------------------
 
 
 def test_cuda_handler_registered_only_with_driver_and_backend() -> None:
     reason = _ringlog.ffi_cuda_unavailable_reason()
     assert reason is None or re.search(r"libcuda\.so\.1", reason), reason
-    opted_in = os.environ.get(_native.CUDA_OPT_IN) == "1"
-    expect = reason is None and _native.cuda_backend_present() and opted_in
+    expect = reason is None and _native.cuda_backend_present() and not _native.cuda_opted_out()
     assert ("CUDA" in _native.register().platforms) == expect
     targets = _ringlog.ffi_targets()
     assert set(targets) == {"cpu", "CUDA"}

@@ -20,7 +20,7 @@ def fresh_table() -> Iterator[None]:
     ("platform", "opt_in", "route"),
     [
         ("cpu", None, "ffi"),
-        ("cuda", None, "callback"),
+        ("cuda", None, "cuda_staging"),
         ("cuda", "1", "cuda_staging"),
         ("cuda", "0", "callback"),
         ("rocm", "1", "callback"),

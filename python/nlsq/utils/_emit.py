@@ -471,7 +471,7 @@ def _inline_probe() -> None:
 
 def inline_rows_available() -> bool:
     """Whether solver rows can take the inline route: CPU with the FFI route, or
-    CUDA with the (opt-in) CUDA staging route; JAX rules accepted."""
+    CUDA with the CUDA staging route; JAX rules accepted."""
     if _Inline.failed:
         return False
     route = _routes.active_route()

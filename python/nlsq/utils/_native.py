@@ -26,10 +26,11 @@ from the one the handlers were built for, or when jax rejects the target.
 The CUDA handler (the ``cuda_staging`` route of the route table: async copy
 and stream write into pinned host-mapped memory, a Rust poller pushes;
 ``rust/xla_ffi/README.md``) is registered only when a CUDA backend exists,
-``NLSQ_FFI_CUDA=1`` is set, and the driver loads with stream memory operations
-(else counted as ``cuda_fallback`` in :func:`stats`, and the route table
-warns once and falls back to ``"callback"``). It is not
-yet measured on a GPU.
+``NLSQ_FFI_CUDA=0`` does not opt out, and the driver loads with stream memory
+operations (else counted as ``cuda_fallback`` in :func:`stats`, and the route
+table warns once and falls back to ``"callback"``). Measured on an H200
+(``benches/results/gpu-h200-gpu_check.md``): same lines as the other routes, no
+drops in 20 000 steps, ~9.4 µs per logged iteration over no logging.
 """
 
 from __future__ import annotations
@@ -113,7 +114,14 @@ def abi_mismatch(built: tuple[int, int], runtime: tuple[int, int] | None) -> str
 
 
 CUDA_OPT_IN = "NLSQ_FFI_CUDA"
-"""Environment variable that must be ``1`` to register the (unverified) CUDA handler."""
+"""Environment variable: ``0`` keeps the CUDA handler unregistered (the CUDA
+staging route is the default on CUDA otherwise; the name dates from its opt-in
+days, before it was measured on a GPU)."""
+
+
+def cuda_opted_out() -> bool:
+    """Whether ``NLSQ_FFI_CUDA=0`` turns the CUDA staging route off."""
+    return os.environ.get(CUDA_OPT_IN) == "0"
 
 
 def cuda_backend_present() -> bool:
@@ -152,10 +160,8 @@ def _register_locked() -> Registration:
     cuda_note: str | None = None
     if not cuda_backend_present():
         cuda_note = "no CUDA backend"
-    elif os.environ.get(CUDA_OPT_IN) != "1":
-        cuda_note = (
-            f"the CUDA handler is not verified on a device yet; set {CUDA_OPT_IN}=1 to use it"
-        )
+    elif cuda_opted_out():
+        cuda_note = f"the CUDA handler is turned off ({CUDA_OPT_IN}=0)"
     else:
         cuda_note = _ringlog.ffi_cuda_unavailable_reason()
         if cuda_note is not None:

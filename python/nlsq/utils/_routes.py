@@ -29,14 +29,15 @@ Routes
     The native XLA FFI target of :mod:`nlsq.utils._native`: no Python per
     record.  The default on CPU.
 ``"cuda_staging"``
-    The CUDA route of the native target.  Opt-in (``NLSQ_FFI_CUDA=1`` or
-    ``configure(backend="cuda_staging")``) until it is measured on a device.
+    The CUDA route of the native target.  The default on CUDA (measured on an
+    H200: ``benches/results/gpu-h200-gpu_check.md``); ``NLSQ_FFI_CUDA=0`` turns
+    it off, ``configure(backend="callback")`` picks another route.
 ``"callback"``
     A small primitive lowered straight to XLA's host-callback custom call,
     carrying JAX's debug effect.  ``jax.debug.callback`` goes through the same
     custom call but adds a ``device_put`` and context managers per call (about
     100 µs per record on a 2-core CPU against about 3 µs here,
-    ``benches/bench_callback.py``).  The default on every non-CPU backend.
+    ``benches/bench_callback.py``).  The default on every backend but CPU and CUDA.
 ``"debug_callback"``
     The public ``jax.debug.callback``: the fallback when the JAX internals of
     ``"callback"`` are missing.
@@ -45,7 +46,6 @@ Routes
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -255,7 +255,7 @@ class FfiRoute:
 
 
 class CudaStagingRoute(FfiRoute):
-    """The CUDA handler of the native target (opt-in; not yet measured on a GPU)."""
+    """The CUDA handler of the native target (the default on CUDA)."""
 
     name = "cuda_staging"
 
@@ -319,12 +319,9 @@ def default_route_for(platform: str) -> tuple[str, str]:
     if platform == "cpu":
         return "ffi", "CPU: the native FFI target (no Python per record)"
     if platform == "cuda":
-        if os.environ.get(native.CUDA_OPT_IN) == "1":
-            return "cuda_staging", f"CUDA with {native.CUDA_OPT_IN}=1 (opt-in native route)"
-        return "callback", (
-            f"CUDA: the native route is opt-in ({native.CUDA_OPT_IN}=1) until it is "
-            "measured on a GPU"
-        )
+        if native.cuda_opted_out():
+            return "callback", f"CUDA with {native.CUDA_OPT_IN}=0 (the native route turned off)"
+        return "cuda_staging", "CUDA: the native CUDA staging route (no host wait per record)"
     return "callback", f"{platform}: no native target for this backend"
 
 

@@ -307,8 +307,8 @@ def configure(
         What a push does when the ring is full (see ``RingLogger``).
     backend : {"ffi", "callback", "debug_callback", "cuda_staging"} or None
         The route for records traced from now on; ``None`` picks the route of
-        the table for this backend (CPU: ``"ffi"``; CUDA, ROCm, TPU and others:
-        ``"callback"``; CUDA with ``NLSQ_FFI_CUDA=1``: ``"cuda_staging"``),
+        the table for this backend (CPU: ``"ffi"``; CUDA: ``"cuda_staging"``,
+        ``"callback"`` with ``NLSQ_FFI_CUDA=0``; ROCm, TPU and others: ``"callback"``),
         falling back with one warning when it cannot be set up.  Already
         compiled functions keep their route.  ``stats()["route"]`` says which
         route is in use and ``stats()["route_reason"]`` why.
