@@ -25,10 +25,10 @@ from the one the handlers were built for, or when jax rejects the target.
 
 The CUDA handler (the ``cuda_staging`` route of the route table: async copy
 and stream write into pinned host-mapped memory, a Rust poller pushes;
-``rust/xla_ffi/README.md``) is registered only when a CUDA backend exists,
-``NLSQ_FFI_CUDA=0`` does not opt out, and the driver loads with stream memory
-operations (else counted as ``cuda_fallback`` in :func:`stats`, and the route
-table warns once and falls back to ``"callback"``). Measured on an H200
+``rust/xla_ffi/README.md``) is registered when a CUDA backend exists and the
+driver loads with stream memory operations (else counted as ``cuda_fallback``
+in :func:`stats`, and the route table warns once and falls back to
+``"callback"``), unless ``NLSQ_FFI_CUDA=0`` turns it off. Measured on an H200
 (``benches/results/gpu-h200-gpu_check.md``): same lines as the other routes, no
 drops in 20 000 steps, ~9.4 µs per logged iteration over no logging.
 """
